@@ -1,0 +1,133 @@
+"""Compose, validate and build codec parts from the Hydra config tree in ``conf/``.
+
+Construction errors are re-raised as :class:`ConfigError` naming the config key, so an
+impossible composition fails before any training starts.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException, InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from codec.discriminators import MultiDiscriminator
+from codec.losses import CodecLoss
+from codec.model import Codec
+
+
+class ConfigError(ValueError):
+    """A composition that cannot work; the message names the offending config key."""
+
+
+def config_dir() -> Path:
+    """``conf/`` beside the ``codec`` package (the repository root)."""
+    return Path(__file__).resolve().parent.parent / "conf"
+
+
+def register_resolvers() -> None:
+    """Resolvers the config tree uses; safe to call repeatedly."""
+    if not OmegaConf.has_resolver("run_dir_name"):
+        # An empty override list (the plain `python train.py`) still gets a readable directory.
+        OmegaConf.register_new_resolver("run_dir_name", lambda overrides: overrides.replace("/", "_") or "default")
+
+
+def compose_config(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` with command-line style overrides."""
+    register_resolvers()
+    try:
+        with initialize_config_dir(str(config_dir()), version_base="1.3"):
+            return compose(config_name, overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as error:
+        raise ConfigError(f"cannot compose config with overrides {list(overrides)}: {error}") from error
+
+
+def available_options(group: str) -> list[str]:
+    """The option names of a config group, e.g. the known discriminators."""
+    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+
+
+_ARGUMENT_MESSAGE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)[=.]")
+
+
+def build(node: Any, key: str) -> Any:
+    """``hydra.utils.instantiate`` with errors that name the config key ``key``."""
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        raise ConfigError(f"config node '{key}' has no _target_ to build")
+    try:
+        return instantiate(node, _convert_="all")
+    except InstantiationException as error:
+        cause = error.__cause__ or error
+        message = str(cause.args[0]) if getattr(cause, "args", None) else str(cause)
+        # Constructors phrase errors as "argument=value ..." or "argument.key ..."; prefix the node to get the full key.
+        if _ARGUMENT_MESSAGE.match(message):
+            message = f"{key}.{message}"
+        raise ConfigError(f"invalid config '{key}': {message}") from error
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"invalid config '{key}': {error}") from error
+
+
+def validate(cfg: DictConfig) -> None:
+    """Cross-key checks that no single constructor can make, run before anything is built."""
+    dim = int(cfg.encoder.dimension)
+    groups = int(cfg.quantizer.groups)
+    if groups < 1 or dim % groups:
+        raise ConfigError(f"quantizer.groups={groups} must divide encoder.dimension={dim} (each group gets dimension/groups channels)")
+    codebook_dim = cfg.quantizer.get("codebook_dim")
+    if codebook_dim is not None and int(codebook_dim) > dim // groups:
+        raise ConfigError(f"quantizer.codebook_dim={codebook_dim} is above the group dimension encoder.dimension/quantizer.groups={dim // groups}")
+    known = available_options("discriminator")
+    for name, node in cfg.discriminator.items():
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            raise ConfigError(f"discriminator.{name} is not a known discriminator (known: {known}); select discriminators with discriminator=[...]")
+    if not cfg.discriminator:
+        raise ConfigError(f"discriminator must select at least one of {known}")
+
+
+def build_codec(cfg: DictConfig) -> Codec:
+    validate(cfg)
+    encoder = build(cfg.encoder, "encoder")
+    quantizer = build(cfg.quantizer, "quantizer")
+    try:
+        return Codec(encoder, quantizer, sample_rate=int(cfg.sample_rate))
+    except ValueError as error:
+        raise ConfigError(f"invalid codec composition: {error}") from error
+
+
+def build_discriminator(cfg: DictConfig) -> MultiDiscriminator:
+    validate(cfg)
+    return MultiDiscriminator({name: build(node, f"discriminator.{name}") for name, node in cfg.discriminator.items()})
+
+
+def build_loss(cfg: DictConfig) -> CodecLoss:
+    return build(cfg.loss, "loss")
+
+
+def count_parameters(module: Any) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def describe(cfg: DictConfig) -> dict[str, Any]:
+    """The facts `python -m codec info` prints: rates, codebooks, bitrate and model sizes."""
+    codec = build_codec(cfg)
+    discriminator = build_discriminator(cfg)
+    quantizer = codec.quantizer
+    return {
+        "name": cfg.get("name"),
+        "sample_rate": codec.sample_rate,
+        "hop_length": codec.hop_length,
+        "frame_rate": codec.frame_rate,
+        "groups": quantizer.groups,
+        "layers": quantizer.layers,
+        "codebooks": quantizer.num_codebooks,
+        "codebook_size": quantizer.codebook_size,
+        "bitrate_kbps": round(codec.bitrate_kbps(), 4),
+        "tokens_per_second": codec.tokens_per_second(),
+        "discriminators": list(cfg.discriminator.keys()),
+        "params_generator": count_parameters(codec),
+        "params_discriminator": count_parameters(discriminator),
+    }

@@ -1,0 +1,62 @@
+"""EnCodec's multi-scale STFT discriminator on the complex spectrum."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from codec.discriminators.base import DiscriminatorOutput, complex_spectrogram, maybe_weight_norm
+
+
+class STFTDiscriminator(nn.Module):
+    """2D convs over (time, frequency) with time dilations and frequency stride 2."""
+
+    def __init__(self, n_fft: int, filters: int, filters_scale: int, max_filters: int, dilations: Sequence[int], weight_norm: bool) -> None:
+        super().__init__()
+        self.n_fft = n_fft
+        self.hop_length = n_fft // 4
+        kernel = (3, 9)
+        pad = (1, 4)
+        layers = [maybe_weight_norm(nn.Conv2d(2, filters, kernel, padding=pad), weight_norm)]
+        width = filters
+        for i, dilation in enumerate(dilations):
+            out = min(filters * filters_scale ** (i + 1), max_filters)
+            layers.append(maybe_weight_norm(nn.Conv2d(width, out, kernel, stride=(1, 2), dilation=(dilation, 1), padding=(dilation, 4)), weight_norm))
+            width = out
+        layers.append(maybe_weight_norm(nn.Conv2d(width, width, (3, 3), padding=(1, 1)), weight_norm))
+        self.convs = nn.ModuleList(layers)
+        self.post = maybe_weight_norm(nn.Conv2d(width, 1, (3, 3), padding=(1, 1)), weight_norm)
+        self.activation = nn.LeakyReLU(0.2)
+
+    def forward(self, wav: torch.Tensor) -> DiscriminatorOutput:
+        x = complex_spectrogram(wav, self.n_fft, self.hop_length)
+        features = []
+        for conv in self.convs:
+            x = self.activation(conv(x))
+            features.append(x)
+        logits = self.post(x)
+        features.append(logits)
+        return DiscriminatorOutput(logits, features)
+
+
+class MultiScaleSTFTDiscriminator(nn.Module):
+    """One :class:`STFTDiscriminator` per window length (EnCodec: 2048 ... 128)."""
+
+    def __init__(
+        self,
+        windows: Sequence[int] = (2048, 1024, 512, 256, 128),
+        filters: int = 32,
+        filters_scale: int = 1,
+        max_filters: int = 1024,
+        dilations: Sequence[int] = (1, 2, 4),
+        weight_norm: bool = True,
+    ) -> None:
+        super().__init__()
+        if not windows:
+            raise ValueError("windows must list at least one STFT window length")
+        self.subs = nn.ModuleList(STFTDiscriminator(int(w), filters, filters_scale, max_filters, list(dilations), weight_norm) for w in windows)
+        self.num_outputs = len(self.subs)
+
+    def forward(self, wav: torch.Tensor) -> list[DiscriminatorOutput]:
+        return [sub(wav) for sub in self.subs]

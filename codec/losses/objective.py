@@ -1,0 +1,73 @@
+"""The generator objective: every term is computed and reported; weights come from config.
+
+A weight of 0 keeps the term in the logs but out of the gradient.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from codec.discriminators import DiscriminatorOutput
+from codec.losses.adversarial import ADVERSARIAL_KINDS, discriminator_loss, feature_matching_loss, generator_adversarial_loss
+from codec.losses.reconstruction import MultiScaleMelLoss, waveform_l1
+
+LOSS_TERMS = ("waveform_l1", "mel", "adversarial", "feature", "quantizer")
+ADVERSARIAL_TERMS = ("adversarial", "feature")
+
+
+class CodecLoss(nn.Module):
+    """Weighted sum ``sum_k weights[k] * term_k`` over :data:`LOSS_TERMS` (paper eq. 5)."""
+
+    def __init__(
+        self,
+        sample_rate: int,
+        weights: Mapping[str, float],
+        adversarial: str = "hinge",
+        mel_windows: Sequence[int] = (32, 64, 128, 256, 512, 1024, 2048),
+        mel_bins: Sequence[int] = (5, 10, 20, 40, 80, 160, 320),
+    ) -> None:
+        super().__init__()
+        unknown = sorted(set(weights) - set(LOSS_TERMS))
+        if unknown:
+            names = ", ".join(f"weights.{term}" for term in unknown)
+            raise ValueError(f"{names}: unknown loss term; known terms are {list(LOSS_TERMS)}")
+        if adversarial not in ADVERSARIAL_KINDS:
+            raise ValueError(f"adversarial={adversarial!r} is unknown; choose one of {ADVERSARIAL_KINDS}")
+        self.weights = {term: float(weights.get(term, 0.0)) for term in LOSS_TERMS}
+        self.adversarial = adversarial
+        self.mel = MultiScaleMelLoss(sample_rate, mel_windows, mel_bins)
+
+    def reconstruction_terms(self, reference: torch.Tensor, estimate: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"waveform_l1": waveform_l1(reference, estimate), "mel": self.mel(reference, estimate)}
+
+    def generator_terms(
+        self,
+        reference: torch.Tensor,
+        estimate: torch.Tensor,
+        quantizer_loss: torch.Tensor,
+        real: Sequence[DiscriminatorOutput] | None,
+        fake: Sequence[DiscriminatorOutput] | None,
+    ) -> dict[str, torch.Tensor]:
+        """All generator terms; adversarial ones only when discriminator outputs are given."""
+        terms = self.reconstruction_terms(reference, estimate)
+        terms["quantizer"] = quantizer_loss
+        if real is not None and fake is not None:
+            terms["adversarial"] = generator_adversarial_loss([f.logits for f in fake], self.adversarial)
+            terms["feature"] = feature_matching_loss([r.features for r in real], [f.features for f in fake])
+        return terms
+
+    def total(self, terms: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Weighted sum of the terms present whose weight is non-zero."""
+        total = None
+        for term, value in terms.items():
+            weight = self.weights.get(term, 0.0)
+            if weight:
+                total = weight * value if total is None else total + weight * value
+        if total is None:
+            raise ValueError("every loss weight present is 0: nothing would be trained")
+        return total
+
+    def discriminator(self, real: Sequence[DiscriminatorOutput], fake: Sequence[DiscriminatorOutput]) -> torch.Tensor:
+        return discriminator_loss([r.logits for r in real], [f.logits for f in fake], self.adversarial)

@@ -1,0 +1,82 @@
+"""The codec: encoder -> group-residual quantizer -> decoder, with bitrate bookkeeping."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from codec.quantization import GroupResidualVQ, QuantizerOutput
+
+
+@dataclass
+class CodecOutput:
+    """Reconstruction [B, 1, T] plus everything the quantizer reported."""
+
+    audio: torch.Tensor
+    quantizer: QuantizerOutput
+
+
+class Codec(nn.Module):
+    """A neural audio codec. ``encode``/``decode`` work on whole waveforms of any length.
+
+    The encoder must provide ``hop_length``, ``dimension`` and ``make_decoder()``; the decoder
+    is the encoder's mirror unless one is passed explicitly.
+    """
+
+    def __init__(self, encoder: nn.Module, quantizer: GroupResidualVQ, sample_rate: int, decoder: nn.Module | None = None) -> None:
+        super().__init__()
+        if quantizer.dim != encoder.dimension:
+            raise ValueError(f"quantizer.dim={quantizer.dim} must equal encoder.dimension={encoder.dimension}")
+        self.encoder = encoder
+        self.quantizer = quantizer
+        self.decoder = decoder if decoder is not None else encoder.make_decoder()
+        self.sample_rate = int(sample_rate)
+        self.hop_length = int(encoder.hop_length)
+
+    # -- bookkeeping -------------------------------------------------------------------------
+    @property
+    def frame_rate(self) -> float:
+        return self.sample_rate / self.hop_length
+
+    @property
+    def num_codebooks(self) -> int:
+        return self.quantizer.num_codebooks
+
+    def tokens_per_second(self, n_layers: int | None = None) -> float:
+        layers = self.quantizer.layers if n_layers is None else n_layers
+        return self.frame_rate * self.quantizer.groups * layers
+
+    def bitrate_kbps(self, n_layers: int | None = None) -> float:
+        return self.tokens_per_second(n_layers) * math.log2(self.quantizer.codebook_size) / 1000.0
+
+    # -- signal path -------------------------------------------------------------------------
+    def _pad(self, wav: torch.Tensor) -> tuple[torch.Tensor, int]:
+        if wav.dim() == 2:
+            wav = wav.unsqueeze(1)
+        if wav.dim() != 3 or wav.shape[1] != 1:
+            raise ValueError(f"expected mono audio [B, 1, T] or [B, T]; got shape {tuple(wav.shape)}")
+        length = wav.shape[-1]
+        padded = math.ceil(length / self.hop_length) * self.hop_length
+        return F.pad(wav, (0, padded - length)), length
+
+    def forward(self, wav: torch.Tensor, n_layers: int | None = None) -> CodecOutput:
+        padded, length = self._pad(wav)
+        latent = self.encoder(padded)
+        quantized = self.quantizer(latent, n_layers)
+        audio = self.decoder(quantized.quantized.to(latent.dtype))[..., :length]
+        return CodecOutput(audio, quantized)
+
+    @torch.no_grad()
+    def encode(self, wav: torch.Tensor, n_layers: int | None = None) -> torch.Tensor:
+        """Waveform [B, 1, T] -> codes [B, groups * n_layers, ceil(T / hop_length)]."""
+        padded, _ = self._pad(wav)
+        return self.quantizer.encode(self.encoder(padded), n_layers)
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor, length: int | None = None) -> torch.Tensor:
+        """Codes -> waveform [B, 1, frames * hop_length], trimmed to ``length`` when given."""
+        audio = self.decoder(self.quantizer.decode(codes))
+        return audio if length is None else audio[..., :length]

@@ -1,0 +1,171 @@
+"""SEANet-family encoder and its mirrored decoder (EnCodec, SoundStream, HiFi-Codec, DAC).
+
+One class covers all of them: the DAC variant is the same topology with Snake activations,
+three dilated residual units per block and no LSTM.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from codec.modules.conv import (
+    ACTIVATIONS,
+    CausalOrCenteredConv1d,
+    CausalOrCenteredConvTranspose1d,
+    make_activation,
+)
+
+
+class ResidualUnit(nn.Module):
+    """activation -> dilated conv -> activation -> 1x1 conv, plus a skip connection."""
+
+    def __init__(
+        self,
+        channels: int,
+        kernel_size: int,
+        dilation: int,
+        hidden_channels: int,
+        activation: str,
+        causal: bool,
+        weight_norm: bool,
+    ) -> None:
+        super().__init__()
+        self.block = nn.Sequential(
+            make_activation(activation, channels),
+            CausalOrCenteredConv1d(channels, hidden_channels, kernel_size, dilation=dilation, causal=causal, weight_norm=weight_norm),
+            make_activation(activation, hidden_channels),
+            CausalOrCenteredConv1d(hidden_channels, channels, 1, causal=causal, weight_norm=weight_norm),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.block(x)
+
+
+class SkipLSTM(nn.Module):
+    """LSTM over time with a residual connection, on [B, C, T] tensors."""
+
+    def __init__(self, channels: int, num_layers: int) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(channels, channels, num_layers, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, _ = self.lstm(x.transpose(1, 2))
+        return x + y.transpose(1, 2)
+
+
+class SEANetEncoder(nn.Module):
+    """Waveform [B, 1, T] -> latent [B, dimension, T / prod(strides)].
+
+    Config keys are the constructor arguments, so ``conf/encoder/*.yaml`` fully describes
+    both this encoder and the decoder built by :meth:`make_decoder`.
+    """
+
+    def __init__(
+        self,
+        channels: int = 32,
+        dimension: int = 128,
+        strides: Sequence[int] = (2, 4, 5, 8),
+        residual_units: int = 1,
+        dilations: Sequence[int] = (1,),
+        residual_kernel_size: int = 3,
+        kernel_size: int = 7,
+        last_kernel_size: int = 7,
+        compress: int = 2,
+        lstm_layers: int = 2,
+        activation: str = "elu",
+        weight_norm: bool = True,
+        causal: bool = False,
+        audio_channels: int = 1,
+    ) -> None:
+        super().__init__()
+        strides = [int(s) for s in strides]
+        dilations = [int(d) for d in dilations]
+        _check_positive(channels=channels, dimension=dimension, residual_units=residual_units, compress=compress)
+        if not strides or any(s < 1 for s in strides):
+            raise ValueError(f"strides={strides} must be a non-empty list of positive integers")
+        if len(dilations) != residual_units:
+            raise ValueError(f"dilations={dilations} must have one entry per residual unit (residual_units={residual_units})")
+        if lstm_layers < 0:
+            raise ValueError(f"lstm_layers={lstm_layers} must be >= 0")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation={activation!r} is unknown; choose one of {ACTIVATIONS}")
+        self.hparams = dict(
+            channels=channels, dimension=dimension, strides=strides, residual_units=residual_units,
+            dilations=dilations, residual_kernel_size=residual_kernel_size, kernel_size=kernel_size,
+            last_kernel_size=last_kernel_size, compress=compress, lstm_layers=lstm_layers,
+            activation=activation, weight_norm=weight_norm, causal=causal, audio_channels=audio_channels,
+        )
+        self.dimension = dimension
+        self.strides = strides
+        self.hop_length = math.prod(strides)
+
+        conv = dict(causal=causal, weight_norm=weight_norm)
+        layers: list[nn.Module] = [CausalOrCenteredConv1d(audio_channels, channels, kernel_size, **conv)]
+        width = channels
+        for stride in strides:
+            for dilation in dilations:
+                layers.append(ResidualUnit(width, residual_kernel_size, dilation, max(width // compress, 1), activation, **conv))
+            layers.append(make_activation(activation, width))
+            layers.append(CausalOrCenteredConv1d(width, width * 2, 2 * stride, stride=stride, **conv))
+            width *= 2
+        if lstm_layers:
+            layers.append(SkipLSTM(width, lstm_layers))
+        layers.append(make_activation(activation, width))
+        layers.append(CausalOrCenteredConv1d(width, dimension, last_kernel_size, **conv))
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        return self.model(wav)
+
+    def make_decoder(self) -> "SEANetDecoder":
+        """The decoder that mirrors this encoder: same widths, reversed strides."""
+        return SEANetDecoder(**self.hparams)
+
+
+class SEANetDecoder(nn.Module):
+    """Latent [B, dimension, F] -> waveform [B, 1, F * prod(strides)], mirroring SEANetEncoder."""
+
+    def __init__(
+        self,
+        channels: int = 32,
+        dimension: int = 128,
+        strides: Sequence[int] = (2, 4, 5, 8),
+        residual_units: int = 1,
+        dilations: Sequence[int] = (1,),
+        residual_kernel_size: int = 3,
+        kernel_size: int = 7,
+        last_kernel_size: int = 7,
+        compress: int = 2,
+        lstm_layers: int = 2,
+        activation: str = "elu",
+        weight_norm: bool = True,
+        causal: bool = False,
+        audio_channels: int = 1,
+    ) -> None:
+        super().__init__()
+        conv = dict(causal=causal, weight_norm=weight_norm)
+        width = channels * 2 ** len(strides)
+        layers: list[nn.Module] = [CausalOrCenteredConv1d(dimension, width, kernel_size, **conv)]
+        if lstm_layers:
+            layers.append(SkipLSTM(width, lstm_layers))
+        for stride in reversed(list(strides)):
+            layers.append(make_activation(activation, width))
+            layers.append(CausalOrCenteredConvTranspose1d(width, width // 2, 2 * stride, stride=stride, **conv))
+            width //= 2
+            for dilation in dilations:
+                layers.append(ResidualUnit(width, residual_kernel_size, dilation, max(width // compress, 1), activation, **conv))
+        layers.append(make_activation(activation, width))
+        layers.append(CausalOrCenteredConv1d(width, audio_channels, last_kernel_size, **conv))
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.model(latent)
+
+
+def _check_positive(**values: int) -> None:
+    for name, value in values.items():
+        if int(value) < 1:
+            raise ValueError(f"{name}={value} must be a positive integer")

@@ -1,0 +1,193 @@
+"""One vector-quantization codebook with an EMA or a gradient update rule.
+
+The same class covers EnCodec/SoundStream codebooks (EMA, k-means init, dead-code
+replacement) and DAC's "improved VQ" (factorized low-dimensional lookup on L2-normalised
+vectors, learned by gradient).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.nn.utils.parametrizations import weight_norm
+
+from codec.quantization.distributed import all_reduce_sum_, broadcast_
+from codec.quantization.kmeans import kmeans
+
+UPDATE_RULES = ("ema", "gradient")
+
+
+@dataclass
+class CodebookOutput:
+    """What one codebook returns for a residual [B, D, T]."""
+
+    quantized: torch.Tensor  # [B, D, T], straight-through in training
+    codes: torch.Tensor  # [B, T] int64
+    commitment: torch.Tensor  # [B] per-item mean squared error, gradient to the encoder
+    codebook: torch.Tensor  # [B] per-item codebook loss (zeros for the EMA rule)
+
+
+class VectorQuantizer(nn.Module):
+    """Nearest-neighbour quantizer of ``dim``-dimensional vectors with ``codebook_size`` codes.
+
+    With ``codebook_dim`` set below ``dim`` the lookup happens after a learned 1x1 projection
+    to ``codebook_dim`` and is projected back afterwards (DAC's factorized codes).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        codebook_size: int = 1024,
+        codebook_dim: int | None = None,
+        l2_normalize: bool = False,
+        update: str = "ema",
+        decay: float = 0.99,
+        epsilon: float = 1e-5,
+        kmeans_init: bool = True,
+        kmeans_iters: int = 10,
+        dead_code_threshold: float = 2.0,
+    ) -> None:
+        super().__init__()
+        if update not in UPDATE_RULES:
+            raise ValueError(f"update={update!r} is unknown; choose one of {UPDATE_RULES}")
+        if codebook_size < 2:
+            raise ValueError(f"codebook_size={codebook_size} must be at least 2")
+        lookup_dim = dim if codebook_dim is None else int(codebook_dim)
+        if lookup_dim > dim or lookup_dim < 1:
+            raise ValueError(f"codebook_dim={codebook_dim} must be between 1 and the group dimension {dim}")
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"decay={decay} must lie in (0, 1)")
+        self.dim = dim
+        self.codebook_size = codebook_size
+        self.codebook_dim = lookup_dim
+        self.l2_normalize = l2_normalize
+        self.update = update
+        self.decay = decay
+        self.epsilon = epsilon
+        self.kmeans_init = kmeans_init
+        self.kmeans_iters = kmeans_iters
+        self.dead_code_threshold = dead_code_threshold
+
+        projected = lookup_dim != dim
+        self.in_proj: nn.Module = weight_norm(nn.Conv1d(dim, lookup_dim, 1)) if projected else nn.Identity()
+        self.out_proj: nn.Module = weight_norm(nn.Conv1d(lookup_dim, dim, 1)) if projected else nn.Identity()
+
+        initial = torch.zeros(codebook_size, lookup_dim) if kmeans_init else torch.randn(codebook_size, lookup_dim)
+        if update == "gradient":
+            self.embed = nn.Parameter(initial)
+        else:
+            self.register_buffer("embed", initial)
+            self.register_buffer("embed_sum", initial.clone())
+        # EMA of per-code usage counts drives dead-code replacement for both rules.
+        self.register_buffer("cluster_size", torch.full((codebook_size,), float(dead_code_threshold)))
+        self.register_buffer("initialized", torch.tensor(not kmeans_init))
+        self._initialized_cache = not kmeans_init
+
+    # -- lookup ---------------------------------------------------------------------------
+    def codebook_vectors(self) -> torch.Tensor:
+        """The vectors codes index, in the lookup space ([K, codebook_dim])."""
+        return F.normalize(self.embed, dim=-1) if self.l2_normalize else self.embed
+
+    def _lookup_space(self, residual: torch.Tensor) -> torch.Tensor:
+        """[B, D, T] -> lookup vectors [B, T, codebook_dim]."""
+        z = self.in_proj(residual).transpose(1, 2)
+        return F.normalize(z, dim=-1) if self.l2_normalize else z
+
+    def nearest(self, vectors: torch.Tensor) -> torch.Tensor:
+        """Index of the nearest code for each vector [..., codebook_dim]."""
+        codebook = self.codebook_vectors()
+        flat = vectors.reshape(-1, self.codebook_dim)
+        distances = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ codebook.t() + codebook.pow(2).sum(1)
+        return distances.argmin(dim=1).view(vectors.shape[:-1])
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes [B, T] -> quantized vectors [B, D, T], exactly as an eval-mode forward."""
+        return self.out_proj(F.embedding(codes, self.codebook_vectors()).transpose(1, 2))
+
+    def encode(self, residual: torch.Tensor) -> torch.Tensor:
+        return self.nearest(self._lookup_space(residual))
+
+    # -- forward --------------------------------------------------------------------------
+    def forward(self, residual: torch.Tensor, item_weights: torch.Tensor | None = None) -> CodebookOutput:
+        """Quantize ``residual`` [B, D, T]; ``item_weights`` [B] (0 or 1) masks dropped items."""
+        batch, _, frames = residual.shape
+        z = self._lookup_space(residual)
+        if item_weights is None:
+            item_weights = torch.ones(batch, device=residual.device, dtype=z.dtype)
+        vector_weights = item_weights.to(z.dtype).repeat_interleave(frames)
+
+        if self.training and not self._is_initialized():
+            self._initialize(z.reshape(-1, self.codebook_dim).detach(), vector_weights)
+
+        codes = self.nearest(z)
+        if not self.training:
+            quantized = self.decode(codes)
+            zero = torch.zeros(batch, device=z.device, dtype=z.dtype)
+            commit = (z - F.embedding(codes, self.codebook_vectors())).pow(2).mean(dim=(1, 2))
+            return CodebookOutput(quantized, codes, commit, zero)
+
+        z_q = F.embedding(codes, self.codebook_vectors())
+        commitment = (z - z_q.detach()).pow(2).mean(dim=(1, 2))
+        if self.update == "gradient":
+            codebook_loss = (z_q - z.detach()).pow(2).mean(dim=(1, 2))
+        else:
+            codebook_loss = torch.zeros_like(commitment)
+        self._update(z.reshape(-1, self.codebook_dim).detach(), codes.reshape(-1), vector_weights)
+        straight_through = z + (z_q - z).detach()
+        quantized = self.out_proj(straight_through.transpose(1, 2))
+        return CodebookOutput(quantized, codes, commitment, codebook_loss)
+
+    # -- learning rule --------------------------------------------------------------------
+    def _is_initialized(self) -> bool:
+        if not self._initialized_cache:
+            self._initialized_cache = bool(self.initialized)
+        return self._initialized_cache
+
+    @torch.no_grad()
+    def _initialize(self, vectors: torch.Tensor, weights: torch.Tensor) -> None:
+        """k-means on the first batch; rank 0's result is broadcast so all ranks agree."""
+        active = vectors[weights > 0] if bool((weights > 0).any()) else vectors
+        centroids = kmeans(active, self.codebook_size, self.kmeans_iters)
+        assignment = torch.cdist(active, centroids).argmin(dim=1)
+        sizes = torch.bincount(assignment, minlength=self.codebook_size).to(vectors.dtype)
+        broadcast_(centroids)
+        broadcast_(sizes)
+        self.embed.data.copy_(centroids)
+        self.cluster_size.copy_(sizes)
+        if self.update == "ema":
+            self.embed_sum.copy_(centroids * sizes.unsqueeze(1))
+        self.initialized.fill_(True)
+        self._initialized_cache = True
+
+    @torch.no_grad()
+    def _update(self, vectors: torch.Tensor, codes: torch.Tensor, weights: torch.Tensor) -> None:
+        """EMA statistics (reduced across ranks), EMA codebook update and dead-code replacement."""
+        counts = torch.zeros(self.codebook_size, device=vectors.device, dtype=vectors.dtype).index_add_(0, codes, weights)
+        all_reduce_sum_(counts)
+        self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
+        if self.update == "ema":
+            sums = torch.zeros_like(self.embed_sum).index_add_(0, codes, vectors * weights.unsqueeze(1))
+            all_reduce_sum_(sums)
+            self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
+            total = self.cluster_size.sum()
+            smoothed = (self.cluster_size + self.epsilon) / (total + self.codebook_size * self.epsilon) * total
+            self.embed.copy_(self.embed_sum / smoothed.unsqueeze(1))
+        if self.dead_code_threshold > 0:
+            self._replace_dead_codes(vectors, weights)
+
+    @torch.no_grad()
+    def _replace_dead_codes(self, vectors: torch.Tensor, weights: torch.Tensor) -> None:
+        """Move codes whose usage EMA fell below the threshold onto random batch vectors.
+
+        Done with ``torch.where`` over the whole codebook so no host sync is needed.
+        """
+        dead = (self.cluster_size < self.dead_code_threshold).unsqueeze(1)
+        # Dropped items get a tiny weight instead of zero so sampling never fails.
+        picks = torch.multinomial(weights + 1e-6, self.codebook_size, replacement=True)
+        samples = broadcast_(vectors[picks].contiguous())
+        self.embed.data.copy_(torch.where(dead, samples, self.embed.data))
+        if self.update == "ema":
+            self.embed_sum.copy_(torch.where(dead, samples * self.dead_code_threshold, self.embed_sum))
+        self.cluster_size.copy_(torch.where(dead.squeeze(1), torch.full_like(self.cluster_size, self.dead_code_threshold), self.cluster_size))

@@ -1,0 +1,191 @@
+"""Group-residual vector quantization (HiFi-Codec, Algorithm 1).
+
+The latent's channels are split into ``groups`` equal parts and each part is quantized by its
+own residual VQ of ``layers`` codebooks. ``groups=1`` is plain RVQ (EnCodec, SoundStream);
+``groups=1, layers=1`` is a single VQ.
+
+Code order: ``codes[:, g * layers + l]`` is group ``g``'s residual layer ``l`` (group-major).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from codec.quantization.codebook import VectorQuantizer
+from codec.quantization.stats import codebook_stats
+
+DROPOUT_MODES = ("item", "batch")
+
+
+@dataclass
+class QuantizerOutput:
+    """Quantized latent, codes [B, G*L, T], loss terms and per-codebook health statistics."""
+
+    quantized: torch.Tensor
+    codes: torch.Tensor
+    losses: dict[str, torch.Tensor]
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class GroupResidualVQ(nn.Module):
+    """G groups x L residual layers of :class:`VectorQuantizer`.
+
+    In training each layer's output is straight-through, and the residual passed on is
+    ``residual - output`` (not detached, as in EnCodec and DAC), so the gradient reaching the
+    latent is the identity rather than one identity per layer.
+
+    Loss terms (paper eq. 4 sums over groups and layers):
+    ``commitment`` pulls the encoder towards its codes, ``codebook`` pulls codes towards the
+    encoder (gradient rule only) and ``total = codebook + commitment_weight * commitment``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        groups: int = 2,
+        layers: int = 2,
+        codebook_size: int = 1024,
+        codebook_dim: int | None = None,
+        l2_normalize: bool = False,
+        update: str = "ema",
+        decay: float = 0.99,
+        kmeans_init: bool = True,
+        kmeans_iters: int = 10,
+        dead_code_threshold: float = 2.0,
+        commitment_weight: float = 1.0,
+        dropout_prob: float = 0.0,
+        dropout_mode: str = "item",
+    ) -> None:
+        super().__init__()
+        if groups < 1 or layers < 1:
+            raise ValueError(f"groups={groups} and layers={layers} must both be at least 1")
+        if dim % groups:
+            raise ValueError(f"groups={groups} does not divide dim={dim} (the encoder's latent dimension)")
+        group_dim = dim // groups
+        if codebook_dim is not None and codebook_dim > group_dim:
+            raise ValueError(f"codebook_dim={codebook_dim} is above the group dimension dim/groups={group_dim}")
+        if not 0.0 <= dropout_prob <= 1.0:
+            raise ValueError(f"dropout_prob={dropout_prob} must lie in [0, 1]")
+        if dropout_mode not in DROPOUT_MODES:
+            raise ValueError(f"dropout_mode={dropout_mode!r} is unknown; choose one of {DROPOUT_MODES}")
+        self.dim = dim
+        self.groups = groups
+        self.layers = layers
+        self.group_dim = group_dim
+        self.codebook_size = codebook_size
+        self.commitment_weight = commitment_weight
+        self.dropout_prob = dropout_prob
+        self.dropout_mode = dropout_mode
+        self.codebooks = nn.ModuleList(
+            VectorQuantizer(
+                group_dim,
+                codebook_size=codebook_size,
+                codebook_dim=codebook_dim,
+                l2_normalize=l2_normalize,
+                update=update,
+                decay=decay,
+                kmeans_init=kmeans_init,
+                kmeans_iters=kmeans_iters,
+                dead_code_threshold=dead_code_threshold,
+            )
+            for _ in range(groups * layers)
+        )
+
+    @property
+    def num_codebooks(self) -> int:
+        return self.groups * self.layers
+
+    def codebook(self, group: int, layer: int) -> VectorQuantizer:
+        return self.codebooks[group * self.layers + layer]
+
+    def _active_layers(self, batch: int, device: torch.device) -> torch.Tensor | None:
+        """Residual layers each item uses this step under quantizer dropout (None: all)."""
+        if not self.training or self.dropout_prob == 0.0 or self.layers == 1:
+            return None
+        if self.dropout_mode == "batch":
+            if float(torch.rand(())) >= self.dropout_prob:
+                return None
+            count = torch.randint(1, self.layers + 1, ())
+            return count.repeat(batch).to(device)
+        dropped = torch.rand(batch) < self.dropout_prob
+        counts = torch.where(dropped, torch.randint(1, self.layers + 1, (batch,)), torch.full((batch,), self.layers))
+        return counts.to(device)
+
+    def forward(self, latent: torch.Tensor, n_layers: int | None = None) -> QuantizerOutput:
+        """Quantize ``latent`` [B, dim, T] with the first ``n_layers`` layers of each group."""
+        n_layers = self._check_layers(n_layers)
+        with torch.autocast(device_type=latent.device.type, enabled=False):
+            return self._forward(latent.float(), n_layers)
+
+    def _forward(self, latent: torch.Tensor, n_layers: int) -> QuantizerOutput:
+        batch = latent.shape[0]
+        active_layers = self._active_layers(batch, latent.device)
+        quantized_groups, all_codes = [], []
+        commitment = latent.new_zeros(())
+        codebook_loss = latent.new_zeros(())
+        for group, chunk in enumerate(latent.split(self.group_dim, dim=1)):
+            residual = chunk
+            quantized = torch.zeros_like(chunk)
+            for layer in range(n_layers):
+                weights = None if active_layers is None else (active_layers > layer).to(latent.dtype)
+                out = self.codebook(group, layer)(residual, weights)
+                if weights is None:
+                    quantized = quantized + out.quantized
+                    residual = residual - out.quantized
+                    commitment = commitment + out.commitment.mean()
+                    codebook_loss = codebook_loss + out.codebook.mean()
+                    codes = out.codes
+                else:
+                    mask = weights.view(-1, 1, 1)
+                    quantized = quantized + out.quantized * mask
+                    residual = residual - out.quantized * mask
+                    denominator = weights.sum().clamp_min(1.0)
+                    commitment = commitment + (out.commitment * weights).sum() / denominator
+                    codebook_loss = codebook_loss + (out.codebook * weights).sum() / denominator
+                    codes = torch.where(weights.view(-1, 1) > 0, out.codes, torch.full_like(out.codes, -1))
+                all_codes.append(codes)
+            quantized_groups.append(quantized)
+        codes = torch.stack(all_codes, dim=1)
+        losses = {
+            "commitment": commitment,
+            "codebook": codebook_loss,
+            "total": codebook_loss + self.commitment_weight * commitment,
+        }
+        return QuantizerOutput(torch.cat(quantized_groups, dim=1), codes, losses, codebook_stats(codes, self.codebook_size))
+
+    @torch.no_grad()
+    def encode(self, latent: torch.Tensor, n_layers: int | None = None) -> torch.Tensor:
+        """Latent [B, dim, T] -> codes [B, G * n_layers, T] (group-major)."""
+        n_layers = self._check_layers(n_layers)
+        codes = []
+        for group, chunk in enumerate(latent.float().split(self.group_dim, dim=1)):
+            residual = chunk
+            for layer in range(n_layers):
+                book = self.codebook(group, layer)
+                layer_codes = book.encode(residual)
+                residual = residual - book.decode(layer_codes)
+                codes.append(layer_codes)
+        return torch.stack(codes, dim=1)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes [B, G * n, T] with n <= layers -> quantized latent [B, dim, T]."""
+        if codes.dim() != 3 or codes.shape[1] % self.groups:
+            raise ValueError(f"codes must have shape [B, groups*n, T] with groups={self.groups}; got {tuple(codes.shape)}")
+        n_layers = self._check_layers(codes.shape[1] // self.groups)
+        groups = []
+        for group in range(self.groups):
+            quantized = None
+            for layer in range(n_layers):
+                vectors = self.codebook(group, layer).decode(codes[:, group * n_layers + layer])
+                quantized = vectors if quantized is None else quantized + vectors
+            groups.append(quantized)
+        return torch.cat(groups, dim=1)
+
+    def _check_layers(self, n_layers: int | None) -> int:
+        if n_layers is None:
+            return self.layers
+        if not 1 <= n_layers <= self.layers:
+            raise ValueError(f"n_layers={n_layers} must lie between 1 and layers={self.layers}")
+        return int(n_layers)

@@ -1,0 +1,38 @@
+"""Shared fixtures: config composition, and tiny overrides that keep CPU tests fast."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# Tiny model settings used wherever a test only needs *a* working codec.
+TINY_MODEL = [
+    "encoder.channels=4",
+    "encoder.dimension=16",
+    "encoder.lstm_layers=0",
+    "quantizer.codebook_size=32",
+    "discriminator.msstft.filters=4",
+    "discriminator.msstft.windows=[256,128]",
+    "loss.mel_windows=[64,128,256]",
+    "loss.mel_bins=[10,20,40]",
+]
+
+
+def require_tool(name: str) -> str:
+    """Path of a system tool; skip locally when missing, but fail under CI where it must exist."""
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is required in CI (installed by .ci/run) but is not on PATH")
+        pytest.skip(f"{name} is not installed (see README: system packages for tests)")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)

@@ -1,0 +1,163 @@
+"""Every preset and every option of every model config group composes, builds and trains a step."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from codec.config import (
+    ConfigError,
+    available_options,
+    build_codec,
+    build_discriminator,
+    build_loss,
+    compose_config,
+)
+from tests.conftest import REPO_ROOT
+
+PRESETS = [
+    "hificodec_24k_240x_4cb",
+    "hificodec_24k_240x_8cb",
+    "hificodec_24k_320x_4cb",
+    "hificodec_16k_320x_4cb",
+    "encodec_24k_320x_8cb",
+    "encodec_24k_320x_12cb",
+    "soundstream_16k_320x_12cb",
+    "dac_44k_512x_9cb",
+    "single_codebook_24k_320x",
+]
+
+
+def forward_backward(overrides: list[str], seconds: float = 0.15) -> dict[str, float]:
+    """One generator and one discriminator backward pass on a short clip; returns the loss terms."""
+    cfg = compose_config(overrides)
+    codec = build_codec(cfg).train()
+    discriminator = build_discriminator(cfg)
+    loss = build_loss(cfg)
+    wav = 0.1 * torch.randn(2, 1, int(seconds * codec.sample_rate))
+    out = codec(wav)
+    assert out.audio.shape == wav.shape
+    real = discriminator(wav)
+    fake = discriminator(out.audio)
+    terms = loss.generator_terms(wav, out.audio, out.quantizer.losses["total"], real, fake)
+    loss.total(terms).backward()
+    grads = [p.grad for p in codec.encoder.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    d_loss = loss.discriminator(discriminator(wav), discriminator(out.audio.detach()))
+    d_loss.backward()
+    assert any(p.grad is not None for p in discriminator.parameters())
+    assert out.quantizer.codes.shape[1] == codec.num_codebooks
+    return {k: float(v.detach()) for k, v in terms.items()}
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_trains_one_step(preset: str) -> None:
+    terms = forward_backward([f"experiment={preset}"])
+    assert set(terms) == {"waveform_l1", "mel", "quantizer", "adversarial", "feature"}
+    assert all(torch.isfinite(torch.tensor(v)) for v in terms.values())
+
+
+def test_preset_list_matches_conf_dir() -> None:
+    assert set(PRESETS) | {"demo"} == set(available_options("experiment"))
+
+
+MODEL_GROUP_OPTIONS = [
+    (group, option)
+    for group in ("encoder", "quantizer", "loss")
+    for option in available_options(group)
+]
+
+
+@pytest.mark.parametrize("group,option", MODEL_GROUP_OPTIONS)
+def test_every_model_option_trains_one_step(group: str, option: str) -> None:
+    overrides = [f"{group}={option}"]
+    if group == "encoder":
+        # Keep the DAC option small on CPU; its topology (Snake, 3 dilated units) is unchanged.
+        overrides += ["encoder.channels=8", "encoder.dimension=64"]
+    forward_backward(overrides)
+
+
+@pytest.mark.parametrize("option", available_options("discriminator"))
+def test_every_discriminator_alone_and_in_the_full_mix(option: str) -> None:
+    forward_backward([f"discriminator=[{option}]"])
+
+
+def test_full_discriminator_mix() -> None:
+    cfg = compose_config(["discriminator=[msstft,mpd,msd,mrd]"])
+    discriminator = build_discriminator(cfg)
+    outputs = discriminator(torch.randn(1, 1, 4000))
+    assert len(outputs) == len(discriminator.names()) == 5 + 5 + 3 + 3
+    for logits, features in outputs:
+        assert torch.isfinite(logits).all() and len(features) >= 2
+
+
+@pytest.mark.parametrize(
+    "preset,kbps",
+    [
+        ("hificodec_24k_240x_4cb", 4.0),
+        ("hificodec_24k_320x_4cb", 3.0),
+        ("hificodec_16k_320x_4cb", 2.0),
+        ("encodec_24k_320x_8cb", 6.0),
+        ("dac_44k_512x_9cb", 7.75),
+    ],
+)
+def test_info_cli_reports_paper_bitrates(preset: str, kbps: float) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "codec", "info", f"experiment={preset}"],
+        cwd=REPO_ROOT, capture_output=True, text=True, check=True,
+    )
+    info = json.loads(result.stdout)
+    assert round(info["bitrate_kbps"], 2) == kbps
+    for key in ("sample_rate", "frame_rate", "groups", "layers", "codebooks", "codebook_size",
+                "tokens_per_second", "params_generator", "params_discriminator"):
+        assert key in info
+    assert info["codebooks"] == info["groups"] * info["layers"]
+    assert info["tokens_per_second"] == pytest.approx(info["frame_rate"] * info["codebooks"])
+    assert info["params_generator"] > 1_000_000 and info["params_discriminator"] > 100_000
+
+
+def test_groups_must_divide_latent_dim() -> None:
+    cfg = compose_config(["encoder.dimension=30", "quantizer.groups=4"])
+    with pytest.raises(ConfigError, match=r"quantizer\.groups=4.*encoder\.dimension=30"):
+        build_codec(cfg)
+
+
+def test_codebook_dim_above_group_dim_is_rejected() -> None:
+    cfg = compose_config(["encoder.dimension=32", "quantizer.groups=2", "quantizer.codebook_dim=24"])
+    with pytest.raises(ConfigError, match=r"quantizer\.codebook_dim=24"):
+        build_codec(cfg)
+
+
+def test_unknown_discriminator_is_rejected_by_name() -> None:
+    with pytest.raises(ConfigError, match=r"discriminator/wavenet"):
+        compose_config(["discriminator=[msstft,wavenet]"])
+
+
+def test_stray_discriminator_node_is_rejected_by_key() -> None:
+    cfg = compose_config(["+discriminator.wavenet.channels=4"])
+    with pytest.raises(ConfigError, match=r"discriminator\.wavenet"):
+        build_discriminator(cfg)
+
+
+def test_constructor_errors_name_the_config_key() -> None:
+    cfg = compose_config(["quantizer.update=hebbian"])
+    with pytest.raises(ConfigError, match=r"quantizer\.update='hebbian'"):
+        build_codec(cfg)
+    cfg = compose_config(["encoder.activation=swish"])
+    with pytest.raises(ConfigError, match=r"encoder\.activation='swish'"):
+        build_codec(cfg)
+    cfg = compose_config(["+loss.weights.perceptual=1.0"])
+    with pytest.raises(ConfigError, match=r"loss\.weights.*perceptual"):
+        build_loss(cfg)
+
+
+def test_info_cli_exits_with_clear_error() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "codec", "info", "quantizer.groups=3"],
+        cwd=REPO_ROOT, capture_output=True, text=True,
+    )
+    assert result.returncode == 2
+    assert "quantizer.groups=3" in result.stderr

@@ -1,0 +1,80 @@
+"""Encoder/decoder shapes, the codec's encode/decode and bitrate, and the loss functions."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from codec.discriminators import DiscriminatorOutput
+from codec.losses import CodecLoss, discriminator_loss, feature_matching_loss, generator_adversarial_loss
+from codec.model import Codec
+from codec.modules import SEANetEncoder
+from codec.quantization import GroupResidualVQ
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("length", [1, 319, 320, 321, 1000, 4801])
+def test_codec_output_length_equals_input_length(length: int, causal: bool) -> None:
+    encoder = SEANetEncoder(channels=4, dimension=8, strides=[2, 4, 5, 8], lstm_layers=1, causal=causal)
+    codec = Codec(encoder, GroupResidualVQ(dim=8, groups=2, layers=1, codebook_size=16, kmeans_init=False), sample_rate=16000).eval()
+    wav = torch.randn(2, 1, length)
+    out = codec(wav)
+    assert out.audio.shape == wav.shape
+    frames = -(-length // 320)
+    assert out.quantizer.codes.shape == (2, 2, frames)
+    codes = codec.encode(wav)
+    assert torch.equal(codes, out.quantizer.codes)
+    assert codec.decode(codes, length=length).shape == wav.shape
+    assert torch.allclose(codec.decode(codes, length=length), out.audio, atol=1e-5)
+
+
+def test_causal_encoder_ignores_the_future() -> None:
+    encoder = SEANetEncoder(channels=4, dimension=8, strides=[2, 2], lstm_layers=0, causal=True).eval()
+    wav = torch.randn(1, 1, 64)
+    changed = wav.clone()
+    changed[..., 40:] = 0
+    with torch.no_grad():
+        a, b = encoder(wav), encoder(changed)
+    assert torch.allclose(a[..., :10], b[..., :10])
+    assert not torch.allclose(a, b)
+
+
+def test_bitrate_and_token_rate() -> None:
+    encoder = SEANetEncoder(channels=4, dimension=8, strides=[2, 4, 5, 6], lstm_layers=0)
+    codec = Codec(encoder, GroupResidualVQ(dim=8, groups=2, layers=2, codebook_size=1024), sample_rate=24000)
+    assert codec.frame_rate == 100.0
+    assert codec.tokens_per_second() == 400.0
+    assert codec.bitrate_kbps() == pytest.approx(4.0)
+    assert codec.bitrate_kbps(n_layers=1) == pytest.approx(2.0)
+
+
+def test_hinge_and_lsgan_losses_match_formulas() -> None:
+    real = [torch.tensor([2.0, 0.5]), torch.tensor([-1.0])]
+    fake = [torch.tensor([-2.0, 0.5]), torch.tensor([1.0])]
+    # hinge D: mean(relu(1 - real)) + mean(relu(1 + fake)), averaged over discriminators
+    expected = ((0 + 0.5) / 2 + (0 + 1.5) / 2 + 2.0 + 2.0) / 2
+    assert float(discriminator_loss(real, fake, "hinge")) == pytest.approx(expected)
+    assert float(generator_adversarial_loss(fake, "hinge")) == pytest.approx(((3 + 0.5) / 2 + 0) / 2)
+    assert float(generator_adversarial_loss(fake, "lsgan")) == pytest.approx(((9 + 0.25) / 2 + 0) / 2)
+
+
+def test_feature_matching_is_normalized_by_real_magnitude() -> None:
+    real = [[torch.full((4,), 2.0), torch.full((2,), 10.0)]]
+    fake = [[torch.full((4,), 1.0), torch.full((2,), 5.0)]]
+    assert float(feature_matching_loss(real, fake)) == pytest.approx(0.5)
+    scaled = feature_matching_loss([[100 * r for r in real[0]]], [[100 * f for f in fake[0]]])
+    assert float(scaled) == pytest.approx(0.5)
+
+
+def test_zero_weight_terms_are_reported_not_trained() -> None:
+    loss = CodecLoss(16000, {"waveform_l1": 0.0, "mel": 1.0}, mel_windows=[64], mel_bins=[10])
+    ref = torch.randn(1, 1, 800)
+    est = torch.randn(1, 1, 800, requires_grad=True)
+    terms = loss.generator_terms(ref, est, torch.tensor(0.0), None, None)
+    assert terms["waveform_l1"] > 0
+    total = loss.total(terms)
+    assert float(total) == pytest.approx(float(terms["mel"]))
+    outputs = [DiscriminatorOutput(torch.zeros(1, 3), [torch.ones(1, 2)])]
+    with_adv = loss.generator_terms(ref, est, torch.tensor(0.0), outputs, outputs)
+    assert {"adversarial", "feature"} <= set(with_adv)
+    with pytest.raises(ValueError, match="every loss weight"):
+        CodecLoss(16000, {"mel": 0.0}, mel_windows=[64], mel_bins=[10]).total(terms)
