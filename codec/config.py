@@ -5,6 +5,7 @@ impossible composition fails before any training starts.
 """
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Any, Sequence
@@ -18,6 +19,8 @@ from omegaconf.errors import OmegaConfBaseException
 from codec.discriminators import MultiDiscriminator
 from codec.losses import CodecLoss
 from codec.model import Codec
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -80,12 +83,27 @@ def validate(cfg: DictConfig) -> None:
     codebook_dim = cfg.quantizer.get("codebook_dim")
     if codebook_dim is not None and int(codebook_dim) > dim // groups:
         raise ConfigError(f"quantizer.codebook_dim={codebook_dim} is above the group dimension encoder.dimension/quantizer.groups={dim // groups}")
+    selected_discriminators(cfg)
+
+
+def selected_discriminators(cfg: DictConfig) -> dict[str, DictConfig]:
+    """The discriminator nodes picked by ``discriminator=[...]``.
+
+    A node without ``_target_`` holds settings for a known discriminator that is not selected
+    (e.g. an experiment's size tweak); it is ignored with a log line. An unknown name fails.
+    """
     known = available_options("discriminator")
+    selected = {}
     for name, node in cfg.discriminator.items():
-        if not isinstance(node, DictConfig) or "_target_" not in node:
+        if isinstance(node, DictConfig) and "_target_" in node:
+            selected[name] = node
+        elif name in known:
+            log.info("discriminator.%s has settings but is not selected; ignoring them", name)
+        else:
             raise ConfigError(f"discriminator.{name} is not a known discriminator (known: {known}); select discriminators with discriminator=[...]")
-    if not cfg.discriminator:
+    if not selected:
         raise ConfigError(f"discriminator must select at least one of {known}")
+    return selected
 
 
 def build_codec(cfg: DictConfig) -> Codec:
@@ -100,7 +118,7 @@ def build_codec(cfg: DictConfig) -> Codec:
 
 def build_discriminator(cfg: DictConfig) -> MultiDiscriminator:
     validate(cfg)
-    return MultiDiscriminator({name: build(node, f"discriminator.{name}") for name, node in cfg.discriminator.items()})
+    return MultiDiscriminator({name: build(node, f"discriminator.{name}") for name, node in selected_discriminators(cfg).items()})
 
 
 def build_loss(cfg: DictConfig) -> CodecLoss:
@@ -127,7 +145,7 @@ def describe(cfg: DictConfig) -> dict[str, Any]:
         "codebook_size": quantizer.codebook_size,
         "bitrate_kbps": round(codec.bitrate_kbps(), 4),
         "tokens_per_second": codec.tokens_per_second(),
-        "discriminators": list(cfg.discriminator.keys()),
+        "discriminators": list(selected_discriminators(cfg)),
         "params_generator": count_parameters(codec),
         "params_discriminator": count_parameters(discriminator),
     }

@@ -1,0 +1,89 @@
+"""Scanning a folder of audio into a validated, cached manifest of usable files."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from codec.data.audio_io import AUDIO_SUFFIXES, AudioFileError, probe
+
+log = logging.getLogger(__name__)
+
+BAD_FILE_POLICIES = ("skip", "error")
+
+
+@dataclass(frozen=True)
+class AudioEntry:
+    path: str
+    frames: int
+    sample_rate: int
+
+    @property
+    def seconds(self) -> float:
+        return self.frames / self.sample_rate
+
+
+@dataclass
+class Manifest:
+    entries: list[AudioEntry]
+    skipped: dict[str, str]  # path -> reason
+
+
+def _signature(files: list[Path]) -> str:
+    digest = hashlib.sha1()
+    for f in files:
+        stat = f.stat()
+        digest.update(f"{f}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def scan_folder(root: Path, cache_dir: Path | None, bad_files: str = "skip", min_seconds: float = 0.0) -> Manifest:
+    """All wav/flac files under ``root``, probed once and cached by a signature of the tree.
+
+    Files that cannot be used are named with their reason; ``bad_files='error'`` raises on
+    the first scan that finds any, ``'skip'`` leaves them out and logs a count.
+    """
+    if bad_files not in BAD_FILE_POLICIES:
+        raise ValueError(f"bad_files={bad_files!r} is unknown; choose one of {BAD_FILE_POLICIES}")
+    root = Path(root).resolve()
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+    signature = _signature(files)
+    cache_file = None
+    manifest = None
+    if cache_dir is not None:
+        cache_file = Path(cache_dir) / f"{hashlib.sha1(str(root).encode()).hexdigest()[:16]}.json"
+        if cache_file.exists():
+            cached = json.loads(cache_file.read_text())
+            if cached.get("signature") == signature and cached.get("min_seconds") == min_seconds:
+                manifest = Manifest([AudioEntry(**e) for e in cached["entries"]], cached["skipped"])
+    if manifest is None:
+        entries, skipped = [], {}
+        for f in files:
+            try:
+                frames, rate = probe(f)
+            except AudioFileError as error:
+                skipped[str(f)] = str(error)
+                continue
+            if frames / rate < min_seconds:
+                skipped[str(f)] = f"{f}: shorter than min_seconds={min_seconds} ({frames / rate:.3f} s)"
+                continue
+            entries.append(AudioEntry(str(f), frames, rate))
+        manifest = Manifest(entries, skipped)
+        if cache_file is not None:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            payload = {"root": str(root), "signature": signature, "min_seconds": min_seconds,
+                       "entries": [asdict(e) for e in entries], "skipped": skipped}
+            tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps(payload))
+            os.replace(tmp, cache_file)
+    if manifest.skipped:
+        if bad_files == "error":
+            reasons = "\n  ".join(manifest.skipped.values())
+            raise AudioFileError(f"{len(manifest.skipped)} unusable audio file(s) under {root} (data.bad_files=error):\n  {reasons}")
+        for reason in manifest.skipped.values():
+            log.warning("skipping %s", reason)
+        log.warning("skipped %d of %d audio files under %s", len(manifest.skipped), len(files), root)
+    return manifest

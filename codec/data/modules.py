@@ -1,0 +1,110 @@
+"""Data modules: where the audio comes from, how it splits, and the loaders built on it."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from codec.data.datasets import RangeSampler, SegmentDataset, load_utterances
+from codec.data.demo_corpus import ensure_demo_corpus
+from codec.data.manifest import AudioEntry, Manifest, scan_folder
+
+log = logging.getLogger(__name__)
+SPLITS = ("train", "valid", "test")
+
+
+class DataError(ValueError):
+    """Data that cannot be trained on (missing path, too few files); names the config key."""
+
+
+class AudioDataModule:
+    """A folder of audio split into train/valid/test; subclasses say where the folder is."""
+
+    def __init__(self, sample_rate: int, cache_dir: str, valid_count: int, test_count: int,
+                 bad_files: str = "skip", min_seconds: float = 0.1, split_seed: int = 0) -> None:
+        self.sample_rate = int(sample_rate)
+        self.cache_dir = Path(cache_dir)
+        self.valid_count = int(valid_count)
+        self.test_count = int(test_count)
+        self.bad_files = bad_files
+        self.min_seconds = float(min_seconds)
+        self.split_seed = int(split_seed)
+        self._splits: dict[str, list[AudioEntry]] | None = None
+        self.manifest: Manifest | None = None
+
+    def root(self) -> Path:
+        raise NotImplementedError
+
+    def prepare(self) -> dict[str, list[AudioEntry]]:
+        """Scan, validate and split the files; fails with a clear error before training."""
+        if self._splits is not None:
+            return self._splits
+        root = self.root()
+        self.manifest = scan_folder(root, self.cache_dir / "manifests", self.bad_files, self.min_seconds)
+        entries = self.manifest.entries
+        needed = self.valid_count + self.test_count + 1
+        if len(entries) < needed:
+            raise DataError(
+                f"data.path={root} has {len(entries)} usable audio file(s); at least {needed} are needed "
+                f"(data.valid_count={self.valid_count} + data.test_count={self.test_count} + 1 for training)"
+            )
+        order = np.random.default_rng(self.split_seed).permutation(len(entries))
+        shuffled = [entries[i] for i in order]
+        self._splits = {
+            "test": sorted(shuffled[: self.test_count], key=lambda e: e.path),
+            "valid": sorted(shuffled[self.test_count : self.test_count + self.valid_count], key=lambda e: e.path),
+            "train": sorted(shuffled[self.test_count + self.valid_count :], key=lambda e: e.path),
+        }
+        log.info("data: %s", ", ".join(f"{k}={len(v)}" for k, v in self._splits.items()))
+        return self._splits
+
+    def split(self, name: str) -> list[AudioEntry]:
+        if name not in SPLITS:
+            raise ValueError(f"split={name!r} is unknown; choose one of {SPLITS}")
+        return self.prepare()[name]
+
+    def train_loader(self, batch_size: int, segment_seconds: float, seed: int, start_step: int, max_steps: int,
+                     num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
+        """Batches for steps ``start_step + 1 ... max_steps``, identical across resumes."""
+        dataset = SegmentDataset(self.split("train"), self.sample_rate, segment_seconds, seed)
+        sampler = RangeSampler(start_step * batch_size, max_steps * batch_size)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                          pin_memory=pin_memory, drop_last=True, persistent_workers=False,
+                          prefetch_factor=4 if num_workers else None)
+
+    def utterances(self, split: str, max_utterances: int | None = None, max_seconds: float | None = None) -> list[tuple[str, torch.Tensor]]:
+        entries = self.split(split)
+        if max_utterances:
+            entries = entries[:max_utterances]
+        return load_utterances(entries, self.sample_rate, max_seconds)
+
+
+class FolderDataModule(AudioDataModule):
+    """Any directory tree of wav/flac files (``data.path``)."""
+
+    def __init__(self, path: str, sample_rate: int, cache_dir: str, valid_count: int = 8, test_count: int = 8,
+                 bad_files: str = "skip", min_seconds: float = 0.1, split_seed: int = 0) -> None:
+        super().__init__(sample_rate, cache_dir, valid_count, test_count, bad_files, min_seconds, split_seed)
+        self.path = Path(path).expanduser()
+        if not self.path.is_dir():
+            raise DataError(f"data.path={path} does not exist or is not a directory")
+
+    def root(self) -> Path:
+        return self.path
+
+
+class DemoDataModule(AudioDataModule):
+    """The embedded synthetic speech-like corpus, generated on first use."""
+
+    def __init__(self, sample_rate: int, cache_dir: str, utterances: int = 48, utterance_seconds: float = 2.0,
+                 seed: int = 0, valid_count: int = 4, test_count: int = 4) -> None:
+        super().__init__(sample_rate, cache_dir, valid_count, test_count, bad_files="error", min_seconds=0.0)
+        self.utterance_count = int(utterances)
+        self.utterance_seconds = float(utterance_seconds)
+        self.seed = int(seed)
+
+    def root(self) -> Path:
+        return ensure_demo_corpus(self.cache_dir, self.sample_rate, self.utterance_count, self.utterance_seconds, self.seed)

@@ -1,0 +1,129 @@
+"""Evaluates a codec on full utterances; PESQ/STOI run in a pool of worker processes."""
+from __future__ import annotations
+
+import math
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from codec.data.audio_io import resample
+from codec.evaluation.metrics import KNOWN_METRICS, PERCEPTUAL_METRICS, SignalMetrics
+from codec.evaluation.perceptual import limit_worker_threads, perceptual_metrics
+from codec.model import Codec
+from codec.quantization.stats import code_histogram, stats_from_histogram
+
+
+@dataclass
+class EvalResult:
+    """Aggregated metrics (mean and ``_std``), per-utterance scores and audio samples."""
+
+    metrics: dict[str, float]
+    per_utterance: list[dict[str, float]]
+    samples: list[tuple[str, torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    codebook: dict[str, list[float]] = field(default_factory=dict)
+
+
+class Evaluator:
+    """Reconstructs each utterance with the codec and scores it against the original."""
+
+    def __init__(self, sample_rate: int, metrics: Sequence[str] = KNOWN_METRICS, workers: int = 2,
+                 max_utterances: int | None = 16, max_seconds: float | None = 10.0, audio_samples: int = 2) -> None:
+        unknown = sorted(set(metrics) - set(KNOWN_METRICS))
+        if unknown:
+            raise ValueError(f"metrics={unknown} unknown; choose from {list(KNOWN_METRICS)}")
+        self.sample_rate = int(sample_rate)
+        self.metrics = tuple(metrics)
+        self.workers = int(workers)
+        self.max_utterances = max_utterances
+        self.max_seconds = max_seconds
+        self.audio_samples = int(audio_samples)
+        self.signal_metrics = SignalMetrics(self.sample_rate)
+        self._pool: ProcessPoolExecutor | None = None
+
+    # -- worker pool ---------------------------------------------------------------------------
+    def _executor(self) -> ProcessPoolExecutor | None:
+        if self.workers <= 0:
+            return None
+        if self._pool is None:
+            context = multiprocessing.get_context("spawn")
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=limit_worker_threads)
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> "Evaluator":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- scoring -------------------------------------------------------------------------------
+    def perceptual_jobs(self, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> list[dict]:
+        """PESQ/STOI jobs with properly resampled copies (16 kHz wideband, 8 kHz narrowband)."""
+        wanted = tuple(m for m in self.metrics if m in PERCEPTUAL_METRICS)
+        jobs = []
+        for reference, estimate in pairs:
+            job: dict = {"metrics": wanted, "rate": self.sample_rate,
+                         "ref": reference.flatten().double().numpy(), "est": estimate.flatten().double().numpy()}
+            for rate, key in ((16000, "16k"), (8000, "8k")):
+                job[f"ref_{key}"] = resample(reference.view(1, -1), self.sample_rate, rate).flatten().double().numpy()
+                job[f"est_{key}"] = resample(estimate.view(1, -1), self.sample_rate, rate).flatten().double().numpy()
+            jobs.append(job)
+        return jobs
+
+    def score_pairs(self, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> list[dict[str, float]]:
+        """Per-utterance scores of (reference, estimate) pairs at the evaluator's sample rate."""
+        scores = [self.signal_metrics(r.flatten(), e.flatten(), self.metrics) for r, e in pairs]
+        if any(m in PERCEPTUAL_METRICS for m in self.metrics):
+            jobs = self.perceptual_jobs(pairs)
+            executor = self._executor()
+            results = list(executor.map(perceptual_metrics, jobs)) if executor else [perceptual_metrics(j) for j in jobs]
+            for score, extra in zip(scores, results):
+                score.update(extra)
+        return scores
+
+    @torch.no_grad()
+    def evaluate(self, codec: Codec, utterances: Sequence[tuple[str, torch.Tensor]], device: torch.device | str = "cpu") -> EvalResult:
+        """Reconstruct and score full utterances; codebook health over the whole set."""
+        if not utterances:
+            raise ValueError("no utterances to evaluate")
+        was_training = codec.training
+        codec.eval()
+        pairs, samples, histogram = [], [], None
+        for index, (name, wav) in enumerate(utterances):
+            batch = wav.view(1, 1, -1).to(device)
+            out = codec(batch)
+            estimate = out.audio.float().cpu().view(1, -1)
+            counts = code_histogram(out.quantizer.codes, codec.quantizer.codebook_size)
+            histogram = counts if histogram is None else histogram + counts
+            pairs.append((wav.view(1, -1).float(), estimate))
+            if index < self.audio_samples:
+                samples.append((name, wav.view(1, -1).float(), estimate))
+        codec.train(was_training)
+        per_utterance = self.score_pairs(pairs)
+        metrics = aggregate(per_utterance)
+        metrics["bitrate_kbps"] = codec.bitrate_kbps()
+        metrics["tokens_per_second"] = codec.tokens_per_second()
+        stats = {k: v.cpu().tolist() for k, v in stats_from_histogram(histogram).items()}
+        for key, values in stats.items():
+            metrics[f"codebook_{key}_mean"] = float(np.mean(values))
+        metrics["effective_bitrate_kbps"] = codec.frame_rate * float(np.sum(stats["entropy_bits"])) / 1000.0
+        return EvalResult(metrics, per_utterance, samples, stats)
+
+
+def aggregate(per_utterance: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Mean and standard deviation of each metric, ignoring NaN (e.g. PESQ on silence)."""
+    summary: dict[str, float] = {}
+    for key in per_utterance[0]:
+        values = np.array([s[key] for s in per_utterance], dtype=np.float64)
+        finite = values[np.isfinite(values)]
+        summary[key] = float(finite.mean()) if finite.size else math.nan
+        summary[f"{key}_std"] = float(finite.std()) if finite.size else math.nan
+    return summary

@@ -1,0 +1,142 @@
+"""Run loggers. The trainer talks to this small interface, never to MLflow directly.
+
+Resuming re-opens the same MLflow run, and steps at or below the last step already logged
+are dropped, so a resumed or requeued job logs no step twice.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+log = logging.getLogger(__name__)
+
+PARAM_VALUE_LIMIT = 6000
+# The metric whose history tells a resumed run the last step already logged.
+STEP_MARKER_METRIC = "train/loss_generator"
+
+
+def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config -> {"a.b.c": "value"}; lists stay whole, values cut to MLflow's limit."""
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_config(value, f"{name}."))
+        else:
+            text = str(value)
+            flat[name] = text if len(text) <= PARAM_VALUE_LIMIT else text[: PARAM_VALUE_LIMIT - 3] + "..."
+    return flat
+
+
+class RunLogger:
+    """What the trainer needs from a tracker; the base class logs nothing."""
+
+    run_id: str | None = None
+
+    def start(self, run_name: str, params: Mapping[str, str], tags: Mapping[str, str], run_id: str | None = None) -> str | None:
+        return None
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        pass
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        pass
+
+    def finish(self, status: str = "FINISHED") -> None:
+        pass
+
+
+class NullLogger(RunLogger):
+    """``logger=none``: metrics go to the console log and the run directory only."""
+
+
+class MLflowLogger(RunLogger):
+    """MLflow through an explicit client (no fluent global state).
+
+    ``experiment_id`` and ``parent_run_id`` are set by a sweep's launching side so that many
+    concurrent jobs neither race to create the experiment nor land in "Default".
+    """
+
+    def __init__(self, tracking_uri: str, experiment_name: str, experiment_id: str | None = None,
+                 parent_run_id: str | None = None, sweep_id: str | None = None) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.tracking_uri = tracking_uri
+        self.experiment_name = experiment_name
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.sweep_id = sweep_id
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.run_id: str | None = None
+        self._last_logged_step = -1
+
+    def _experiment(self) -> str:
+        if self.experiment_id:
+            return str(self.experiment_id)
+        return ensure_experiment(self.client, self.experiment_name)
+
+    def start(self, run_name: str, params: Mapping[str, str], tags: Mapping[str, str], run_id: str | None = None) -> str:
+        from mlflow.entities import Param, RunTag
+
+        if run_id is not None:
+            self.run_id = run_id
+            self.client.update_run(run_id, status="RUNNING")
+            history = self.client.get_metric_history(run_id, STEP_MARKER_METRIC)
+            self._last_logged_step = max((m.step for m in history), default=-1)
+            log.info("resuming MLflow run %s (last logged step %d)", run_id, self._last_logged_step)
+            return run_id
+        all_tags = dict(tags)
+        if self.parent_run_id:
+            all_tags["mlflow.parentRunId"] = str(self.parent_run_id)
+        if self.sweep_id:
+            all_tags["sweep_id"] = str(self.sweep_id)
+        run = self.client.create_run(self._experiment(), run_name=run_name, tags=all_tags)
+        self.run_id = run.info.run_id
+        items = [Param(k, v) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+        self.client.log_batch(self.run_id, tags=[RunTag("resumed", "false")])
+        return self.run_id
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        if self.run_id is None or step <= self._last_logged_step:
+            return
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None and math.isfinite(float(v))]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        if self.run_id is not None:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        if self.run_id is not None:
+            for key, value in tags.items():
+                self.client.set_tag(self.run_id, key, str(value))
+
+    def finish(self, status: str = "FINISHED") -> None:
+        if self.run_id is not None:
+            self.client.set_terminated(self.run_id, status=status)
+
+
+def ensure_experiment(client, name: str) -> str:
+    """Id of the experiment ``name``, created if missing (tolerating a concurrent creator)."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name)
+    except Exception:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id

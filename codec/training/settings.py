@@ -1,0 +1,62 @@
+"""The ``trainer`` config node as a typed object; unknown keys are rejected by name."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+
+class TrainerConfigError(ValueError):
+    pass
+
+
+@dataclass
+class TrainerSettings:
+    max_steps: int = 200000
+    batch_size: int = 16
+    segment_seconds: float = 1.0
+    seed: int = 1234
+    log_every: int = 50
+    eval_every: int = 5000
+    checkpoint_every: int = 1000
+    keep_last: int = 3
+    best_metric: str = "valid/mel_distance"
+    best_mode: str = "min"
+    discriminator_warmup_steps: int = 0
+    grad_clip: float | None = 1000.0
+    generator_optimizer: dict[str, Any] = field(default_factory=lambda: {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 3e-4})
+    discriminator_optimizer: dict[str, Any] = field(default_factory=lambda: {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 3e-4})
+    scheduler: dict[str, Any] | None = None
+    ema_decay: float | None = None
+    device: str = "auto"
+    bf16: bool = True
+    compile: bool = False
+    num_workers: int = 2
+    deterministic: bool = False
+    max_requeues: int = 3
+
+    @classmethod
+    def from_config(cls, node: DictConfig | dict) -> "TrainerSettings":
+        values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise TrainerConfigError(f"trainer.{unknown[0]} is not a trainer setting; known settings: {sorted(known)}")
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        for name in ("max_steps", "batch_size", "log_every", "eval_every", "checkpoint_every", "keep_last"):
+            if int(getattr(self, name)) < 1:
+                raise TrainerConfigError(f"trainer.{name}={getattr(self, name)} must be a positive integer")
+        if self.segment_seconds <= 0:
+            raise TrainerConfigError(f"trainer.segment_seconds={self.segment_seconds} must be positive")
+        if self.best_mode not in ("min", "max"):
+            raise TrainerConfigError(f"trainer.best_mode={self.best_mode!r} must be 'min' or 'max'")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise TrainerConfigError(f"trainer.ema_decay={self.ema_decay} must lie in (0, 1) or be null")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise TrainerConfigError(f"trainer.device={self.device!r} must be auto, cpu, cuda or cuda:N")

@@ -1,0 +1,37 @@
+"""``status.json`` in each run directory: state, step and best metrics, written atomically.
+
+The sweep status command reads these files; they are the run's own account of itself.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+STATES = ("pending", "running", "finished", "failed", "preempted")
+
+
+def read_status(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / "status.json"
+    if not path.exists():
+        return {"state": "pending", "step": 0}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return {"state": "pending", "step": 0}
+
+
+def write_status(run_dir: Path, **fields: Any) -> dict[str, Any]:
+    """Merge ``fields`` into the run's status file atomically and return the new status."""
+    run_dir = Path(run_dir)
+    status = read_status(run_dir)
+    status.update(fields)
+    status["updated"] = time.time()
+    if status.get("state") not in STATES:
+        raise ValueError(f"state={status.get('state')!r} must be one of {STATES}")
+    tmp = run_dir / f".status.json.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(status, indent=2, default=str))
+    os.replace(tmp, run_dir / "status.json")
+    return status
