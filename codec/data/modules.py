@@ -71,7 +71,10 @@ class AudioDataModule:
         """Batches for steps ``start_step + 1 ... max_steps``, identical across resumes."""
         dataset = SegmentDataset(self.split("train"), self.sample_rate, segment_seconds, seed)
         sampler = RangeSampler(start_step * batch_size, max_steps * batch_size)
+        # A private generator: creating the loader must not draw from the global RNG, or a
+        # resumed run would diverge from an uninterrupted one.
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                          generator=torch.Generator().manual_seed(seed),
                           pin_memory=pin_memory, drop_last=True, persistent_workers=False,
                           prefetch_factor=4 if num_workers else None)
 

@@ -20,6 +20,7 @@ class TrainerSettings:
     seed: int = 1234
     log_every: int = 50
     eval_every: int = 5000
+    eval_at_start: bool = True
     checkpoint_every: int = 1000
     keep_last: int = 3
     best_metric: str = "valid/mel_distance"

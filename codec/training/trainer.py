@@ -78,6 +78,7 @@ class Trainer:
         except TypeError as error:
             raise ConfigError(f"invalid config 'trainer': {error}") from error
         validate(cfg)
+        self._seed()  # before any module is built, so initial weights follow trainer.seed
         self.identity = run_identity(self.config)
         self.device = resolve_device(self.settings.device)
         self.stop_requested = False
@@ -332,7 +333,6 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         """Train to ``max_steps`` (resuming if a checkpoint exists); returns the final status."""
-        self._seed()
         state = self.checkpoints.load(map_location=self.device)
         if state is not None:
             self.load_state_dict(state)
@@ -343,6 +343,8 @@ class Trainer:
             return status
         self._start_logging()
         try:
+            if self.step == 0 and self.settings.eval_at_start:
+                self._log_eval("valid", self.evaluate("valid"))  # the untrained baseline
             self._loop()
             return self._finish()
         except StopRequested:

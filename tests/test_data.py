@@ -1,0 +1,95 @@
+"""Data: the demo corpus, folders with bad files, resampling and reproducible segments."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from codec.data import AudioFileError, DataError, DemoDataModule, FolderDataModule
+from codec.data.datasets import SegmentDataset
+from tests.audio_fixtures import alsa_speech, espeak_corpus, write_corrupt_wav, write_empty_wav
+
+
+def test_demo_corpus_is_deterministic_and_cached(tmp_path: Path) -> None:
+    first = DemoDataModule(16000, str(tmp_path / "a"), utterances=6, utterance_seconds=1.0, valid_count=1, test_count=1)
+    second = DemoDataModule(16000, str(tmp_path / "b"), utterances=6, utterance_seconds=1.0, valid_count=1, test_count=1)
+    a, b = first.utterances("train"), second.utterances("train")
+    assert len(a) == 4
+    for (_, x), (_, y) in zip(a, b):
+        assert torch.equal(x, y)
+        assert x.shape == (1, 16000)
+        assert 0.05 < float(x.abs().max()) <= 0.5  # not silent, not clipped
+    # speech-like: voiced stretches and pauses (10 ms frames of high and of zero energy)
+    frames = torch.cat([x for _, x in a], dim=1).view(-1, 160).pow(2).mean(dim=1)
+    assert (frames < 1e-8).any() and (frames > 1e-3).any()
+    folder = first.root()
+    stamp = (folder / "utt_0000.wav").stat().st_mtime_ns
+    DemoDataModule(16000, str(tmp_path / "a"), utterances=6, utterance_seconds=1.0, valid_count=1, test_count=1).prepare()
+    assert (folder / "utt_0000.wav").stat().st_mtime_ns == stamp
+
+
+def test_missing_path_is_an_error_naming_the_key(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"data\.path=.*nowhere.*does not exist"):
+        FolderDataModule(str(tmp_path / "nowhere"), 16000, str(tmp_path / "cache"))
+
+
+def test_corrupt_and_empty_files_are_skipped_and_named(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    speech = espeak_corpus(tmp_path / "audio", count=5)
+    corrupt = write_corrupt_wav(tmp_path / "audio" / "corrupt.wav")
+    empty = write_empty_wav(tmp_path / "audio" / "empty.wav")
+    module = FolderDataModule(str(tmp_path / "audio"), 16000, str(tmp_path / "cache"), valid_count=1, test_count=1)
+    with caplog.at_level(logging.WARNING):
+        splits = module.prepare()
+    assert sum(len(v) for v in splits.values()) == len(speech)
+    assert str(corrupt) in caplog.text and str(empty) in caplog.text
+    assert "skipped 2 of 7" in caplog.text
+    assert set(module.manifest.skipped) == {str(corrupt), str(empty)}
+    assert "empty audio" in module.manifest.skipped[str(empty)]
+
+    strict = FolderDataModule(str(tmp_path / "audio"), 16000, str(tmp_path / "cache"), valid_count=1, test_count=1, bad_files="error")
+    with pytest.raises(AudioFileError) as error:
+        strict.prepare()
+    assert str(corrupt) in str(error.value) and str(empty) in str(error.value)
+
+
+def test_too_few_files_is_explained(tmp_path: Path) -> None:
+    espeak_corpus(tmp_path / "audio", count=2)
+    module = FolderDataModule(str(tmp_path / "audio"), 16000, str(tmp_path / "cache"), valid_count=1, test_count=1)
+    with pytest.raises(DataError, match=r"2 usable audio file.*data\.valid_count=1"):
+        module.prepare()
+
+
+def test_recorded_48k_speech_is_resampled_and_segmented(tmp_path: Path) -> None:
+    files = alsa_speech()
+    audio = tmp_path / "alsa"
+    audio.mkdir()
+    for f in files[:4]:
+        (audio / f.name).symlink_to(f)
+    # an odd-rate stereo file: downmixed and resampled like the rest
+    stereo = np.stack([np.sin(np.linspace(0, 2000, 22050)), np.zeros(22050)], axis=1).astype(np.float32)
+    sf.write(str(audio / "stereo_22050.flac"), stereo, 22050)
+    module = FolderDataModule(str(audio), 24000, str(tmp_path / "cache"), valid_count=1, test_count=1)
+    splits = module.prepare()
+    rates = {e.sample_rate for split in splits.values() for e in split}
+    assert rates == {48000, 22050}
+    dataset = SegmentDataset(splits["train"], 24000, 0.5, seed=3)
+    for index in range(6):
+        segment = dataset[index]
+        assert segment.shape == (1, 12000)
+        assert torch.equal(segment, dataset[index])  # a pure function of (seed, index)
+    name, utterance = module.utterances("test")[0]
+    entry = splits["test"][0]
+    assert utterance.shape[-1] == pytest.approx(entry.frames * 24000 / entry.sample_rate, abs=2)
+
+
+def test_loader_from_a_step_continues_the_same_stream(tmp_path: Path) -> None:
+    module = DemoDataModule(16000, str(tmp_path), utterances=6, utterance_seconds=1.0, valid_count=1, test_count=1)
+    full = list(module.train_loader(2, 0.25, seed=5, start_step=0, max_steps=6))
+    resumed = list(module.train_loader(2, 0.25, seed=5, start_step=3, max_steps=6, num_workers=2))
+    assert len(full) == 6 and len(resumed) == 3
+    for a, b in zip(full[3:], resumed):
+        assert torch.equal(a, b)

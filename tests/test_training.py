@@ -1,0 +1,237 @@
+"""End-to-end training through train.py: the README demo, real speech, kill-and-resume,
+NaN losses, evaluate.py and the encode/decode command line."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from mlflow.tracking import MlflowClient
+
+from codec.data.datasets import SegmentDataset
+from codec.data.manifest import scan_folder
+from tests.audio_fixtures import espeak_corpus
+from tests.conftest import REPO_ROOT, TINY_MODEL
+
+TRAIN = str(REPO_ROOT / "train.py")
+
+
+def train(args: list[str], cwd: Path, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, TRAIN, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"train.py failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+def all_artifacts(client: MlflowClient, run_id: str, path: str | None = None) -> list[str]:
+    files = []
+    for item in client.list_artifacts(run_id, path):
+        files += all_artifacts(client, run_id, item.path) if item.is_dir else [item.path]
+    return files
+
+
+@pytest.mark.slow
+def test_readme_demo_command_trains_and_logs_to_mlflow(tmp_path: Path) -> None:
+    """`python train.py` with nothing else: demo data, local store, checkpoints, artifacts."""
+    train([], cwd=tmp_path)
+    run_dir = tmp_path / "runs" / "demo" / "default"
+    checkpoints = run_dir / "checkpoints"
+    assert (checkpoints / "latest.pt").exists() and (checkpoints / "best.pt").exists()
+    state = torch.load(checkpoints / "latest.pt", weights_only=False)
+    assert state["step"] == 300
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "finished" and status["step"] == 300
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("demo")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.run_id == status["run_id"] and run.info.status == "FINISHED"
+    assert run.data.params["encoder.channels"] == "8" and run.data.params["quantizer.groups"] == "2"
+    history = client.get_metric_history(run.info.run_id, "train/loss_generator")
+    assert [m.step for m in history] == list(range(10, 301, 10))
+    for key in ("valid/pesq_wb", "valid/stoi", "test/pesq_wb", "test/estoi", "best/mel_distance",
+                "train/throughput_audio_seconds_per_second", "train/grad_norm_generator", "valid/codebook_00_perplexity"):
+        assert key in run.data.metrics, key
+    artifacts = all_artifacts(client, run.info.run_id)
+    assert "resolved_config.yaml" in artifacts and "git_commit.txt" in artifacts
+    assert any(a.endswith("_reconstruction.wav") for a in artifacts)
+    assert any(a.endswith("_original.wav") for a in artifacts)
+    assert any(a.endswith("_spectrogram.png") for a in artifacts)
+
+    # Running the same command again finds the run finished and does nothing.
+    again = train([], cwd=tmp_path)
+    assert "already finished" in again.stderr + again.stdout
+    assert len(client.search_runs([experiment.experiment_id])) == 1
+
+
+@pytest.fixture(scope="module")
+def speech_run(tmp_path_factory) -> dict:
+    """A tiny model trained for a few hundred steps on espeak-ng speech."""
+    root = tmp_path_factory.mktemp("speech_run")
+    espeak_corpus(root / "speech", sample_rate=16000)
+    args = [*TINY_MODEL, "data=folder", f"data.path={root / 'speech'}", "data.valid_count=2", "data.test_count=2",
+            "trainer.max_steps=240", "trainer.log_every=10", "trainer.eval_every=120", "trainer.checkpoint_every=120",
+            "trainer.batch_size=8", "trainer.segment_seconds=0.4", "trainer.generator_optimizer.lr=1e-3",
+            "trainer.discriminator_warmup_steps=100", f"hydra.run.dir={root / 'run'}"]
+    train(args, cwd=root)
+    status = json.loads((root / "run" / "status.json").read_text())
+    return {"root": root, "run_dir": root / "run", "status": status,
+            "client": MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")}
+
+
+@pytest.mark.slow
+def test_real_speech_reconstruction_loss_falls(speech_run: dict) -> None:
+    client, run_id = speech_run["client"], speech_run["status"]["run_id"]
+    assert len(client.get_metric_history(run_id, "train/mel")) == 24
+    # Validation on the same held-out utterances: the untrained baseline at step 0, then training.
+    valid = {m.step: m.value for m in client.get_metric_history(run_id, "valid/mel_distance")}
+    assert sorted(valid) == [0, 120, 240]
+    assert valid[240] < valid[120] < valid[0]
+    assert valid[240] < 0.85 * valid[0]
+
+
+@pytest.mark.slow
+def test_real_speech_pesq_and_stoi_on_held_out_utterances(speech_run: dict) -> None:
+    test = speech_run["status"]["test"]
+    assert 1.0 <= test["pesq_wb"] <= 4.7 and 1.0 <= test["pesq_nb"] <= 4.7
+    assert 0.0 < test["stoi"] <= 1.0
+    run = speech_run["client"].get_run(speech_run["status"]["run_id"])
+    assert run.data.metrics["test/pesq_wb"] == pytest.approx(test["pesq_wb"])
+    assert "test/stoi_std" in run.data.metrics
+
+
+@pytest.mark.slow
+def test_evaluate_script_prints_table_and_writes_json(speech_run: dict) -> None:
+    checkpoint = speech_run["run_dir"] / "checkpoints" / "best.pt"
+    out = speech_run["root"] / "eval.json"
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "evaluate.py"), f"checkpoint={checkpoint}", "data=folder",
+                             f"data.path={speech_run['root'] / 'speech'}", "data.valid_count=2", "data.test_count=2",
+                             f"output={out}", f"paths.cache={speech_run['root'] / '.cache'}"],
+                            cwd=speech_run["root"], capture_output=True, text=True, check=True)
+    assert "pesq_wb" in result.stdout and "stoi" in result.stdout
+    report = json.loads(out.read_text())
+    assert report["utterances"] == 2 and len(report["per_utterance"]) == 2
+    assert {"pesq_wb", "pesq_nb", "stoi", "estoi", "mel_distance", "si_sdr", "bitrate_kbps"} <= set(report["metrics"])
+
+
+@pytest.mark.slow
+def test_encode_decode_command_line_round_trip(speech_run: dict) -> None:
+    checkpoint = speech_run["run_dir"] / "checkpoints" / "latest.pt"
+    wav = sorted((speech_run["root"] / "speech").glob("*.wav"))[0]
+    codes, decoded = speech_run["root"] / "codes.pt", speech_run["root"] / "decoded.wav"
+    for command in (["encode", str(wav), str(codes)], ["decode", str(codes), str(decoded)]):
+        subprocess.run([sys.executable, "-m", "codec", *command, "--checkpoint", str(checkpoint)], cwd=REPO_ROOT, check=True, capture_output=True)
+    payload = torch.load(codes, weights_only=False)
+    original = sf.info(str(wav))
+    assert payload["codes"].shape == (4, -(-original.frames // 320))
+    assert sf.info(str(decoded)).frames == original.frames
+
+    from codec.inference import load_codec
+    codec = load_codec(checkpoint)
+    audio = torch.from_numpy(sf.read(str(wav), dtype="float32")[0]).view(1, 1, -1)
+    assert torch.equal(codec.encode(audio)[0].short(), payload["codes"])
+
+
+def _resume_args(run_dir: Path, db: Path) -> list[str]:
+    return [*TINY_MODEL, "trainer.deterministic=true", "trainer.max_steps=40", "trainer.checkpoint_every=5",
+            "trainer.eval_every=20", "trainer.log_every=5", "eval.metrics=[mel_distance]", "eval.workers=0",
+            f"hydra.run.dir={run_dir}", f"logger.tracking_uri=sqlite:///{db}"]
+
+
+@pytest.mark.slow
+def test_sigkill_then_same_command_resumes_exactly(tmp_path: Path) -> None:
+    db = tmp_path / "mlflow.db"
+    train(_resume_args(tmp_path / "uninterrupted", db), cwd=tmp_path)
+
+    killed_dir = tmp_path / "killed"
+    args = _resume_args(killed_dir, db)
+    process = subprocess.Popen([sys.executable, TRAIN, *args], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (killed_dir / "checkpoints" / "step_000000015.pt").exists():
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    before = json.loads((killed_dir / "status.json").read_text())
+    assert before["state"] == "running" and 15 <= before["step"] < 40
+
+    resumed = train(args, cwd=tmp_path)
+    assert "resumed from" in resumed.stderr + resumed.stdout
+    after = json.loads((killed_dir / "status.json").read_text())
+    assert after["state"] == "finished" and after["step"] == 40
+    assert after["run_id"] == before["run_id"]
+
+    final = torch.load(killed_dir / "checkpoints" / "latest.pt", weights_only=False)
+    reference = torch.load(tmp_path / "uninterrupted" / "checkpoints" / "latest.pt", weights_only=False)
+    for part in ("codec", "discriminator"):
+        for key, value in reference[part].items():
+            assert torch.equal(final[part][key], value), f"{part}.{key} differs after resume"
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    run = client.get_run(before["run_id"])
+    assert run.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss_generator")]
+    assert sorted(steps) == list(range(5, 41, 5))  # every step once, none twice
+
+
+def _first_index_of(dataset: SegmentDataset, path: str, limit: int) -> int:
+    for index in range(limit):
+        rng = np.random.default_rng([dataset.seed, index])
+        if dataset.entries[rng.choice(len(dataset.entries), p=dataset.file_probabilities)].path == path:
+            return index
+    return limit
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_with_clear_message_and_keeps_last_checkpoint(tmp_path: Path) -> None:
+    audio = tmp_path / "audio"
+    espeak_corpus(audio, count=6)
+    # Finite but absurd float samples: the first batch that draws this file overflows to inf/NaN.
+    loud = audio / "zz_overflow.wav"
+    sf.write(str(loud), np.full(4000, 3.0e38, dtype=np.float32), 16000, subtype="FLOAT")
+    args = [*TINY_MODEL, "data=folder", f"data.path={audio}", "data.valid_count=1", "data.test_count=1",
+            "trainer.batch_size=2", "trainer.checkpoint_every=1", "trainer.max_steps=200", "trainer.eval_every=1000",
+            f"hydra.run.dir={tmp_path / 'run'}", "logger=none", "data.split_seed=1"]
+    # pick a seed whose first draw of the overflow file comes after a few good steps
+    entries = scan_folder(audio, None).entries
+    order = np.random.default_rng(1).permutation(len(entries))  # the split FolderDataModule makes
+    train_entries = sorted([entries[i] for i in order[2:]], key=lambda e: e.path)
+    assert str(loud) in [e.path for e in train_entries]
+    for seed in range(50):
+        first = _first_index_of(SegmentDataset(train_entries, 16000, 1.0, seed), str(loud), 400) // 2 + 1
+        if 4 <= first <= 60:
+            break
+    result = train([*args, f"trainer.seed={seed}"], cwd=tmp_path, check=False)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert f"non-finite loss at step {first}" in output and "Last good checkpoint" in output
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["state"] == "failed" and "NonFiniteLossError" in status["error"]
+    state = torch.load(tmp_path / "run" / "checkpoints" / "latest.pt", weights_only=False)
+    assert state["step"] == first - 1
+    assert all(torch.isfinite(v).all() for v in state["codec"].values() if v.is_floating_point())
+
+
+def test_missing_data_path_fails_before_training(tmp_path: Path) -> None:
+    result = train(["data=folder", f"data.path={tmp_path / 'absent'}", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"],
+                   cwd=tmp_path, check=False)
+    assert result.returncode != 0
+    assert f"data.path={tmp_path / 'absent'} does not exist" in result.stdout + result.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_impossible_config_fails_before_training(tmp_path: Path) -> None:
+    result = train(["quantizer.groups=3", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, check=False)
+    assert result.returncode != 0
+    assert "quantizer.groups=3" in result.stdout + result.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
