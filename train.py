@@ -1,38 +1,59 @@
 """Train any codec composition: ``python train.py [overrides]`` or ``python train.py -m ...``.
 
 The run directory (runs/<name>/<overrides>) is deterministic, so running the same command
-again resumes from its last checkpoint.
+again resumes from its last checkpoint, and a sweep re-run skips the runs that finished.
 """
 from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from codec.config import ConfigError, register_resolvers
 from codec.data import AudioFileError, DataError
-from codec.training.trainer import NonFiniteLossError, Trainer
+from codec.sweep.job import TIME_LIMIT_SIGNAL, in_slurm_job, record_failure, requeue_after_time_limit, slurm_will_rerun, stop_signals
+from codec.training.trainer import NonFiniteLossError, StopRequested, Trainer
 
 log = logging.getLogger("train")
 USER_ERRORS = (ConfigError, DataError, AudioFileError, NonFiniteLossError)
 
 register_resolvers()
+# Our conf/hydra/launcher/submitit_*.yaml extend the plugin's schema of the same name on purpose.
+warnings.filterwarnings("ignore", message=".*is validated against ConfigStore schema with the same name.*")
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> float | None:
+def main(cfg: DictConfig) -> dict | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    trainer = None
     try:
-        status = Trainer(cfg, run_dir).fit()
-    except USER_ERRORS as error:
-        log.error("%s", error)
-        raise SystemExit(f"error: {error}") from None
-    best = status.get("best", {}) if isinstance(status, dict) else {}
-    return best.get("mel_distance")
+        trainer = Trainer(cfg, run_dir)
+        with stop_signals(trainer):
+            return trainer.fit()
+    except StopRequested:
+        if in_slurm_job():
+            requeued = trainer.stop_signal == TIME_LIMIT_SIGNAL and requeue_after_time_limit(trainer.settings.max_requeues, run_dir)
+            if requeued or slurm_will_rerun():
+                # Exit without a result: the same job runs again in this run directory and resumes.
+                raise SystemExit(143)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # stopped for good: the sweep records the stop as this job's outcome
+        raise SystemExit(143)
+    except Exception as error:
+        if trainer is None:
+            record_failure(cfg, run_dir, error)
+        log.error("run failed: %s", error)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # Hydra marks this job failed; the other jobs of the sweep still run
+        if isinstance(error, USER_ERRORS):
+            raise SystemExit(f"error: {error}") from None
+        raise
 
 
 if __name__ == "__main__":

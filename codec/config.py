@@ -5,6 +5,7 @@ impossible composition fails before any training starts.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from pathlib import Path
@@ -32,11 +33,26 @@ def config_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "conf"
 
 
+MAX_RUN_DIR_NAME = 200
+
+
+def run_dir_name(overrides: str) -> str:
+    """A run directory name from its overrides: readable, filesystem-safe and unique.
+
+    An empty override list (plain ``python train.py``) gives ``default``; names longer than
+    :data:`MAX_RUN_DIR_NAME` are cut and suffixed with a hash of the whole override string.
+    """
+    name = overrides.replace("/", "_") or "default"
+    if len(name) > MAX_RUN_DIR_NAME:
+        digest = hashlib.sha1(overrides.encode()).hexdigest()[:10]
+        name = f"{name[: MAX_RUN_DIR_NAME - 12]}__{digest}"
+    return name
+
+
 def register_resolvers() -> None:
     """Resolvers the config tree uses; safe to call repeatedly."""
     if not OmegaConf.has_resolver("run_dir_name"):
-        # An empty override list (the plain `python train.py`) still gets a readable directory.
-        OmegaConf.register_new_resolver("run_dir_name", lambda overrides: overrides.replace("/", "_") or "default")
+        OmegaConf.register_new_resolver("run_dir_name", run_dir_name)
 
 
 def compose_config(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:

@@ -66,7 +66,7 @@ def test_preset_list_matches_conf_dir() -> None:
 
 MODEL_GROUP_OPTIONS = [
     (group, option)
-    for group in ("encoder", "quantizer", "loss")
+    for group in ("encoder", "quantizer", "loss", "codebook_rule")
     for option in available_options(group)
 ]
 
@@ -143,8 +143,8 @@ def test_stray_discriminator_node_is_rejected_by_key() -> None:
 
 
 def test_constructor_errors_name_the_config_key() -> None:
-    cfg = compose_config(["quantizer.update=hebbian"])
-    with pytest.raises(ConfigError, match=r"quantizer\.update='hebbian'"):
+    cfg = compose_config(["quantizer.rule=hebbian"])
+    with pytest.raises(ConfigError, match=r"quantizer\.rule='hebbian'"):
         build_codec(cfg)
     cfg = compose_config(["encoder.activation=swish"])
     with pytest.raises(ConfigError, match=r"encoder\.activation='swish'"):
@@ -161,3 +161,15 @@ def test_info_cli_exits_with_clear_error() -> None:
     )
     assert result.returncode == 2
     assert "quantizer.groups=3" in result.stderr
+
+
+def test_run_dir_names_stay_within_filesystem_limits() -> None:
+    from codec.config import run_dir_name
+
+    assert run_dir_name("") == "default"
+    assert run_dir_name("data.path=/a/b,quantizer.groups=2") == "data.path=_a_b,quantizer.groups=2"
+    long_a = ",".join(f"key{i}=value{i}" for i in range(40))
+    long_b = long_a.replace("value39", "other")
+    assert len(run_dir_name(long_a)) <= 200
+    assert run_dir_name(long_a) != run_dir_name(long_b)
+    assert run_dir_name(long_a) == run_dir_name(long_a)

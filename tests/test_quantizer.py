@@ -13,7 +13,7 @@ from codec.quantization import GroupResidualVQ, VectorQuantizer, codebook_stats
 
 
 def make_quantizer(**kwargs) -> GroupResidualVQ:
-    settings = dict(dim=16, groups=1, layers=3, codebook_size=32, update="gradient", kmeans_init=False)
+    settings = dict(dim=16, groups=1, layers=3, codebook_size=32, rule="gradient", kmeans_init=False)
     settings.update(kwargs)
     return GroupResidualVQ(**settings)
 
@@ -51,9 +51,9 @@ def test_perturbing_one_group_changes_only_its_codes() -> None:
     assert not changed[group_of_code != 1].any()
 
 
-@pytest.mark.parametrize("update,codebook_dim,l2", [("gradient", None, False), ("ema", None, False), ("gradient", 4, True)])
-def test_decode_equals_eval_forward_exactly(update: str, codebook_dim: int | None, l2: bool) -> None:
-    quantizer = make_quantizer(dim=16, groups=2, layers=3, update=update, codebook_dim=codebook_dim, l2_normalize=l2).eval()
+@pytest.mark.parametrize("rule,codebook_dim,l2", [("gradient", None, False), ("ema", None, False), ("gradient", 4, True)])
+def test_decode_equals_eval_forward_exactly(rule: str, codebook_dim: int | None, l2: bool) -> None:
+    quantizer = make_quantizer(dim=16, groups=2, layers=3, rule=rule, codebook_dim=codebook_dim, l2_normalize=l2).eval()
     latent = torch.randn(2, 16, 25)
     out = quantizer(latent)
     assert out.codes.shape == (2, 6, 25)
@@ -80,7 +80,7 @@ def test_decoding_fewer_layers_gives_coarser_latent() -> None:
 
 def test_ema_with_kmeans_init_lowers_quantization_error() -> None:
     torch.manual_seed(1)
-    codebook = VectorQuantizer(8, codebook_size=16, update="ema", kmeans_init=True, kmeans_iters=5, decay=0.8)
+    codebook = VectorQuantizer(8, codebook_size=16, rule="ema", kmeans_init=True, kmeans_iters=5, decay=0.8)
     centers = 4 * torch.randn(16, 8)
     points = centers[torch.randint(0, 16, (400,))] + 0.1 * torch.randn(400, 8)
     batch = points.T.reshape(1, 8, 400)
@@ -104,7 +104,7 @@ def test_ema_with_kmeans_init_lowers_quantization_error() -> None:
 
 
 def test_unused_code_is_replaced_by_a_batch_vector() -> None:
-    codebook = VectorQuantizer(4, codebook_size=8, update="ema", kmeans_init=False, dead_code_threshold=1.0, decay=0.5)
+    codebook = VectorQuantizer(4, codebook_size=8, rule="ema", kmeans_init=False, dead_code_threshold=1.0, decay=0.5)
     batch = torch.randn(1, 4, 64)
     with torch.no_grad():
         codebook.embed[3] = 1e3  # far from every input: never chosen
@@ -180,7 +180,7 @@ def _ddp_worker(rank: int, world: int, port: int, queue) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.manual_seed(100 + rank)  # different data and different local randomness per rank
-    quantizer = GroupResidualVQ(dim=8, groups=2, layers=2, codebook_size=16, update="ema", kmeans_init=True, dead_code_threshold=1.0).train()
+    quantizer = GroupResidualVQ(dim=8, groups=2, layers=2, codebook_size=16, rule="ema", kmeans_init=True, dead_code_threshold=1.0).train()
     for _ in range(5):
         quantizer(torch.randn(4, 8, 12) + rank)
     state = {k: v.clone() for k, v in quantizer.state_dict().items()}

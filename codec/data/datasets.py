@@ -44,13 +44,16 @@ class SegmentDataset(Dataset):
 
 
 class RangeSampler(Sampler[int]):
-    """Indices ``start, start+1, ..., stop-1``: the sample stream from a given step on."""
+    """Positions ``start ... stop-1`` of the sample stream from a given step on.
 
-    def __init__(self, start: int, stop: int) -> None:
-        self.start, self.stop = start, stop
+    With ``world_size`` ranks, position ``p`` of rank ``r`` is global sample ``p * world_size + r``.
+    """
+
+    def __init__(self, start: int, stop: int, rank: int = 0, world_size: int = 1) -> None:
+        self.start, self.stop, self.rank, self.world_size = start, stop, rank, world_size
 
     def __iter__(self):
-        return iter(range(self.start, self.stop))
+        return (p * self.world_size + self.rank for p in range(self.start, self.stop))
 
     def __len__(self) -> int:
         return self.stop - self.start

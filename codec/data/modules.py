@@ -67,10 +67,13 @@ class AudioDataModule:
         return self.prepare()[name]
 
     def train_loader(self, batch_size: int, segment_seconds: float, seed: int, start_step: int, max_steps: int,
-                     num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
-        """Batches for steps ``start_step + 1 ... max_steps``, identical across resumes."""
+                     num_workers: int = 0, pin_memory: bool = False, rank: int = 0, world_size: int = 1) -> DataLoader:
+        """Batches for steps ``start_step + 1 ... max_steps``, identical across resumes.
+
+        Under DDP each rank reads its own slice of the global sample stream.
+        """
         dataset = SegmentDataset(self.split("train"), self.sample_rate, segment_seconds, seed)
-        sampler = RangeSampler(start_step * batch_size, max_steps * batch_size)
+        sampler = RangeSampler(start_step * batch_size, max_steps * batch_size, rank, world_size)
         # A private generator: creating the loader must not draw from the global RNG, or a
         # resumed run would diverge from an uninterrupted one.
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,

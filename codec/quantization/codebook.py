@@ -16,7 +16,7 @@ from torch.nn.utils.parametrizations import weight_norm
 from codec.quantization.distributed import all_reduce_sum_, broadcast_
 from codec.quantization.kmeans import kmeans
 
-UPDATE_RULES = ("ema", "gradient")
+RULES = ("ema", "gradient")
 
 
 @dataclass
@@ -42,7 +42,7 @@ class VectorQuantizer(nn.Module):
         codebook_size: int = 1024,
         codebook_dim: int | None = None,
         l2_normalize: bool = False,
-        update: str = "ema",
+        rule: str = "ema",
         decay: float = 0.99,
         epsilon: float = 1e-5,
         kmeans_init: bool = True,
@@ -50,8 +50,8 @@ class VectorQuantizer(nn.Module):
         dead_code_threshold: float = 2.0,
     ) -> None:
         super().__init__()
-        if update not in UPDATE_RULES:
-            raise ValueError(f"update={update!r} is unknown; choose one of {UPDATE_RULES}")
+        if rule not in RULES:
+            raise ValueError(f"rule={rule!r} is unknown; choose one of {RULES}")
         if codebook_size < 2:
             raise ValueError(f"codebook_size={codebook_size} must be at least 2")
         lookup_dim = dim if codebook_dim is None else int(codebook_dim)
@@ -63,7 +63,7 @@ class VectorQuantizer(nn.Module):
         self.codebook_size = codebook_size
         self.codebook_dim = lookup_dim
         self.l2_normalize = l2_normalize
-        self.update = update
+        self.rule = rule
         self.decay = decay
         self.epsilon = epsilon
         self.kmeans_init = kmeans_init
@@ -75,7 +75,7 @@ class VectorQuantizer(nn.Module):
         self.out_proj: nn.Module = weight_norm(nn.Conv1d(lookup_dim, dim, 1)) if projected else nn.Identity()
 
         initial = torch.zeros(codebook_size, lookup_dim) if kmeans_init else torch.randn(codebook_size, lookup_dim)
-        if update == "gradient":
+        if rule == "gradient":
             self.embed = nn.Parameter(initial)
         else:
             self.register_buffer("embed", initial)
@@ -130,7 +130,7 @@ class VectorQuantizer(nn.Module):
 
         z_q = F.embedding(codes, self.codebook_vectors())
         commitment = (z - z_q.detach()).pow(2).mean(dim=(1, 2))
-        if self.update == "gradient":
+        if self.rule == "gradient":
             codebook_loss = (z_q - z.detach()).pow(2).mean(dim=(1, 2))
         else:
             codebook_loss = torch.zeros_like(commitment)
@@ -156,7 +156,7 @@ class VectorQuantizer(nn.Module):
         broadcast_(sizes)
         self.embed.data.copy_(centroids)
         self.cluster_size.copy_(sizes)
-        if self.update == "ema":
+        if self.rule == "ema":
             self.embed_sum.copy_(centroids * sizes.unsqueeze(1))
         self.initialized.fill_(True)
         self._initialized_cache = True
@@ -167,7 +167,7 @@ class VectorQuantizer(nn.Module):
         counts = torch.zeros(self.codebook_size, device=vectors.device, dtype=vectors.dtype).index_add_(0, codes, weights)
         all_reduce_sum_(counts)
         self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
-        if self.update == "ema":
+        if self.rule == "ema":
             sums = torch.zeros_like(self.embed_sum).index_add_(0, codes, vectors * weights.unsqueeze(1))
             all_reduce_sum_(sums)
             self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
@@ -188,6 +188,6 @@ class VectorQuantizer(nn.Module):
         picks = torch.multinomial(weights + 1e-6, self.codebook_size, replacement=True)
         samples = broadcast_(vectors[picks].contiguous())
         self.embed.data.copy_(torch.where(dead, samples, self.embed.data))
-        if self.update == "ema":
+        if self.rule == "ema":
             self.embed_sum.copy_(torch.where(dead, samples * self.dead_code_threshold, self.embed_sum))
         self.cluster_size.copy_(torch.where(dead.squeeze(1), torch.full_like(self.cluster_size, self.dead_code_threshold), self.cluster_size))

@@ -23,9 +23,10 @@ from omegaconf import DictConfig, OmegaConf
 from codec.config import ConfigError, build, build_codec, build_discriminator, build_loss, validate
 from codec.discriminators import DiscriminatorOutput
 from codec.evaluation import EvalResult, Evaluator
-from codec.tracking import RunLogger, flatten_config
+from codec.tracking import NullLogger, RunLogger, flatten_config
 from codec.tracking.media import save_samples
 from codec.training.checkpoint import CheckpointManager
+from codec.training.distributed import DistributedContext, any_rank, init_distributed
 from codec.training.identity import identity_diff, run_identity
 from codec.training.settings import TrainerConfigError, TrainerSettings
 from codec.training.status import read_status, write_status
@@ -81,8 +82,13 @@ class Trainer:
         self._seed()  # before any module is built, so initial weights follow trainer.seed
         self.identity = run_identity(self.config)
         self.device = resolve_device(self.settings.device)
+        self.dist: DistributedContext = init_distributed(self.device.type)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+            torch.cuda.set_device(self.device)
         self.stop_requested = False
         self.stop_reason = ""
+        self.stop_signal: int | None = None
 
         self.codec = build_codec(cfg).to(self.device)
         self.discriminator = build_discriminator(cfg).to(self.device)
@@ -90,7 +96,10 @@ class Trainer:
         self.data = build(cfg.data, "data")
         self.data.prepare()  # missing paths and unusable folders fail here, before training
         self.evaluator: Evaluator = build(cfg.eval, "eval")
-        self.logger: RunLogger = logger if logger is not None else build(cfg.logger, "logger")
+        if not self.dist.is_main:
+            self.logger: RunLogger = NullLogger()  # only rank 0 talks to the tracker
+        else:
+            self.logger = logger if logger is not None else build(cfg.logger, "logger")
 
         s = self.settings
         self.opt_g = instantiate(s.generator_optimizer)(self.codec.parameters())
@@ -101,8 +110,20 @@ class Trainer:
         if self.ema_codec is not None:
             self.ema_codec.requires_grad_(False)
         self.autocast_enabled = s.bf16 and self.device.type == "cuda"
-        self.codec_forward = torch.compile(self.codec) if s.compile else self.codec
-        self.discriminator_forward = torch.compile(self.discriminator) if s.compile else self.discriminator
+        self.codec_forward: torch.nn.Module = self.codec
+        self.discriminator_forward: torch.nn.Module = self.discriminator
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            # Quantizer dropout leaves some codebooks unused in a step; EMA buffers are reduced
+            # inside the quantizer, so DDP need not broadcast buffers.
+            unused = float(cfg.quantizer.get("dropout_prob", 0.0)) > 0
+            self.codec_forward = DDP(self.codec, device_ids=ids, broadcast_buffers=False, find_unused_parameters=unused)
+            self.discriminator_forward = DDP(self.discriminator, device_ids=ids, broadcast_buffers=False)
+        if s.compile:
+            self.codec_forward = torch.compile(self.codec_forward)
+            self.discriminator_forward = torch.compile(self.discriminator_forward)
 
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", s.keep_last)
         self.step = 0
@@ -164,7 +185,9 @@ class Trainer:
         np.random.set_state(rng["numpy"])
         random.setstate(rng["python"])
 
-    def save_checkpoint(self) -> Path:
+    def save_checkpoint(self) -> Path | None:
+        if not self.dist.is_main:
+            return None
         path = self.checkpoints.save(self.state_dict(), self.step)
         write_status(self.run_dir, step=self.step, checkpoint_step=self.step)
         return path
@@ -201,7 +224,10 @@ class Trainer:
         try:
             from hydra.core.hydra_config import HydraConfig
 
-            return ",".join(HydraConfig.get().overrides.task)
+            from codec.sweep.registry import TRACKING_OVERRIDES
+
+            task = HydraConfig.get().overrides.task
+            return ",".join(o for o in task if o.split("=", 1)[0].lstrip("+~") not in TRACKING_OVERRIDES)
         except (ValueError, ImportError):
             return ""
 
@@ -237,7 +263,8 @@ class Trainer:
         if adversarial:
             self.discriminator.requires_grad_(False)
             with self._autocast():
-                real_g, fake_g = split_outputs(self.discriminator_forward(torch.cat([batch, fake])), size)
+                # The plain module: D's weights are in sync across ranks and need no gradient here.
+                real_g, fake_g = split_outputs(self.discriminator(torch.cat([batch, fake])), size)
             real_g = [DiscriminatorOutput(o.logits.float(), [f.float() for f in o.features]) for o in real_g]
             fake_g = [DiscriminatorOutput(o.logits.float(), [f.float() for f in o.features]) for o in fake_g]
         terms = self.loss.generator_terms(batch, fake.float(), out.quantizer.losses["total"], real_g, fake_g)
@@ -266,7 +293,8 @@ class Trainer:
 
     def _check_finite(self, losses: dict[str, torch.Tensor]) -> None:
         bad = [name for name, value in losses.items() if not bool(torch.isfinite(value.detach()).all())]
-        if bad:
+        if any_rank(bool(bad), self.dist, self.device):
+            bad = bad or ["another rank's loss"]
             kept = self.checkpoints.latest if self.checkpoints.latest.exists() else "none yet"
             raise NonFiniteLossError(
                 f"non-finite loss at step {self.step + 1} in {bad}; training stopped without updating the weights. "
@@ -317,6 +345,8 @@ class Trainer:
         return value < self.best_value if self.settings.best_mode == "min" else value > self.best_value
 
     def _validate_and_track_best(self) -> None:
+        if not self.dist.is_main:
+            return
         metrics = self._log_eval("valid", self.evaluate("valid"))
         key = self.settings.best_metric
         if key not in metrics:
@@ -341,23 +371,33 @@ class Trainer:
         if status.get("state") == "finished" and self.step >= self.settings.max_steps:
             log.info("run in %s already finished at step %d; nothing to do", self.run_dir, self.step)
             return status
-        self._start_logging()
+        if self.dist.is_main:
+            self._start_logging()
         try:
-            if self.step == 0 and self.settings.eval_at_start:
+            if self.step == 0 and self.settings.eval_at_start and self.dist.is_main:
                 self._log_eval("valid", self.evaluate("valid"))  # the untrained baseline
             self._loop()
             return self._finish()
         except StopRequested:
-            write_status(self.run_dir, state="preempted", reason=self.stop_reason)
-            self.logger.set_tags({"last_preemption": self.stop_reason})
+            if self.dist.is_main:
+                write_status(self.run_dir, state="preempted", reason=self.stop_reason)
+                self.logger.set_tags({"last_preemption": self.stop_reason})
+                self.logger.finish("KILLED")
             raise
         except BaseException as error:
-            write_status(self.run_dir, state="failed", error=f"{type(error).__name__}: {error}")
-            self.logger.set_tags({"error": f"{type(error).__name__}: {error}"[:5000]})
-            self.logger.finish("FAILED")
+            if self.dist.is_main:
+                write_status(self.run_dir, state="failed", error=f"{type(error).__name__}: {error}")
+                self.logger.set_tags({"error": f"{type(error).__name__}: {error}"[:5000]})
+                self.logger.finish("FAILED")
             raise
         finally:
             self.evaluator.close()
+
+    def _save_rank_quantizer_state(self) -> None:
+        """Each rank's codebooks, so their agreement across ranks can be checked."""
+        path = self.run_dir / "ranks" / f"rank{self.dist.rank}_quantizer.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({k: v.cpu() for k, v in self.codec.quantizer.state_dict().items()}, path)
 
     def _loop(self) -> None:
         s = self.settings
@@ -366,6 +406,7 @@ class Trainer:
         loader = self.data.train_loader(
             s.batch_size, s.segment_seconds, s.seed, self.step, s.max_steps,
             num_workers=0 if s.deterministic else s.num_workers, pin_memory=self.device.type == "cuda",
+            rank=self.dist.rank, world_size=self.dist.world_size,
         )
         window_start, window_steps = time.perf_counter(), 0
         self.codec.train()
@@ -383,17 +424,24 @@ class Trainer:
                 self.logger.log_metrics(values, self.step)
                 log.info("step %d: loss_g=%.4f loss_d=%.4f mel=%.4f (%.1f audio-s/s)", self.step, values["train/loss_generator"],
                          values["train/loss_discriminator"], values["train/mel"], values["train/throughput_audio_seconds_per_second"])
+                if self.dist.is_main:
+                    write_status(self.run_dir, step=self.step)  # heartbeat for the sweep status table
                 window_start, window_steps = time.perf_counter(), 0
             if self.step % s.eval_every == 0 and self.step < s.max_steps:
                 self._validate_and_track_best()
             if self.step % s.checkpoint_every == 0:
                 self.save_checkpoint()
-            if self.stop_requested:
+            if any_rank(self.stop_requested, self.dist, self.device):
+                self.stop_reason = self.stop_reason or "a stop request on another rank"
                 self.save_checkpoint()
                 log.warning("stopping at step %d after %s; checkpoint saved", self.step, self.stop_reason)
                 raise StopRequested(self.stop_reason)
 
     def _finish(self) -> dict[str, Any]:
+        if self.dist.enabled:
+            self._save_rank_quantizer_state()
+        if not self.dist.is_main:
+            return {"state": "finished", "step": self.step, "rank": self.dist.rank}
         self._validate_and_track_best()
         test = self.evaluate("test")
         self._log_eval("test", test)

@@ -1,0 +1,104 @@
+"""Job-side handling: stop signals, SLURM requeue, and recording failures where users look.
+
+SLURM sends SIGUSR2 shortly before a time limit (submitit's ``--signal``) and SIGTERM on
+preemption, ``scontrol requeue`` or ``scancel``. Either way the trainer finishes its step,
+saves a checkpoint and stops; on SIGUSR2 the job also requeues itself, up to
+``trainer.max_requeues`` times. A requeued job re-runs in the same run directory and resumes.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+from pathlib import Path
+from typing import Iterator
+
+from omegaconf import DictConfig
+
+from codec.training.status import read_status, write_status
+
+log = logging.getLogger(__name__)
+
+TIME_LIMIT_SIGNAL = signal.SIGUSR2
+
+
+def in_slurm_job() -> bool:
+    return os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and "SLURM_JOB_ID" in os.environ
+
+
+def slurm_will_rerun() -> bool:
+    """Whether SLURM is about to run this job again (requeue or preemption), not cancel it."""
+    try:
+        state = subprocess.run(["squeue", "-h", "-j", slurm_job_id(), "-o", "%T"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "CANCEL" not in state.upper() and bool(state.strip())
+
+
+@contextlib.contextmanager
+def stop_signals(trainer) -> Iterator[None]:
+    """Route SIGUSR2/SIGTERM to a graceful stop of ``trainer`` (checkpoint, then exit)."""
+
+    def request_stop(signum: int, _frame) -> None:
+        name = signal.Signals(signum).name
+        reason = "time limit" if signum == TIME_LIMIT_SIGNAL else "termination (preemption, requeue or cancel)"
+        log.warning("received %s: %s; stopping after this step", name, reason)
+        trainer.stop_requested = True
+        trainer.stop_reason = f"{name}: {reason}"
+        trainer.stop_signal = signum
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (TIME_LIMIT_SIGNAL, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def slurm_job_id() -> str:
+    array_job, array_task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array_job}_{array_task}" if array_job and array_task else os.environ["SLURM_JOB_ID"]
+
+
+def requeue_after_time_limit(max_requeues: int, run_dir: Path) -> bool:
+    """Requeue this SLURM job unless it has been requeued ``max_requeues`` times already."""
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+    if restarts >= max_requeues:
+        log.warning("not requeueing: already restarted %d times (trainer.max_requeues=%d)", restarts, max_requeues)
+        return False
+    job = slurm_job_id()
+    subprocess.run(["scontrol", "requeue", job], check=True, timeout=60)
+    write_status(run_dir, state="preempted", requeued=restarts + 1)
+    log.warning("requeued SLURM job %s (restart %d of at most %d)", job, restarts + 1, max_requeues)
+    return True
+
+
+def record_failure(cfg: DictConfig, run_dir: Path, error: BaseException) -> None:
+    """A job that failed before its trainer existed still shows up as failed, with the reason.
+
+    The trainer records its own failures; this covers construction errors (bad config, data).
+    """
+    reason = f"{type(error).__name__}: {error}"
+    status = write_status(run_dir, state="failed", error=reason)
+    if status.get("run_id") or "MLflowLogger" not in str(cfg.logger.get("_target_", "")):
+        return
+    try:
+        from hydra.utils import instantiate
+
+        from codec.tracking import flatten_config
+
+        logger = instantiate(cfg.logger)
+        name = f"{cfg.get('name')}:{status.get('overrides') or run_dir.name}"
+        run_id = logger.start(run_name=name, params=flatten_config({"overrides": run_dir.name}),
+                              tags={"run_dir": str(Path(run_dir).resolve()), "error": reason[:5000]})
+        logger.finish("FAILED")
+        write_status(run_dir, run_id=run_id)
+    except Exception as tracking_error:  # never hide the original failure behind a tracking one
+        log.error("could not record the failure in MLflow: %s", tracking_error)
+
+
+def finished(run_dir: Path, identity: str) -> bool:
+    status = read_status(run_dir)
+    return status.get("state") == "finished" and status.get("identity") == identity

@@ -1,0 +1,117 @@
+"""Hydra launchers that know about sweeps (used by conf/hydra/launcher/*.yaml).
+
+On top of the stock launchers each one:
+- plans the sweep on the launching side and skips runs that already finished;
+- creates the MLflow experiment and a parent run once, and passes their ids to every job;
+- waits for every job even when some fail, then marks the parent run and reports.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+from hydra._internal.core_plugins.basic_launcher import BasicLauncher
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher, SlurmLauncher
+from omegaconf import OmegaConf
+
+from codec.sweep.registry import Sweep, failed_return, skipped_return
+
+log = logging.getLogger(__name__)
+
+
+class SweepAwareMixin:
+    """Wraps a launcher's job submission (``_submit``) with sweep planning and bookkeeping."""
+
+    config: Any
+    hydra_context: Any
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        sweep = Sweep.plan(self.config, self.hydra_context, job_overrides)
+        pending = [job for job in sweep.jobs if not job.finished]
+        log.info("sweep %s in %s: %d runs, %d already finished, %d to launch", sweep.sweep_id, sweep.sweep_dir,
+                 len(sweep.jobs), len(sweep.jobs) - len(pending), len(pending))
+        extra = sweep.register(self.config) if pending else []
+        sweep.save()
+        returns: dict[int, JobReturn] = {job.index: skipped_return(job) for job in sweep.jobs if job.finished}
+        if pending:
+            launched = self._submit([job.overrides + extra for job in pending], initial_job_idx)
+            returns.update({job.index: ret for job, ret in zip(pending, launched)})
+        ordered = [returns[job.index] for job in sweep.jobs]
+        counts = sweep.finish(ordered) if pending else {"skipped": len(sweep.jobs)}
+        log.info("sweep %s done: %s", sweep.sweep_id, counts)
+        for job, ret in zip(sweep.jobs, ordered):
+            if ret.status.name == "FAILED":
+                log.error("run failed: %s (%s): %s", " ".join(job.overrides), job.run_dir, ret._return_value)
+        return ordered
+
+    def _submit(self, job_overrides: list[list[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        raise NotImplementedError
+
+
+class LocalSweepLauncher(SweepAwareMixin, BasicLauncher):
+    """Runs the jobs one after another in this process (the default ``local`` profile)."""
+
+    def _submit(self, job_overrides: list[list[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        return BasicLauncher.launch(self, job_overrides, initial_job_idx)
+
+
+class JobFailedError(RuntimeError):
+    """Raised on the job side so that submitit records the failure and the process exits 1."""
+
+
+class SubmititSweepMixin(SweepAwareMixin):
+    """Submits one job array through submitit and collects every result, failed or not."""
+
+    _EXECUTOR: str
+    params: dict[str, Any]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> JobReturn:
+        """Job side. Hydra's run_job turns a task's exception into a FAILED JobReturn, which
+        submitit would report as success (SLURM: COMPLETED); raising it here instead makes
+        submitit write the error and the job exit non-zero (SLURM: FAILED)."""
+        ret = super().__call__(*args, **kwargs)
+        if ret.status == JobStatus.FAILED:
+            raise JobFailedError(f"{type(ret._return_value).__name__}: {ret._return_value}") from ret._return_value
+        return ret
+
+    def _submit(self, job_overrides: list[list[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        import submitit
+
+        executor = submitit.AutoExecutor(
+            cluster=self._EXECUTOR,
+            folder=self.params["submitit_folder"],
+            **{f"{self._EXECUTOR}_max_num_timeout": self.params.get("max_num_timeout", 0)},
+        )
+        shared = set(OmegaConf.structured(BaseQueueConf).keys())
+        executor.update_parameters(**{
+            key if key in shared else f"{self._EXECUTOR}_{key}": value
+            for key, value in self.params.items()
+            if key not in ("submitit_folder", "max_num_timeout")
+        })
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        arguments = []
+        for offset, overrides in enumerate(job_overrides):
+            index = initial_job_idx + offset
+            log.info("\t#%d : %s", index, " ".join(filter_overrides(overrides)))
+            arguments.append((list(overrides), "hydra.sweep.dir", index, f"job_id_for_{index}", Singleton.get_state()))
+        jobs = executor.map_array(self, *zip(*arguments))
+        log.info("submitted %d job(s) as %s array %s", len(jobs), self._EXECUTOR, jobs[0].job_id.split("_")[0] if jobs else "-")
+        returns = []
+        for job, overrides in zip(jobs, job_overrides):
+            try:
+                returns.append(job.results()[0])
+            except Exception as error:  # the job exited non-zero or died: record it, keep waiting for the rest
+                returns.append(failed_return(overrides, error))
+        return returns
+
+
+class SubmititLocalSweepLauncher(SubmititSweepMixin, LocalLauncher):
+    """submitit's local executor: jobs as background processes on this machine."""
+
+
+class SlurmSweepLauncher(SubmititSweepMixin, SlurmLauncher):
+    """A SLURM job array per sweep."""

@@ -1,0 +1,152 @@
+"""Launching-side bookkeeping of a sweep: its jobs, run directories, identities, and its one
+MLflow experiment and parent run, recorded in ``<sweep dir>/sweep.json``."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobStatus
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from codec.training.identity import run_identity
+from codec.training.status import read_status
+
+log = logging.getLogger(__name__)
+SWEEP_FILE = "sweep.json"
+# Overrides that say where a job runs or logs, not what it trains; kept out of run names.
+TRACKING_OVERRIDES = ("logger.experiment_id", "logger.parent_run_id", "logger.sweep_id", "cluster")
+
+
+@dataclass
+class PlannedJob:
+    index: int
+    overrides: list[str]
+    run_dir: str
+    identity: str
+    finished: bool = False
+
+
+@dataclass
+class Sweep:
+    sweep_id: str
+    sweep_dir: str
+    jobs: list[PlannedJob]
+    tracking_uri: str | None = None
+    experiment_id: str | None = None
+    parent_run_id: str | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    # -- planning ----------------------------------------------------------------------------
+    @classmethod
+    def plan(cls, master: DictConfig, hydra_context, job_overrides: Sequence[Sequence[str]]) -> "Sweep":
+        """Compose every job's config as its job will, to learn its run dir and identity."""
+        sweep_dir = str(master.hydra.sweep.dir)
+        jobs = []
+        try:
+            for index, overrides in enumerate(job_overrides):
+                job_cfg = hydra_context.config_loader.load_sweep_config(master, list(overrides))
+                with open_dict(job_cfg.hydra.job):
+                    job_cfg.hydra.job.num = index
+                HydraConfig.instance().set_config(job_cfg)
+                run_dir = str(Path(str(job_cfg.hydra.sweep.dir)) / str(job_cfg.hydra.sweep.subdir))
+                task_cfg = OmegaConf.to_container(OmegaConf.masked_copy(job_cfg, [k for k in job_cfg if k != "hydra"]), resolve=True)
+                identity = run_identity(task_cfg)
+                status = read_status(Path(run_dir))
+                done = status.get("state") == "finished" and status.get("identity") == identity
+                jobs.append(PlannedJob(index, list(overrides), run_dir, identity, done))
+        finally:
+            HydraConfig.instance().set_config(master)
+        digest = hashlib.sha256(json.dumps([sweep_dir, sorted(" ".join(j.overrides) for j in jobs)]).encode()).hexdigest()[:12]
+        sweep = cls(digest, sweep_dir, jobs)
+        previous = cls.load(Path(sweep_dir))
+        if previous is not None and previous.sweep_id == sweep.sweep_id:
+            sweep.experiment_id, sweep.parent_run_id, sweep.history = previous.experiment_id, previous.parent_run_id, previous.history
+        sweep.tracking_uri = _mlflow_uri(master)
+        return sweep
+
+    # -- MLflow ------------------------------------------------------------------------------
+    def register(self, master: DictConfig) -> list[str]:
+        """Create (or reopen) the experiment and parent run once; returns the job overrides."""
+        if self.tracking_uri is None:
+            return []
+        from mlflow.tracking import MlflowClient
+
+        from codec.tracking.loggers import ensure_experiment
+
+        client = MlflowClient(tracking_uri=self.tracking_uri)
+        if self.experiment_id is None:
+            self.experiment_id = ensure_experiment(client, str(master.logger.experiment_name))
+        if self.parent_run_id is not None:
+            try:
+                client.update_run(self.parent_run_id, status="RUNNING")
+            except Exception:
+                self.parent_run_id = None
+        if self.parent_run_id is None:
+            name = f"sweep:{Path(self.sweep_dir).name}:{self.sweep_id}"
+            tags = {"sweep_id": self.sweep_id, "sweep_dir": str(Path(self.sweep_dir).resolve()), "role": "sweep",
+                    "sweep_overrides": " ".join(master.hydra.overrides.task)[:5000]}
+            self.parent_run_id = client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
+        return [f"logger.experiment_id={self.experiment_id}", f"logger.parent_run_id={self.parent_run_id}",
+                f"logger.sweep_id={self.sweep_id}"]
+
+    def finish(self, returns: Sequence[JobReturn]) -> dict[str, int]:
+        """Record the outcome; the parent run is FAILED if any job failed."""
+        counts = {"finished": 0, "failed": 0, "skipped": sum(j.finished for j in self.jobs)}
+        for job, ret in zip(self.jobs, returns):
+            if job.finished:
+                continue
+            counts["failed" if ret.status == JobStatus.FAILED else "finished"] += 1
+        self.history.append({"time": time.time(), **counts})
+        self.save()
+        if self.tracking_uri is not None and self.parent_run_id is not None:
+            from mlflow.tracking import MlflowClient
+
+            client = MlflowClient(tracking_uri=self.tracking_uri)
+            for key, value in counts.items():
+                client.log_metric(self.parent_run_id, f"sweep/{key}", value, step=len(self.history))
+            client.set_terminated(self.parent_run_id, status="FAILED" if counts["failed"] else "FINISHED")
+        return counts
+
+    # -- persistence -------------------------------------------------------------------------
+    def save(self) -> None:
+        path = Path(self.sweep_dir) / SWEEP_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{SWEEP_FILE}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, sweep_dir: Path) -> "Sweep | None":
+        path = Path(sweep_dir) / SWEEP_FILE
+        if not path.exists():
+            return None
+        data = json.loads(path.read_text())
+        data["jobs"] = [PlannedJob(**j) for j in data["jobs"]]
+        return cls(**data)
+
+
+def _mlflow_uri(master: DictConfig) -> str | None:
+    logger = master.get("logger") or {}
+    if "MLflowLogger" not in str(logger.get("_target_", "")):
+        return None
+    return str(logger.tracking_uri)
+
+
+def skipped_return(job: PlannedJob) -> JobReturn:
+    """What a finished run 'returns' when a re-run sweep skips it."""
+    ret = JobReturn(overrides=job.overrides, working_dir=job.run_dir, task_name="train", status=JobStatus.COMPLETED)
+    ret._return_value = read_status(Path(job.run_dir))
+    return ret
+
+
+def failed_return(overrides: Sequence[str], error: BaseException) -> JobReturn:
+    ret = JobReturn(overrides=list(overrides), task_name="train", status=JobStatus.FAILED)
+    ret._return_value = error
+    return ret

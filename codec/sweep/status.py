@@ -1,0 +1,82 @@
+"""The status table of a sweep: each run's varying overrides, state, step and best metrics."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from codec.sweep.registry import Sweep
+from codec.training.status import read_status
+
+BEST_COLUMNS = ("mel_distance", "pesq_wb", "stoi")
+
+
+def find_sweep_dir(sweep: str | None, runs_dir: Path) -> list[Path]:
+    """A sweep given by path or by name under ``<runs>/multirun``; all sweeps when None."""
+    if sweep is None:
+        return sorted(p.parent for p in (runs_dir / "multirun").glob("*/sweep.json"))
+    candidates = [Path(sweep), runs_dir / "multirun" / sweep]
+    for candidate in candidates:
+        if (candidate / "sweep.json").exists():
+            return [candidate]
+    raise FileNotFoundError(f"no sweep at {' or '.join(str(c) for c in candidates)} (no sweep.json)")
+
+
+def sweep_rows(sweep_dir: Path) -> tuple[Sweep, list[dict[str, Any]]]:
+    sweep = Sweep.load(sweep_dir)
+    assert sweep is not None
+    varying = _varying_keys([job.overrides for job in sweep.jobs])
+    rows = []
+    for job in sweep.jobs:
+        run_dir = Path(job.run_dir)
+        if not run_dir.is_absolute() and not run_dir.exists():
+            run_dir = sweep_dir.parent.parent.parent / run_dir  # recorded relative to the launch directory
+        status = read_status(run_dir)
+        state = status.get("state", "pending")
+        if state == "finished" and status.get("identity") not in (None, job.identity):
+            state = "stale"  # finished, but under a different configuration
+        best = status.get("best", {})
+        rows.append({
+            "run": " ".join(o for o in job.overrides if o.split("=", 1)[0] in varying) or "(base)",
+            "state": state,
+            "step": status.get("step", 0),
+            "max_steps": status.get("max_steps", "?"),
+            **{f"best/{k}": best.get(k) for k in BEST_COLUMNS},
+            "updated": status.get("updated"),
+            "run_dir": str(run_dir),
+            "error": status.get("error", ""),
+        })
+    return sweep, rows
+
+
+def _varying_keys(overrides: list[list[str]]) -> set[str]:
+    values: dict[str, set[str]] = {}
+    for job in overrides:
+        for override in job:
+            key, _, value = override.partition("=")
+            values.setdefault(key, set()).add(value)
+    varying = {k for k, v in values.items() if len(v) > 1}
+    return varying or set(values)
+
+
+def format_table(sweep: Sweep, rows: list[dict[str, Any]]) -> str:
+    now = time.time()
+    header = ["run", "state", "step", *[f"best/{k}" for k in BEST_COLUMNS], "updated"]
+    table = []
+    for row in rows:
+        age = "-" if row["updated"] is None else f"{(now - row['updated']) / 60:.0f}m ago"
+        cells = [row["run"], row["state"], f"{row['step']}/{row['max_steps']}"]
+        cells += ["-" if row[f"best/{k}"] is None else f"{row[f'best/{k}']:.4g}" for k in BEST_COLUMNS]
+        table.append(cells + [age])
+    widths = [max(len(str(r[i])) for r in [header, *table]) for i in range(len(header))]
+    lines = [f"sweep {sweep.sweep_id} in {sweep.sweep_dir} (MLflow parent run {sweep.parent_run_id or '-'})"]
+    lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(cells, widths)) for cells in table]
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["state"]] = counts.get(row["state"], 0) + 1
+    lines.append("  ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+    failures = [f"  {r['run']}: {r['error']}" for r in rows if r["state"] == "failed" and r["error"]]
+    if failures:
+        lines += ["failures:", *failures]
+    return "\n".join(lines)

@@ -1,0 +1,143 @@
+"""Sweeps on a real SLURM cluster on localhost (started by slurm/start_local_cluster.sh)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import REPO_ROOT, require_tool
+from tests.test_sweeps import TINY_RUN
+
+pytestmark = pytest.mark.slurm
+SLURM = ["hydra/launcher=submitit_slurm", "+cluster=localhost"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def slurm_cluster() -> None:
+    require_tool("sinfo")
+    probe = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
+    if probe.returncode != 0 or not probe.stdout.strip():
+        message = "no SLURM cluster answers; start one with: sudo bash slurm/start_local_cluster.sh"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def sweep(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), "-m", *SLURM, *args], cwd=cwd,
+                            capture_output=True, text=True, timeout=1200)
+    if check and result.returncode != 0:
+        raise AssertionError(f"sweep failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
+def job_state(job_id: str) -> str:
+    out = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout
+    return next((part.split("=", 1)[1] for part in out.split() if part.startswith("JobState=")), "")
+
+
+def submitit_job_ids(sweep_dir: Path) -> list[str]:
+    return sorted(p.name for p in (sweep_dir / ".submitit").iterdir() if p.is_dir() and "_" in p.name)
+
+
+def test_six_run_sweep_is_one_array_with_one_mlflow_parent(tmp_path: Path) -> None:
+    sweep(["quantizer.groups=1,2,4", "quantizer.layers=1,2", *TINY_RUN], cwd=tmp_path)
+    sweep_dir = tmp_path / "runs" / "multirun" / "demo"
+    jobs = submitit_job_ids(sweep_dir)
+    assert len(jobs) == 6 and len({j.split("_")[0] for j in jobs}) == 1  # one array of 6 tasks
+    record = json.loads((sweep_dir / "sweep.json").read_text())
+    names = sorted(Path(j["run_dir"]).name for j in record["jobs"])
+    assert any(n.startswith("data.") or "quantizer.groups=4" in n for n in names)
+    for groups in (1, 2, 4):
+        for layers in (1, 2):
+            matching = [n for n in names if f"quantizer.groups={groups}," in n and f"quantizer.layers={layers}," in n]
+            assert len(matching) == 1
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("demo")
+    children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{record['parent_run_id']}'")
+    assert len(children) == 6
+    assert all(r.info.status == "FINISHED" and "train/loss_generator" in r.data.metrics for r in children)
+    assert {r.data.params["quantizer.groups"] for r in children} == {"1", "2", "4"}
+
+    # The same sweep again: nothing is submitted and the status table shows every run finished.
+    again = sweep(["quantizer.groups=1,2,4", "quantizer.layers=1,2", *TINY_RUN], cwd=tmp_path)
+    assert "6 already finished, 0 to launch" in again.stdout + again.stderr
+    assert submitit_job_ids(sweep_dir) == jobs
+    table = subprocess.run([sys.executable, "-m", "codec.sweep", "status", "demo"], cwd=tmp_path,
+                           capture_output=True, text=True, check=True).stdout
+    assert "finished: 6" in table and "failed" not in table
+
+
+def test_failing_point_is_failed_in_slurm_and_mlflow_while_others_finish(tmp_path: Path) -> None:
+    result = sweep(["quantizer.groups=1,3", *TINY_RUN], cwd=tmp_path, check=False)
+    assert result.returncode != 0
+    sweep_dir = tmp_path / "runs" / "multirun" / "demo"
+    record = json.loads((sweep_dir / "sweep.json").read_text())
+    by_groups = {j["overrides"][0]: j for j in record["jobs"]}
+    ok = json.loads((tmp_path / by_groups["quantizer.groups=1"]["run_dir"] / "status.json").read_text())
+    bad = json.loads((tmp_path / by_groups["quantizer.groups=3"]["run_dir"] / "status.json").read_text())
+    assert ok["state"] == "finished" and bad["state"] == "failed"
+    states = sorted(job_state(j) for j in submitit_job_ids(sweep_dir))
+    assert states == ["COMPLETED", "FAILED"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    failed = client.get_run(bad["run_id"])
+    assert failed.info.status == "FAILED" and "quantizer.groups=3" in failed.data.tags["error"]
+    assert client.get_run(ok["run_id"]).info.status == "FINISHED"
+
+
+def _wait_for_step(status_file: Path, step: int, timeout: float = 300) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if status_file.exists():
+            status = json.loads(status_file.read_text())
+            if status.get("state") == "running" and status.get("step", 0) >= step:
+                return status
+        time.sleep(0.5)
+    raise AssertionError(f"{status_file} never reached step {step}")
+
+
+def _release(job_id: str) -> None:
+    """A requeued SLURM job waits ~2 minutes (BeginTime); start it now instead."""
+    deadline = time.time() + 60
+    while time.time() < deadline and "PENDING" not in job_state(job_id):
+        time.sleep(0.5)
+    subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=True)
+
+
+def test_requeue_by_scontrol_and_by_time_limit_signal_resumes(tmp_path: Path) -> None:
+    args = ["trainer.max_steps=160", "trainer.checkpoint_every=10", "trainer.log_every=10", *TINY_RUN[3:]]
+    process = subprocess.Popen([sys.executable, str(REPO_ROOT / "train.py"), "-m", *SLURM, *args],
+                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    sweep_dir = tmp_path / "runs" / "multirun" / "demo"
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(sweep_dir.glob("*/status.json")):
+        time.sleep(0.5)
+    status_file = next(sweep_dir.glob("*/status.json"))
+    job_id = submitit_job_ids(sweep_dir)[0]
+
+    first = _wait_for_step(status_file, 30)
+    subprocess.run(["scontrol", "requeue", job_id], check=True)  # what an admin or preemption does
+    _release(job_id)
+    second = _wait_for_step(status_file, 80)
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True)  # the time-limit warning
+    _release(job_id)
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output[-5000:]
+
+    final = json.loads(status_file.read_text())
+    assert final["state"] == "finished" and final["step"] == 160
+    assert final["run_id"] == first["run_id"] == second["run_id"]
+    log = (status_file.parent / "train.log").read_text()
+    assert log.count("resumed from") == 2
+    assert "received SIGTERM" in log and "received SIGUSR2" in log and "requeued SLURM job" in log
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("demo").experiment_id], "tags.role != 'sweep'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "train/loss_generator")]
+    assert sorted(steps) == list(range(10, 161, 10))  # no step logged twice

@@ -1,0 +1,91 @@
+"""Sweeps: local multirun bookkeeping, sweep definitions, the status command and 2-process DDP."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from codec.config import available_options
+from tests.conftest import REPO_ROOT, TINY_MODEL
+
+TINY_RUN = [*TINY_MODEL, "trainer.max_steps=4", "trainer.log_every=2", "trainer.eval_every=100", "trainer.eval_at_start=false",
+            "trainer.num_workers=0", "eval.metrics=[mel_distance]", "eval.workers=0", "data.utterances=8",
+            "data.valid_count=1", "data.test_count=1"]
+
+
+def run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), *args], cwd=cwd, capture_output=True, text=True, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"train.py failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+def status(cwd: Path, sweep: str) -> str:
+    return subprocess.run([sys.executable, "-m", "codec.sweep", "status", sweep], cwd=cwd, capture_output=True, text=True, check=True).stdout
+
+
+@pytest.mark.parametrize("sweep", available_options("sweep"))
+def test_sweep_definitions_compose(sweep: str) -> None:
+    from hydra import compose, initialize_config_dir
+
+    from codec.config import config_dir, register_resolvers
+
+    register_resolvers()
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=[f"+sweep={sweep}"], return_hydra_config=True)
+    assert cfg.sweep_name == sweep
+    assert len(cfg.hydra.sweeper.params) >= 1
+
+
+def test_local_sweep_runs_skips_finished_and_tolerates_failure(tmp_path: Path) -> None:
+    """A local multirun: one parent MLflow run, a failing point that does not stop the others,
+    a re-run that launches only what did not finish."""
+    result = run(["-m", "quantizer.groups=1,2,3", *TINY_RUN], cwd=tmp_path, check=False)
+    assert result.returncode != 0  # the sweep reports its failed point
+    sweep_dir = tmp_path / "runs" / "multirun" / "demo"
+    sweep = json.loads((sweep_dir / "sweep.json").read_text())
+    states = {tuple(j["overrides"])[0]: json.loads((Path(tmp_path / j["run_dir"]) / "status.json").read_text())["state"] for j in sweep["jobs"]}
+    assert states == {"quantizer.groups=1": "finished", "quantizer.groups=2": "finished", "quantizer.groups=3": "failed"}
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("demo")
+    runs = client.search_runs([experiment.experiment_id])
+    parent = [r for r in runs if r.data.tags.get("role") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == sweep["parent_run_id"]]
+    assert len(parent) == 1 and parent[0].info.status == "FAILED"
+    assert sorted(r.info.status for r in children) == ["FAILED", "FINISHED", "FINISHED"]
+    failed = [r for r in children if r.info.status == "FAILED"][0]
+    assert "quantizer.groups=3" in failed.data.tags["error"]
+    assert all(r.data.tags.get("sweep_id") == sweep["sweep_id"] for r in children)
+
+    table = status(tmp_path, "demo")
+    assert "quantizer.groups=3" in table and "failed: 1" in table and "finished: 2" in table
+
+    again = run(["-m", "quantizer.groups=1,2", *TINY_RUN], cwd=tmp_path)
+    assert "2 already finished, 0 to launch" in again.stdout + again.stderr
+
+
+def test_status_command_reports_unknown_sweep(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "codec.sweep", "status", "nope"], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 2 and "no sweep" in result.stderr
+
+
+@pytest.mark.slow
+def test_ddp_with_two_cpu_processes_keeps_codebooks_identical(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+               str(REPO_ROOT / "train.py"), *TINY_RUN, "trainer.max_steps=12", "trainer.device=cpu",
+               "quantizer.rule=ema", "quantizer.dead_code_threshold=1.0", f"hydra.run.dir={tmp_path / 'run'}", "logger=none"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-5000:]
+    ranks = [torch.load(tmp_path / "run" / "ranks" / f"rank{r}_quantizer.pt") for r in (0, 1)]
+    assert ranks[0].keys() == ranks[1].keys()
+    assert any("embed" in k for k in ranks[0])
+    for key in ranks[0]:
+        assert torch.equal(ranks[0][key], ranks[1][key]), key
+    final = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert final["state"] == "finished" and final["step"] == 12
