@@ -61,7 +61,7 @@ def test_every_preset_trains_one_step(preset: str) -> None:
 
 
 def test_preset_list_matches_conf_dir() -> None:
-    assert set(PRESETS) | {"demo"} == set(available_options("experiment"))
+    assert set(PRESETS) | {"demo", "smoke"} == set(available_options("experiment"))
 
 
 MODEL_GROUP_OPTIONS = [

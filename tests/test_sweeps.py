@@ -11,11 +11,9 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from codec.config import available_options
-from tests.conftest import REPO_ROOT, TINY_MODEL
+from tests.conftest import REPO_ROOT
 
-TINY_RUN = [*TINY_MODEL, "trainer.max_steps=4", "trainer.log_every=2", "trainer.eval_every=100", "trainer.eval_at_start=false",
-            "trainer.num_workers=0", "eval.metrics=[mel_distance]", "eval.workers=0", "data.utterances=8",
-            "data.valid_count=1", "data.test_count=1"]
+TINY_RUN = ["experiment=smoke"]
 
 
 def run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
@@ -47,13 +45,13 @@ def test_local_sweep_runs_skips_finished_and_tolerates_failure(tmp_path: Path) -
     a re-run that launches only what did not finish."""
     result = run(["-m", "quantizer.groups=1,2,3", *TINY_RUN], cwd=tmp_path, check=False)
     assert result.returncode != 0  # the sweep reports its failed point
-    sweep_dir = tmp_path / "runs" / "multirun" / "demo"
+    sweep_dir = tmp_path / "runs" / "multirun" / "smoke"
     sweep = json.loads((sweep_dir / "sweep.json").read_text())
-    states = {tuple(j["overrides"])[0]: json.loads((Path(tmp_path / j["run_dir"]) / "status.json").read_text())["state"] for j in sweep["jobs"]}
+    states = {j["overrides"][0]: json.loads((Path(tmp_path / j["run_dir"]) / "status.json").read_text())["state"] for j in sweep["jobs"]}
     assert states == {"quantizer.groups=1": "finished", "quantizer.groups=2": "finished", "quantizer.groups=3": "failed"}
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("demo")
+    experiment = client.get_experiment_by_name("smoke")
     runs = client.search_runs([experiment.experiment_id])
     parent = [r for r in runs if r.data.tags.get("role") == "sweep"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == sweep["parent_run_id"]]
@@ -63,7 +61,7 @@ def test_local_sweep_runs_skips_finished_and_tolerates_failure(tmp_path: Path) -
     assert "quantizer.groups=3" in failed.data.tags["error"]
     assert all(r.data.tags.get("sweep_id") == sweep["sweep_id"] for r in children)
 
-    table = status(tmp_path, "demo")
+    table = status(tmp_path, "smoke")
     assert "quantizer.groups=3" in table and "failed: 1" in table and "finished: 2" in table
 
     again = run(["-m", "quantizer.groups=1,2", *TINY_RUN], cwd=tmp_path)
@@ -79,7 +77,7 @@ def test_status_command_reports_unknown_sweep(tmp_path: Path) -> None:
 def test_ddp_with_two_cpu_processes_keeps_codebooks_identical(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
                str(REPO_ROOT / "train.py"), *TINY_RUN, "trainer.max_steps=12", "trainer.device=cpu",
-               "quantizer.rule=ema", "quantizer.dead_code_threshold=1.0", f"hydra.run.dir={tmp_path / 'run'}", "logger=none"]
+               "quantizer.rule=ema", "quantizer.dead_code_threshold=1.0", "trainer.checkpoint_every=4", f"hydra.run.dir={tmp_path / 'run'}", "logger=none"]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-5000:]
     ranks = [torch.load(tmp_path / "run" / "ranks" / f"rank{r}_quantizer.pt") for r in (0, 1)]
