@@ -43,7 +43,10 @@ def job_state(job_id: str) -> str:
 
 
 def submitit_job_ids(sweep_dir: Path) -> list[str]:
-    return sorted(p.name for p in (sweep_dir / ".submitit").iterdir() if p.is_dir() and p.name.replace("_", "").isdigit())
+    """Job ids of a sweep: array tasks (``<array>_<task>``), or the single job of a 1-job sweep."""
+    names = [p.name for p in (sweep_dir / ".submitit").iterdir() if p.is_dir() and p.name.replace("_", "").isdigit()]
+    tasks = sorted(n for n in names if "_" in n)
+    return tasks or sorted(names)
 
 
 def test_six_run_sweep_is_one_array_with_one_mlflow_parent(tmp_path: Path) -> None:

@@ -213,12 +213,24 @@ class Trainer:
         write_status(self.run_dir, state="running", run_id=self.run_id, identity=self.identity, overrides=overrides,
                      max_steps=self.settings.max_steps, name=self.cfg.get("name"))
         if run_id is None:
+            self.logger.log_metrics(self.model_facts(), 0)
             config_file = self.run_dir / "resolved_config.yaml"
             config_file.write_text(OmegaConf.to_yaml(OmegaConf.create({k: v for k, v in self.config.items() if k != "hydra"})))
             commit_file = self.run_dir / "git_commit.txt"
             commit_file.write_text(tags["git_commit"] + "\n")
             self.logger.log_artifact(config_file)
             self.logger.log_artifact(commit_file)
+
+    def model_facts(self) -> dict[str, float]:
+        """Sizes and rates of the composition, logged once so sweeps can be compared by them."""
+        return {
+            "model/params_generator": sum(p.numel() for p in self.codec.parameters()),
+            "model/params_discriminator": sum(p.numel() for p in self.discriminator.parameters()),
+            "model/bitrate_kbps": self.codec.bitrate_kbps(),
+            "model/tokens_per_second": self.codec.tokens_per_second(),
+            "model/frame_rate": self.codec.frame_rate,
+            "model/codebooks": self.codec.num_codebooks,
+        }
 
     def _overrides(self) -> str:
         try:

@@ -1,0 +1,109 @@
+"""``python -m analysis.report SWEEP --out DIR``: a self-contained HTML report and a CSV.
+
+The report holds the summary table, seed aggregates, a two-axis pivot, the Pareto plot of
+quality vs bitrate, training curves, codebook usage and audio players for one utterance.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from analysis.audio import audio_comparison_html
+from analysis.loading import load_sweep
+from analysis.plots import plot_codebook_usage, plot_pareto, plot_training_curves
+from analysis.tables import SEED_KEY, aggregate_seeds, pivot, run_labels, varying_params
+
+# Quality metrics in order of preference, with whether higher is better.
+QUALITY_METRICS = (("best/pesq_wb", True), ("best/stoi", True), ("test/pesq_wb", True), ("best/mel_distance", False), ("test/mel_distance", False))
+SUMMARY_COLUMNS = ("status", "model/bitrate_kbps", "model/tokens_per_second", "model/params_generator", "best/pesq_wb",
+                   "best/stoi", "best/mel_distance", "test/pesq_wb", "test/stoi", "test/mel_distance", "wall_time_s")
+
+
+def quality_metric(frame: pd.DataFrame) -> tuple[str, bool]:
+    for metric, higher in QUALITY_METRICS:
+        if metric in frame.columns and frame[metric].notna().any():
+            return metric, higher
+    raise KeyError("the sweep has no quality metric (best/pesq_wb, best/stoi or best/mel_distance)")
+
+
+def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
+    columns = [c for c in SUMMARY_COLUMNS if c in frame.columns]
+    table = frame[columns].copy()
+    table.insert(0, "run", run_labels(frame).to_numpy())
+    return table
+
+
+def choose_axes(frame: pd.DataFrame) -> tuple[str, str] | None:
+    axes = sorted(varying_params(frame, exclude=(SEED_KEY,)), key=lambda c: -frame[c].astype(str).nunique())
+    return (axes[0], axes[1]) if len(axes) >= 2 else None
+
+
+def _image(path: Path) -> str:
+    return f'<img src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
+
+
+def build_report(sweep: str, out: Path, tracking_uri: str | None = None, runs_dir: str | Path = "runs",
+                 rows: str | None = None, columns: str | None = None, value: str | None = None) -> Path:
+    """Write ``report.html``, ``sweep.csv`` and the PNG plots into ``out``; returns the HTML path."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    frame = load_sweep(sweep, tracking_uri, runs_dir)
+    frame.to_csv(out / "sweep.csv", index=False)
+    quality, higher = quality_metric(frame)
+    sections = [f"<h1>Sweep {html.escape(str(frame.attrs['sweep_id']))}</h1>",
+                f"<p>{len(frame)} runs; varying: {html.escape(', '.join(varying_params(frame)) or 'nothing')}; "
+                f"quality metric: {quality}.</p>",
+                "<h2>Runs</h2>", summary_table(frame).to_html(index=False, float_format=lambda v: f"{v:.4g}")]
+    if SEED_KEY in varying_params(frame):
+        metrics = [m for m in (quality, "model/bitrate_kbps") if m in frame.columns]
+        sections += ["<h2>Seed replicates (mean ± std)</h2>", aggregate_seeds(frame, metrics).to_html(index=False, float_format=lambda v: f"{v:.4g}")]
+    axes = (rows, columns) if rows and columns else choose_axes(frame)
+    if axes:
+        for metric in dict.fromkeys([value or quality, "model/bitrate_kbps"]):
+            if metric in frame.columns:
+                table = pivot(frame, axes[0], axes[1], metric)
+                sections += [f"<h2>{html.escape(metric)}: {axes[0]} x {axes[1]}</h2>", table.to_html(float_format=lambda v: f"{v:.4g}")]
+    plots = {"pareto.png": lambda p: plot_pareto(frame, p, "model/bitrate_kbps", quality, higher)}
+    curve_metrics = [m for m in ("train/mel", "valid/mel_distance") if m]
+    plots["curves.png"] = lambda p: plot_training_curves(frame, p, curve_metrics)
+    if any(c.startswith("test/codebook_") and c.endswith("_usage") for c in frame.columns):
+        plots["codebook_usage.png"] = lambda p: plot_codebook_usage(frame, p)
+    titles = {"pareto.png": f"{quality} vs bitrate", "curves.png": "Training curves", "codebook_usage.png": "Codebook usage (test set)"}
+    for name, plot in plots.items():
+        sections += [f"<h2>{titles[name]}</h2>", _image(plot(out / name))]
+    sections += ["<h2>Listen: the first test utterance</h2>", audio_comparison_html(frame)]
+    style = ("<style>body{font-family:sans-serif;margin:2em} table{border-collapse:collapse;margin:1em 0}"
+             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right} img{max-width:100%}</style>")
+    page = out / "report.html"
+    page.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>Sweep report</title>{style}</head><body>"
+                    + "\n".join(sections) + "</body></html>")
+    return page
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__)
+    parser.add_argument("sweep", help="sweep directory, sweep name under <runs>/multirun, or sweep id (with --tracking-uri)")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: the one the sweep used)")
+    parser.add_argument("--runs", default="runs", help="the runs directory (paths.runs)")
+    parser.add_argument("--rows", default=None, help="pivot rows, e.g. quantizer.groups")
+    parser.add_argument("--cols", default=None, help="pivot columns, e.g. quantizer.layers")
+    parser.add_argument("--value", default=None, help="pivot value, e.g. best/pesq_wb")
+    args = parser.parse_args(argv)
+    try:
+        page = build_report(args.sweep, Path(args.out), args.tracking_uri, args.runs, args.rows, args.cols, args.value)
+    except (FileNotFoundError, LookupError, KeyError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {page} and {page.parent / 'sweep.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
