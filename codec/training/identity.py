@@ -9,7 +9,8 @@ from typing import Any, Mapping
 IDENTITY_EXCLUDED = (
     "hydra", "logger", "paths", "eval", "name", "sweep_name", "data.cache_dir",
     "trainer.max_steps", "trainer.log_every", "trainer.eval_every", "trainer.eval_at_start", "trainer.checkpoint_every",
-    "trainer.keep_last", "trainer.num_workers", "trainer.device", "trainer.max_requeues",
+    "trainer.keep_last", "trainer.num_workers", "trainer.device", "trainer.max_requeues", "trainer.compile",
+    "trainer.fused_optimizer",
 )
 
 

@@ -34,6 +34,7 @@ class TrainerSettings:
     device: str = "auto"
     bf16: bool = True
     compile: bool = False
+    fused_optimizer: bool | str = "auto"
     num_workers: int = 2
     deterministic: bool = False
     max_requeues: int = 3
@@ -59,5 +60,7 @@ class TrainerSettings:
             raise TrainerConfigError(f"trainer.best_mode={self.best_mode!r} must be 'min' or 'max'")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise TrainerConfigError(f"trainer.ema_decay={self.ema_decay} must lie in (0, 1) or be null")
+        if self.fused_optimizer not in (True, False, "auto"):
+            raise TrainerConfigError(f"trainer.fused_optimizer={self.fused_optimizer!r} must be true, false or auto")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise TrainerConfigError(f"trainer.device={self.device!r} must be auto, cpu, cuda or cuda:N")

@@ -30,6 +30,7 @@ from codec.training.distributed import DistributedContext, any_rank, init_distri
 from codec.training.identity import identity_diff, run_identity
 from codec.training.settings import TrainerConfigError, TrainerSettings
 from codec.training.status import read_status, write_status
+from codec.training.timing import NO_TIMING
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +103,8 @@ class Trainer:
             self.logger = logger if logger is not None else build(cfg.logger, "logger")
 
         s = self.settings
-        self.opt_g = instantiate(s.generator_optimizer)(self.codec.parameters())
-        self.opt_d = instantiate(s.discriminator_optimizer)(self.discriminator.parameters())
+        self.opt_g = self._optimizer(s.generator_optimizer, self.codec.parameters())
+        self.opt_d = self._optimizer(s.discriminator_optimizer, self.discriminator.parameters())
         self.sched_g = instantiate(s.scheduler)(self.opt_g) if s.scheduler else None
         self.sched_d = instantiate(s.scheduler)(self.opt_d) if s.scheduler else None
         self.ema_codec = copy.deepcopy(self.codec).eval() if s.ema_decay else None
@@ -132,6 +133,17 @@ class Trainer:
         self.run_id: str | None = None
         self._valid_utterances: list | None = None
         self._test_utterances: list | None = None
+
+    def _optimizer(self, node: dict, parameters) -> torch.optim.Optimizer:
+        """The configured optimizer; Adam/AdamW get the fused kernel when ``trainer.fused_optimizer``
+        allows it (``auto``: on CUDA)."""
+        factory = instantiate(node)
+        fused = self.settings.fused_optimizer
+        use_fused = self.device.type == "cuda" if fused == "auto" else bool(fused)
+        target = str(node.get("_target_", ""))
+        if use_fused and target.endswith(("Adam", "AdamW")):
+            return factory(parameters, fused=True)
+        return factory(parameters)
 
     # -- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -251,45 +263,53 @@ class Trainer:
         max_norm = self.settings.grad_clip if self.settings.grad_clip else float("inf")
         return torch.nn.utils.clip_grad_norm_(parameters, max_norm)
 
-    def train_step(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One discriminator update then one generator update on ``batch`` [B, 1, T]."""
+    def train_step(self, batch: torch.Tensor, timer=NO_TIMING) -> dict[str, torch.Tensor]:
+        """One discriminator update then one generator update on ``batch`` [B, 1, T].
+
+        Real and fake audio go through the discriminators in one batched pass.
+        """
         size = batch.shape[0]
         adversarial = self.step >= self.settings.discriminator_warmup_steps
-        with self._autocast():
+        with timer.phase("generator_forward"), self._autocast():
             out = self.codec_forward(batch)
         fake = out.audio
 
-        self.discriminator.requires_grad_(True)
-        with self._autocast():
-            real_d, fake_d = split_outputs(self.discriminator_forward(torch.cat([batch, fake.detach()])), size)
-        loss_d = self.loss.discriminator(
-            [DiscriminatorOutput(o.logits.float(), []) for o in real_d], [DiscriminatorOutput(o.logits.float(), []) for o in fake_d]
-        )
-        self._check_finite({"discriminator": loss_d})
-        self.opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        grad_norm_d = self._clip(self.discriminator.parameters())
-        self.opt_d.step()
-
-        real_g = fake_g = None
-        if adversarial:
-            self.discriminator.requires_grad_(False)
+        with timer.phase("discriminator_forward_backward"):
+            self.discriminator.requires_grad_(True)
             with self._autocast():
-                # The plain module: D's weights are in sync across ranks and need no gradient here.
-                real_g, fake_g = split_outputs(self.discriminator(torch.cat([batch, fake])), size)
-            real_g = [DiscriminatorOutput(o.logits.float(), [f.float() for f in o.features]) for o in real_g]
-            fake_g = [DiscriminatorOutput(o.logits.float(), [f.float() for f in o.features]) for o in fake_g]
-        terms = self.loss.generator_terms(batch, fake.float(), out.quantizer.losses["total"], real_g, fake_g)
-        loss_g = self.loss.total(terms)
-        self._check_finite({"generator": loss_g, **terms})
-        self.opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        grad_norm_g = self._clip(self.codec.parameters())
-        self.opt_g.step()
-        for scheduler in (self.sched_g, self.sched_d):
-            if scheduler is not None:
-                scheduler.step()
-        self._update_ema()
+                real_d, fake_d = split_outputs(self.discriminator_forward(torch.cat([batch, fake.detach()])), size)
+            loss_d = self.loss.discriminator(
+                [DiscriminatorOutput(o.logits.float(), []) for o in real_d], [DiscriminatorOutput(o.logits.float(), []) for o in fake_d]
+            )
+            self._check_finite({"discriminator": loss_d})
+            self.opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            grad_norm_d = self._clip(self.discriminator.parameters())
+        with timer.phase("optimizer"):
+            self.opt_d.step()
+
+        with timer.phase("generator_forward"):
+            real_g = fake_g = None
+            if adversarial:
+                self.discriminator.requires_grad_(False)
+                with self._autocast():
+                    # The plain module: D's weights are in sync across ranks and need no gradient here.
+                    real_g, fake_g = split_outputs(self.discriminator(torch.cat([batch, fake])), size)
+                real_g = [DiscriminatorOutput(o.logits.float(), [f.float() for f in o.features]) for o in real_g]
+                fake_g = [DiscriminatorOutput(o.logits.float(), [f.float() for f in o.features]) for o in fake_g]
+            terms = self.loss.generator_terms(batch, fake.float(), out.quantizer.losses["total"], real_g, fake_g)
+            loss_g = self.loss.total(terms)
+            self._check_finite({"generator": loss_g, **terms})
+        with timer.phase("generator_backward"):
+            self.opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            grad_norm_g = self._clip(self.codec.parameters())
+        with timer.phase("optimizer"):
+            self.opt_g.step()
+            for scheduler in (self.sched_g, self.sched_d):
+                if scheduler is not None:
+                    scheduler.step()
+            self._update_ema()
 
         metrics = {f"train/{k}": v.detach() for k, v in terms.items()}
         metrics.update({

@@ -1,0 +1,37 @@
+"""The benchmark at tiny settings: every field is written, and the fast path matches eager."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import REPO_ROOT
+
+PATH_FIELDS = {"step_time_s", "throughput_audio_s_per_s", "data_wait_fraction", "breakdown_s", "first_step_losses",
+               "host_peak_mb", "device_peak_mb", "settings", "achieved_flops_per_s", "fraction_of_peak"}
+BREAKDOWN = {"data", "generator_forward", "discriminator_forward_backward", "generator_backward", "optimizer"}
+
+
+def test_benchmark_smoke_writes_every_field(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, "-m", "codec.bench", "experiment=smoke", "--steps", "2", "--warmup", "1",
+                             "--breakdown-steps", "1", "--eval-utterances", "2", "--out", str(out)],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "throughput (audio-s / s)" in result.stdout and "speedup fast/eager" in result.stdout
+    report = json.loads(out.read_text())
+    for key in ("device", "torch", "audio_seconds_per_step", "model_flops_per_step", "model_flops_per_audio_second",
+                "peak_flops_bf16", "paths", "speedup_fast_vs_eager", "loss_match", "evaluation"):
+        assert key in report, key
+    assert set(report["paths"]) == {"eager", "fast"}
+    for path in report["paths"].values():
+        assert PATH_FIELDS <= set(path)
+        assert set(path["breakdown_s"]) == BREAKDOWN and all(v >= 0 for v in path["breakdown_s"].values())
+        assert path["throughput_audio_s_per_s"] > 0 and path["host_peak_mb"] > 0
+    assert report["model_flops_per_audio_second"] > 1e6
+    assert report["audio_seconds_per_step"] == 2 * 0.25
+    # same initial weights and batch: the fast path must reach the eager losses
+    assert report["loss_match"]["within_tolerance"], report["loss_match"]
+    evaluation = report["evaluation"]
+    assert evaluation["utterances"] == 2 and evaluation["seconds_1_worker"] > 0 and evaluation["speedup_2_vs_1"] > 0
