@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from codec.data import AudioFileError, DataError, DemoDataModule, FolderDataModule
+from codec.data import AudioFileError, DataError, DemoDataModule, FolderDataModule, read_audio
 from codec.data.datasets import SegmentDataset
 from tests.audio_fixtures import alsa_speech, espeak_corpus, write_corrupt_wav, write_empty_wav
 
@@ -72,7 +72,7 @@ def test_recorded_48k_speech_is_resampled_and_segmented(tmp_path: Path) -> None:
     # an odd-rate stereo file: downmixed and resampled like the rest
     stereo = np.stack([np.sin(np.linspace(0, 2000, 22050)), np.zeros(22050)], axis=1).astype(np.float32)
     sf.write(str(audio / "stereo_22050.flac"), stereo, 22050)
-    module = FolderDataModule(str(audio), 24000, str(tmp_path / "cache"), valid_count=1, test_count=1)
+    module = FolderDataModule(str(audio), 24000, str(tmp_path / "cache"), valid_count=1, test_count=1, resample_cache=False)
     splits = module.prepare()
     rates = {e.sample_rate for split in splits.values() for e in split}
     assert rates == {48000, 22050}
@@ -84,6 +84,27 @@ def test_recorded_48k_speech_is_resampled_and_segmented(tmp_path: Path) -> None:
     name, utterance = module.utterances("test")[0]
     entry = splits["test"][0]
     assert utterance.shape[-1] == pytest.approx(entry.frames * 24000 / entry.sample_rate, abs=2)
+
+
+def test_resample_cache_holds_model_rate_copies(tmp_path: Path) -> None:
+    files = alsa_speech()
+    audio = tmp_path / "alsa"
+    audio.mkdir()
+    for f in files[:4]:
+        (audio / f.name).symlink_to(f)
+    cached = FolderDataModule(str(audio), 16000, str(tmp_path / "cache"), valid_count=1, test_count=1, resample_cache=True)
+    direct = FolderDataModule(str(audio), 16000, str(tmp_path / "cache"), valid_count=1, test_count=1, resample_cache=False)
+    for split in ("train", "valid", "test"):
+        for a, b in zip(cached.split(split), direct.split(split)):
+            assert a.sample_rate == 16000 and b.sample_rate == 48000
+            assert Path(a.path).is_relative_to(tmp_path / "cache" / "resampled")
+            info = sf.info(a.path)
+            assert info.channels == 1 and info.subtype == "FLOAT"
+            # the copy is exactly the whole file resampled by the same resampler
+            assert torch.equal(read_audio(a.path), read_audio(b.path, 16000))
+    stamp = Path(cached.split("train")[0].path).stat().st_mtime_ns
+    again = FolderDataModule(str(audio), 16000, str(tmp_path / "cache"), valid_count=1, test_count=1, resample_cache=True)
+    assert Path(again.split("train")[0].path).stat().st_mtime_ns == stamp  # reused, not rewritten
 
 
 def test_loader_from_a_step_continues_the_same_stream(tmp_path: Path) -> None:

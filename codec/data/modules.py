@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 from codec.data.datasets import RangeSampler, SegmentDataset, load_utterances
 from codec.data.demo_corpus import ensure_demo_corpus
 from codec.data.manifest import AudioEntry, Manifest, scan_folder
+from codec.data.resample_cache import cache_resampled
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")
@@ -24,7 +25,7 @@ class AudioDataModule:
     """A folder of audio split into train/valid/test; subclasses say where the folder is."""
 
     def __init__(self, sample_rate: int, cache_dir: str, valid_count: int, test_count: int,
-                 bad_files: str = "skip", min_seconds: float = 0.1, split_seed: int = 0) -> None:
+                 bad_files: str = "skip", min_seconds: float = 0.1, split_seed: int = 0, resample_cache: bool = False) -> None:
         self.sample_rate = int(sample_rate)
         self.cache_dir = Path(cache_dir)
         self.valid_count = int(valid_count)
@@ -32,6 +33,7 @@ class AudioDataModule:
         self.bad_files = bad_files
         self.min_seconds = float(min_seconds)
         self.split_seed = int(split_seed)
+        self.resample_cache = bool(resample_cache)
         self._splits: dict[str, list[AudioEntry]] | None = None
         self.manifest: Manifest | None = None
 
@@ -51,6 +53,8 @@ class AudioDataModule:
                 f"data.path={root} has {len(entries)} usable audio file(s); at least {needed} are needed "
                 f"(data.valid_count={self.valid_count} + data.test_count={self.test_count} + 1 for training)"
             )
+        if self.resample_cache:
+            entries = cache_resampled(entries, self.sample_rate, self.cache_dir / "resampled")
         order = np.random.default_rng(self.split_seed).permutation(len(entries))
         shuffled = [entries[i] for i in order]
         self._splits = {
@@ -92,8 +96,8 @@ class FolderDataModule(AudioDataModule):
     """Any directory tree of wav/flac files (``data.path``)."""
 
     def __init__(self, path: str, sample_rate: int, cache_dir: str, valid_count: int = 8, test_count: int = 8,
-                 bad_files: str = "skip", min_seconds: float = 0.1, split_seed: int = 0) -> None:
-        super().__init__(sample_rate, cache_dir, valid_count, test_count, bad_files, min_seconds, split_seed)
+                 bad_files: str = "skip", min_seconds: float = 0.1, split_seed: int = 0, resample_cache: bool = True) -> None:
+        super().__init__(sample_rate, cache_dir, valid_count, test_count, bad_files, min_seconds, split_seed, resample_cache)
         self.path = Path(path).expanduser()
         if not self.path.is_dir():
             raise DataError(f"data.path={path} does not exist or is not a directory")
