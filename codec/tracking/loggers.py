@@ -82,13 +82,14 @@ class MLflowLogger(RunLogger):
         return ensure_experiment(self.client, self.experiment_name)
 
     def start(self, run_name: str, params: Mapping[str, str], tags: Mapping[str, str], run_id: str | None = None) -> str:
-        from mlflow.entities import Param, RunTag
-
         if run_id is not None:
             self.run_id = run_id
             self.client.update_run(run_id, status="RUNNING")
             history = self.client.get_metric_history(run_id, STEP_MARKER_METRIC)
             self._last_logged_step = max((m.step for m in history), default=-1)
+            # A run first recorded as a failure before training (bad config) lacks the params.
+            known = self.client.get_run(run_id).data.params
+            self._log_params({k: v for k, v in params.items() if k not in known})
             log.info("resuming MLflow run %s (last logged step %d)", run_id, self._last_logged_step)
             return run_id
         all_tags = dict(tags)
@@ -98,11 +99,15 @@ class MLflowLogger(RunLogger):
             all_tags["sweep_id"] = str(self.sweep_id)
         run = self.client.create_run(self._experiment(), run_name=run_name, tags=all_tags)
         self.run_id = run.info.run_id
+        self._log_params(params)
+        return self.run_id
+
+    def _log_params(self, params: Mapping[str, str]) -> None:
+        from mlflow.entities import Param
+
         items = [Param(k, v) for k, v in params.items()]
         for i in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[i : i + 100])
-        self.client.log_batch(self.run_id, tags=[RunTag("resumed", "false")])
-        return self.run_id
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         from mlflow.entities import Metric
