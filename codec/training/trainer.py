@@ -90,6 +90,7 @@ class Trainer:
         self.stop_requested = False
         self.stop_reason = ""
         self.stop_signal: int | None = None
+        self._first_nonfinite_step: torch.Tensor | None = None
 
         self.codec = build_codec(cfg).to(self.device)
         self.discriminator = build_discriminator(cfg).to(self.device)
@@ -198,6 +199,7 @@ class Trainer:
         random.setstate(rng["python"])
 
     def save_checkpoint(self) -> Path | None:
+        self._raise_if_nonfinite(all_ranks=False)
         if not self.dist.is_main:
             return None
         path = self.checkpoints.save(self.state_dict(), self.step)
@@ -281,7 +283,7 @@ class Trainer:
             loss_d = self.loss.discriminator(
                 [DiscriminatorOutput(o.logits.float(), []) for o in real_d], [DiscriminatorOutput(o.logits.float(), []) for o in fake_d]
             )
-            self._check_finite({"discriminator": loss_d})
+            self._track_finite({"discriminator": loss_d})
             self.opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
             grad_norm_d = self._clip(self.discriminator.parameters())
@@ -299,7 +301,7 @@ class Trainer:
                 fake_g = [DiscriminatorOutput(o.logits.float(), [f.float() for f in o.features]) for o in fake_g]
             terms = self.loss.generator_terms(batch, fake.float(), out.quantizer.losses["total"], real_g, fake_g)
             loss_g = self.loss.total(terms)
-            self._check_finite({"generator": loss_g, **terms})
+            self._track_finite({"generator": loss_g, **terms})
         with timer.phase("generator_backward"):
             self.opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
@@ -323,13 +325,26 @@ class Trainer:
             metrics[f"train/codebook_{key}_mean"] = values.float().mean()
         return metrics
 
-    def _check_finite(self, losses: dict[str, torch.Tensor]) -> None:
-        bad = [name for name, value in losses.items() if not bool(torch.isfinite(value.detach()).all())]
-        if any_rank(bool(bad), self.dist, self.device):
-            bad = bad or ["another rank's loss"]
+    def _track_finite(self, losses: dict[str, torch.Tensor]) -> None:
+        """Record, on the device and without a host sync, the first step with a non-finite loss."""
+        finite = torch.stack([torch.isfinite(v.detach()).all() for v in losses.values()]).all()
+        step = torch.full((), self.step + 1, dtype=torch.long, device=finite.device)
+        if self._first_nonfinite_step is None:
+            self._first_nonfinite_step = torch.zeros((), dtype=torch.long, device=finite.device)
+        self._first_nonfinite_step = torch.where((self._first_nonfinite_step == 0) & ~finite, step, self._first_nonfinite_step)
+
+    def _raise_if_nonfinite(self, all_ranks: bool = True) -> None:
+        """Checked where the loop syncs anyway and before every checkpoint, so bad weights are never saved.
+
+        ``all_ranks=False`` checks this rank only (for calls that not every rank makes); under DDP
+        a NaN on one rank reaches every rank's weights through the gradient all-reduce anyway.
+        """
+        first = 0 if self._first_nonfinite_step is None else int(self._first_nonfinite_step)
+        if any_rank(first > 0, self.dist, self.device) if all_ranks else first > 0:
             kept = self.checkpoints.latest if self.checkpoints.latest.exists() else "none yet"
+            where = f"at step {first}" if first else "on another rank"
             raise NonFiniteLossError(
-                f"non-finite loss at step {self.step + 1} in {bad}; training stopped without updating the weights. "
+                f"non-finite loss {where}; training stopped and the weights since then are discarded. "
                 f"Last good checkpoint: {kept}. Lower the learning rate or check the data."
             )
 
@@ -377,6 +392,7 @@ class Trainer:
         return value < self.best_value if self.settings.best_mode == "min" else value > self.best_value
 
     def _validate_and_track_best(self) -> None:
+        self._raise_if_nonfinite(all_ranks=False)
         if not self.dist.is_main:
             return
         metrics = self._log_eval("valid", self.evaluate("valid"))
@@ -449,6 +465,7 @@ class Trainer:
             self.step += 1
             window_steps += 1
             if self.step % s.log_every == 0 or self.step == s.max_steps:
+                self._raise_if_nonfinite()
                 elapsed = time.perf_counter() - window_start
                 values = {k: float(v) for k, v in metrics.items()}
                 values["train/throughput_audio_seconds_per_second"] = window_steps * s.batch_size * s.segment_seconds / max(elapsed, 1e-9)
@@ -470,6 +487,7 @@ class Trainer:
                 raise StopRequested(self.stop_reason)
 
     def _finish(self) -> dict[str, Any]:
+        self._raise_if_nonfinite()
         if self.dist.enabled:
             self._save_rank_quantizer_state()
         if not self.dist.is_main:
