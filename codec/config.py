@@ -9,7 +9,7 @@ import hashlib
 import logging
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException, InstantiationException
@@ -139,6 +139,18 @@ def build_discriminator(cfg: DictConfig) -> MultiDiscriminator:
 
 def build_loss(cfg: DictConfig) -> CodecLoss:
     return build(cfg.loss, "loss")
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mapping -> {"a.b.c": value}; lists and scalars are leaves."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
 
 
 def count_parameters(module: Any) -> int:

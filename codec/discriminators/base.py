@@ -26,6 +26,17 @@ def complex_spectrogram(wav: torch.Tensor, n_fft: int, hop_length: int) -> torch
     return torch.view_as_real(spec).permute(0, 3, 2, 1)
 
 
+def run_conv_stack(x: torch.Tensor, convs: nn.ModuleList, post: nn.Module, activation: nn.Module) -> DiscriminatorOutput:
+    """Activated convs then a final conv; every intermediate map is a feature for feature matching."""
+    features = []
+    for conv in convs:
+        x = activation(conv(x))
+        features.append(x)
+    logits = post(x)
+    features.append(logits)
+    return DiscriminatorOutput(logits, features)
+
+
 class MultiDiscriminator(nn.Module):
     """Runs every selected discriminator; each returns a list of :class:`DiscriminatorOutput`."""
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from codec.discriminators.base import DiscriminatorOutput, maybe_weight_norm
+from codec.discriminators.base import DiscriminatorOutput, maybe_weight_norm, run_conv_stack
 
 
 class PeriodDiscriminator(nn.Module):
@@ -28,12 +28,7 @@ class PeriodDiscriminator(nn.Module):
         batch, channels, length = wav.shape
         x = F.pad(wav, (0, (-length) % self.period))
         x = x.view(batch, channels, -1, self.period)
-        features = []
-        for conv in self.convs:
-            x = self.activation(conv(x))
-            features.append(x)
-        logits = self.post(x)
-        features.append(logits)
+        logits, features = run_conv_stack(x, self.convs, self.post, self.activation)
         return DiscriminatorOutput(logits.flatten(1, -1), features)
 
 

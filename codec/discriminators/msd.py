@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from codec.discriminators.base import DiscriminatorOutput, maybe_weight_norm
+from codec.discriminators.base import DiscriminatorOutput, maybe_weight_norm, run_conv_stack
 
 # HiFi-GAN's layer shapes (kernel, stride, max groups); channel widths come from config.
 _LAYOUT = ((15, 1, 1), (41, 2, 4), (41, 2, 16), (41, 4, 16), (41, 4, 16), (41, 1, 16), (5, 1, 1))
@@ -30,12 +30,7 @@ class ScaleDiscriminator(nn.Module):
 
     def forward(self, wav: torch.Tensor) -> DiscriminatorOutput:
         x = wav
-        features = []
-        for conv in self.convs:
-            x = self.activation(conv(x))
-            features.append(x)
-        logits = self.post(x)
-        features.append(logits)
+        logits, features = run_conv_stack(x, self.convs, self.post, self.activation)
         return DiscriminatorOutput(logits.flatten(1, -1), features)
 
 

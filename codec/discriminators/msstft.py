@@ -6,7 +6,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from codec.discriminators.base import DiscriminatorOutput, complex_spectrogram, maybe_weight_norm
+from codec.discriminators.base import DiscriminatorOutput, complex_spectrogram, maybe_weight_norm, run_conv_stack
 
 
 class STFTDiscriminator(nn.Module):
@@ -31,13 +31,7 @@ class STFTDiscriminator(nn.Module):
 
     def forward(self, wav: torch.Tensor) -> DiscriminatorOutput:
         x = complex_spectrogram(wav, self.n_fft, self.hop_length)
-        features = []
-        for conv in self.convs:
-            x = self.activation(conv(x))
-            features.append(x)
-        logits = self.post(x)
-        features.append(logits)
-        return DiscriminatorOutput(logits, features)
+        return run_conv_stack(x, self.convs, self.post, self.activation)
 
 
 class MultiScaleSTFTDiscriminator(nn.Module):

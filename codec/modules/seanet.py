@@ -6,6 +6,7 @@ three dilated residual units per block and no LSTM.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -56,6 +57,30 @@ class SkipLSTM(nn.Module):
         return x + y.transpose(1, 2)
 
 
+@dataclass(frozen=True)
+class SEANetSettings:
+    """The validated encoder settings, shared with the mirrored decoder."""
+
+    channels: int
+    dimension: int
+    strides: list[int]
+    dilations: list[int]
+    residual_kernel_size: int
+    kernel_size: int
+    last_kernel_size: int
+    compress: int
+    lstm_layers: int
+    activation: str
+    weight_norm: bool
+    causal: bool
+    audio_channels: int
+
+    def residual_units(self, width: int) -> list[nn.Module]:
+        hidden = max(width // self.compress, 1)
+        return [ResidualUnit(width, self.residual_kernel_size, d, hidden, self.activation, self.causal, self.weight_norm)
+                for d in self.dilations]
+
+
 class SEANetEncoder(nn.Module):
     """Waveform [B, 1, T] -> latent [B, dimension, T / prod(strides)].
 
@@ -92,22 +117,20 @@ class SEANetEncoder(nn.Module):
             raise ValueError(f"lstm_layers={lstm_layers} must be >= 0")
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation={activation!r} is unknown; choose one of {ACTIVATIONS}")
-        self.hparams = dict(
-            channels=channels, dimension=dimension, strides=strides, residual_units=residual_units,
-            dilations=dilations, residual_kernel_size=residual_kernel_size, kernel_size=kernel_size,
-            last_kernel_size=last_kernel_size, compress=compress, lstm_layers=lstm_layers,
-            activation=activation, weight_norm=weight_norm, causal=causal, audio_channels=audio_channels,
+        self.settings = SEANetSettings(
+            channels, dimension, strides, dilations, residual_kernel_size, kernel_size, last_kernel_size,
+            compress, lstm_layers, activation, weight_norm, causal, audio_channels,
         )
         self.dimension = dimension
         self.strides = strides
         self.hop_length = math.prod(strides)
 
+        c = self.settings
         conv = dict(causal=causal, weight_norm=weight_norm)
         layers: list[nn.Module] = [CausalOrCenteredConv1d(audio_channels, channels, kernel_size, **conv)]
         width = channels
         for stride in strides:
-            for dilation in dilations:
-                layers.append(ResidualUnit(width, residual_kernel_size, dilation, max(width // compress, 1), activation, **conv))
+            layers += c.residual_units(width)
             layers.append(make_activation(activation, width))
             layers.append(CausalOrCenteredConv1d(width, width * 2, 2 * stride, stride=stride, **conv))
             width *= 2
@@ -122,43 +145,27 @@ class SEANetEncoder(nn.Module):
 
     def make_decoder(self) -> "SEANetDecoder":
         """The decoder that mirrors this encoder: same widths, reversed strides."""
-        return SEANetDecoder(**self.hparams)
+        return SEANetDecoder(self.settings)
 
 
 class SEANetDecoder(nn.Module):
     """Latent [B, dimension, F] -> waveform [B, 1, F * prod(strides)], mirroring SEANetEncoder."""
 
-    def __init__(
-        self,
-        channels: int = 32,
-        dimension: int = 128,
-        strides: Sequence[int] = (2, 4, 5, 8),
-        residual_units: int = 1,
-        dilations: Sequence[int] = (1,),
-        residual_kernel_size: int = 3,
-        kernel_size: int = 7,
-        last_kernel_size: int = 7,
-        compress: int = 2,
-        lstm_layers: int = 2,
-        activation: str = "elu",
-        weight_norm: bool = True,
-        causal: bool = False,
-        audio_channels: int = 1,
-    ) -> None:
+    def __init__(self, settings: SEANetSettings) -> None:
         super().__init__()
-        conv = dict(causal=causal, weight_norm=weight_norm)
-        width = channels * 2 ** len(strides)
-        layers: list[nn.Module] = [CausalOrCenteredConv1d(dimension, width, kernel_size, **conv)]
-        if lstm_layers:
-            layers.append(SkipLSTM(width, lstm_layers))
-        for stride in reversed(list(strides)):
-            layers.append(make_activation(activation, width))
+        c = settings
+        conv = dict(causal=c.causal, weight_norm=c.weight_norm)
+        width = c.channels * 2 ** len(c.strides)
+        layers: list[nn.Module] = [CausalOrCenteredConv1d(c.dimension, width, c.kernel_size, **conv)]
+        if c.lstm_layers:
+            layers.append(SkipLSTM(width, c.lstm_layers))
+        for stride in reversed(c.strides):
+            layers.append(make_activation(c.activation, width))
             layers.append(CausalOrCenteredConvTranspose1d(width, width // 2, 2 * stride, stride=stride, **conv))
             width //= 2
-            for dilation in dilations:
-                layers.append(ResidualUnit(width, residual_kernel_size, dilation, max(width // compress, 1), activation, **conv))
-        layers.append(make_activation(activation, width))
-        layers.append(CausalOrCenteredConv1d(width, audio_channels, last_kernel_size, **conv))
+            layers += c.residual_units(width)
+        layers.append(make_activation(c.activation, width))
+        layers.append(CausalOrCenteredConv1d(width, c.audio_channels, c.last_kernel_size, **conv))
         self.model = nn.Sequential(*layers)
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:

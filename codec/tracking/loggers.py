@@ -18,16 +18,14 @@ PARAM_VALUE_LIMIT = 6000
 STEP_MARKER_METRIC = "train/loss_generator"
 
 
-def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested config -> {"a.b.c": "value"}; lists stay whole, values cut to MLflow's limit."""
-    flat: dict[str, str] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten_config(value, f"{name}."))
-        else:
-            text = str(value)
-            flat[name] = text if len(text) <= PARAM_VALUE_LIMIT else text[: PARAM_VALUE_LIMIT - 3] + "..."
+def flatten_config(config: Mapping[str, Any]) -> dict[str, str]:
+    """Nested config -> {"a.b.c": "value"} as MLflow params, cut to MLflow's length limit."""
+    from codec.config import flatten
+
+    flat = {}
+    for name, value in flatten(config).items():
+        text = str(value)
+        flat[name] = text if len(text) <= PARAM_VALUE_LIMIT else text[: PARAM_VALUE_LIMIT - 3] + "..."
     return flat
 
 

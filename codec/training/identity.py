@@ -6,6 +6,8 @@ import hashlib
 import json
 from typing import Any, Mapping
 
+from codec.config import flatten
+
 IDENTITY_EXCLUDED = (
     "hydra", "logger", "paths", "eval", "name", "sweep_name", "data.cache_dir",
     "trainer.max_steps", "trainer.log_every", "trainer.eval_every", "trainer.eval_at_start", "trainer.checkpoint_every",
@@ -14,21 +16,10 @@ IDENTITY_EXCLUDED = (
 )
 
 
-def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
 def identity_items(config: Mapping[str, Any]) -> dict[str, Any]:
     return {
         key: value
-        for key, value in _flatten(config).items()
+        for key, value in flatten(config).items()
         if not any(key == ex or key.startswith(ex + ".") for ex in IDENTITY_EXCLUDED)
     }
 
