@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from codec.config import ConfigError, register_resolvers
 from codec.data import AudioFileError, DataError
-from codec.sweep.job import TIME_LIMIT_SIGNAL, in_slurm_job, record_failure, requeue_after_time_limit, slurm_will_rerun, stop_signals
+from codec.sweep.job import TIME_LIMIT_SIGNAL, in_slurm_job, in_submitit_job, record_failure, requeue_after_time_limit, slurm_will_rerun, stop_signals
 from codec.training.trainer import NonFiniteLossError, StopRequested, Trainer
 
 log = logging.getLogger("train")
@@ -42,9 +42,9 @@ def main(cfg: DictConfig) -> dict | None:
             if requeued or slurm_will_rerun():
                 # Exit without a result: the same job runs again in this run directory and resumes.
                 raise SystemExit(143)
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
+        if in_submitit_job():
             raise  # stopped for good: the sweep records the stop as this job's outcome
-        raise SystemExit(143)
+        raise SystemExit(143)  # a local run or local sweep that was told to stop stops as a whole
     except Exception as error:
         if trainer is None:
             record_failure(cfg, run_dir, error)

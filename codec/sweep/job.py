@@ -28,6 +28,11 @@ def in_slurm_job() -> bool:
     return os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and "SLURM_JOB_ID" in os.environ
 
 
+def in_submitit_job() -> bool:
+    """True inside a job started by submitit (SLURM or its local executor): one process per job."""
+    return bool(os.environ.get("SUBMITIT_EXECUTOR"))
+
+
 def slurm_will_rerun() -> bool:
     """Whether SLURM is about to run this job again (requeue or preemption), not cancel it."""
     try:
