@@ -87,3 +87,27 @@ def test_ddp_with_two_cpu_processes_keeps_codebooks_identical(tmp_path: Path) ->
         assert torch.equal(ranks[0][key], ranks[1][key]), key
     final = json.loads((tmp_path / "run" / "status.json").read_text())
     assert final["state"] == "finished" and final["step"] == 12
+
+
+def test_sigterm_stops_a_local_sweep_after_checkpointing(tmp_path: Path) -> None:
+    import os
+    import signal
+    import time
+
+    process = subprocess.Popen([sys.executable, str(REPO_ROOT / "train.py"), "-m", "quantizer.groups=1,2", *TINY_RUN,
+                                "trainer.max_steps=100000", "trainer.log_every=1"], cwd=tmp_path,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sweep_dir = tmp_path / "runs" / "multirun" / "smoke"
+    deadline = time.time() + 180
+    status_files: list[Path] = []
+    while time.time() < deadline:
+        status_files = list(sweep_dir.glob("*/status.json"))
+        if status_files and json.loads(status_files[0].read_text()).get("step", 0) >= 3:
+            break
+        time.sleep(0.2)
+    os.kill(process.pid, signal.SIGTERM)
+    assert process.wait(timeout=120) == 143
+    assert len(status_files) == 1  # the second point never started
+    status = json.loads(status_files[0].read_text())
+    assert status["state"] == "preempted" and status["checkpoint_step"] == status["step"] >= 3
+    assert (status_files[0].parent / "checkpoints" / "latest.pt").exists()

@@ -63,7 +63,8 @@ class Sweep:
                 jobs.append(PlannedJob(index, list(overrides), run_dir, identity, done))
         finally:
             HydraConfig.instance().set_config(master)
-        digest = hashlib.sha256(json.dumps([sweep_dir, sorted(" ".join(j.overrides) for j in jobs)]).encode()).hexdigest()[:12]
+        key = [str(Path(sweep_dir).resolve()), sorted(" ".join(j.overrides) for j in jobs)]
+        digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:12]
         sweep = cls(digest, sweep_dir, jobs)
         previous = cls.load(Path(sweep_dir))
         if previous is not None and previous.sweep_id == sweep.sweep_id:
