@@ -12,9 +12,20 @@ import numpy as np
 
 
 def limit_worker_threads() -> None:
-    """One BLAS/OpenMP thread per worker: pystoi in a pool is slower otherwise (REFERENCE 7)."""
+    """One BLAS/OpenMP thread per worker: pystoi in a pool is slower otherwise (REFERENCE 7).
+
+    The environment variables only reach libraries loaded later; importing this module already
+    loaded numpy (and torch, through the package), so their thread pools are limited at runtime.
+    """
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+    import sys
+
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
 
 
 def pesq_score(reference: np.ndarray, estimate: np.ndarray, rate: int, mode: str) -> float:
