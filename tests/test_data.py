@@ -96,6 +96,7 @@ def test_resample_cache_holds_model_rate_copies(tmp_path: Path) -> None:
     direct = FolderDataModule(str(audio), 16000, str(tmp_path / "cache"), valid_count=1, test_count=1, resample_cache=False)
     for split in ("train", "valid", "test"):
         for a, b in zip(cached.split(split), direct.split(split)):
+            assert a.source == b.path and a.name == b.name  # same files, same order
             assert a.sample_rate == 16000 and b.sample_rate == 48000
             assert Path(a.path).is_relative_to(tmp_path / "cache" / "resampled")
             info = sf.info(a.path)

@@ -235,3 +235,19 @@ def test_impossible_config_fails_before_training(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "quantizer.groups=3" in result.stdout + result.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_generator_weight_ema_is_kept_checkpointed_and_used_for_inference(tmp_path: Path) -> None:
+    train(["experiment=smoke", "trainer.ema_decay=0.5", "trainer.max_steps=6", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    state = torch.load(tmp_path / "run" / "checkpoints" / "latest.pt", weights_only=False)
+    assert state["ema_codec"] is not None and state["ema_codec"].keys() == state["codec"].keys()
+    decoder_keys = [k for k, v in state["codec"].items() if k.startswith("decoder.") and v.is_floating_point()]
+    assert any(not torch.equal(state["ema_codec"][k], state["codec"][k]) for k in decoder_keys)
+
+    from codec.inference import load_codec
+
+    ema = load_codec(tmp_path / "run" / "checkpoints" / "latest.pt")
+    raw = load_codec(tmp_path / "run" / "checkpoints" / "latest.pt", use_ema=False)
+    key = decoder_keys[0]
+    assert torch.equal(ema.state_dict()[key], state["ema_codec"][key])
+    assert torch.equal(raw.state_dict()[key], state["codec"][key])

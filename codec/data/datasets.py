@@ -64,5 +64,5 @@ def load_utterances(entries: Sequence[AudioEntry], sample_rate: int, max_seconds
     utterances = []
     for entry in entries:
         frames = -1 if not max_seconds else int(max_seconds * entry.sample_rate)
-        utterances.append((entry.path, read_audio(entry.path, sample_rate, frames=frames)))
+        utterances.append((entry.name, read_audio(entry.path, sample_rate, frames=frames)))
     return utterances

@@ -17,9 +17,16 @@ BAD_FILE_POLICIES = ("skip", "error")
 
 @dataclass(frozen=True)
 class AudioEntry:
+    """A usable audio file; ``source`` is the original when ``path`` is a cached conversion."""
+
     path: str
     frames: int
     sample_rate: int
+    source: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.source or self.path
 
     @property
     def seconds(self) -> float:

@@ -58,9 +58,9 @@ class AudioDataModule:
         order = np.random.default_rng(self.split_seed).permutation(len(entries))
         shuffled = [entries[i] for i in order]
         self._splits = {
-            "test": sorted(shuffled[: self.test_count], key=lambda e: e.path),
-            "valid": sorted(shuffled[self.test_count : self.test_count + self.valid_count], key=lambda e: e.path),
-            "train": sorted(shuffled[self.test_count + self.valid_count :], key=lambda e: e.path),
+            "test": sorted(shuffled[: self.test_count], key=lambda e: e.name),
+            "valid": sorted(shuffled[self.test_count : self.test_count + self.valid_count], key=lambda e: e.name),
+            "train": sorted(shuffled[self.test_count + self.valid_count :], key=lambda e: e.name),
         }
         log.info("data: %s", ", ".join(f"{k}={len(v)}" for k, v in self._splits.items()))
         return self._splits

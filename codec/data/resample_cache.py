@@ -43,7 +43,7 @@ def cache_resampled(entries: Sequence[AudioEntry], sample_rate: int, cache_dir: 
             sf.write(str(tmp), wav.flatten().numpy(), sample_rate, subtype="FLOAT", format="WAV")
             os.replace(tmp, target)
             converted += 1
-        result.append(AudioEntry(str(target), sf.info(str(target)).frames, sample_rate))
+        result.append(AudioEntry(str(target), sf.info(str(target)).frames, sample_rate, source=entry.path))
     if converted:
         log.info("resampled %d file(s) to %d Hz into %s", converted, sample_rate, cache_dir)
     return result
