@@ -9,7 +9,6 @@ import json
 import sys
 from pathlib import Path
 
-from omegaconf import OmegaConf
 
 from codec.config import ConfigError, build, compose_config
 from codec.data import AudioFileError, DataError

@@ -1,7 +1,6 @@
 """analysis/: from a tiny real local sweep in MLflow to tables, plots, a report and a notebook."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,6 @@ from mlflow.tracking import MlflowClient
 
 from analysis import aggregate_seeds, load_sweep, pareto_front, pivot, plot_codebook_usage, plot_pareto, plot_training_curves
 from analysis.notebook import execute_notebook
-from analysis.report import build_report
 from tests.conftest import REPO_ROOT
 
 

@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import REPO_ROOT
 
 PATH_FIELDS = {"step_time_s", "throughput_audio_s_per_s", "data_wait_fraction", "breakdown_s", "first_step_losses",
                "host_peak_mb", "device_peak_mb", "settings", "achieved_flops_per_s", "fraction_of_peak"}

@@ -1,7 +1,6 @@
 """Evaluation metrics agree with direct calls of pesq and pystoi, with proper resampling."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -17,7 +17,7 @@ from typing import Iterator
 
 from omegaconf import DictConfig
 
-from codec.training.status import read_status, write_status
+from codec.training.status import write_status
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +102,3 @@ def record_failure(cfg: DictConfig, run_dir: Path, error: BaseException) -> None
         write_status(run_dir, run_id=run_id)
     except Exception as tracking_error:  # never hide the original failure behind a tracking one
         log.error("could not record the failure in MLflow: %s", tracking_error)
-
-
-def finished(run_dir: Path, identity: str) -> bool:
-    status = read_status(run_dir)
-    return status.get("state") == "finished" and status.get("identity") == identity
