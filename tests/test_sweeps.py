@@ -111,3 +111,14 @@ def test_sigterm_stops_a_local_sweep_after_checkpointing(tmp_path: Path) -> None
     status = json.loads(status_files[0].read_text())
     assert status["state"] == "preempted" and status["checkpoint_step"] == status["step"] >= 3
     assert (status_files[0].parent / "checkpoints" / "latest.pt").exists()
+
+
+def test_discriminator_mix_sweeps_from_the_command_line(tmp_path: Path) -> None:
+    run(["-m", "discriminator=[msstft],[msstft,mpd,msd]", *TINY_RUN], cwd=tmp_path)
+    sweep = json.loads((tmp_path / "runs" / "multirun" / "smoke" / "sweep.json").read_text())
+    assert [j["overrides"][0] for j in sweep["jobs"]] == ["discriminator=[msstft]", "discriminator=[msstft,mpd,msd]"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = [r for r in client.search_runs([client.get_experiment_by_name("smoke").experiment_id]) if r.data.tags.get("role") != "sweep"]
+    mixes = sorted(sorted({k.split(".")[1] for k in r.data.params if k.startswith("discriminator.")}) for r in runs)
+    assert mixes == [["mpd", "msd", "msstft"], ["msstft"]]
+    assert all(r.info.status == "FINISHED" for r in runs)
