@@ -42,6 +42,17 @@ def job_state(job_id: str) -> str:
     return next((part.split("=", 1)[1] for part in out.split() if part.startswith("JobState=")), "")
 
 
+def final_job_state(job_id: str, timeout: float = 120) -> str:
+    """SLURM's state once the job has ended (submitit returns when the result is written,
+    a moment before SLURM marks the job done)."""
+    deadline = time.time() + timeout
+    state = job_state(job_id)
+    while state in ("RUNNING", "COMPLETING", "PENDING", "CONFIGURING") and time.time() < deadline:
+        time.sleep(0.5)
+        state = job_state(job_id)
+    return state
+
+
 def submitit_job_ids(sweep_dir: Path) -> list[str]:
     """Job ids of a sweep: array tasks (``<array>_<task>``), or the single job of a 1-job sweep."""
     names = [p.name for p in (sweep_dir / ".submitit").iterdir() if p.is_dir() and p.name.replace("_", "").isdigit()]
@@ -83,7 +94,7 @@ def test_failing_point_is_failed_in_slurm_and_mlflow_while_others_finish(tmp_pat
     ok = json.loads((tmp_path / by_groups["quantizer.groups=1"]["run_dir"] / "status.json").read_text())
     bad = json.loads((tmp_path / by_groups["quantizer.groups=3"]["run_dir"] / "status.json").read_text())
     assert ok["state"] == "finished" and bad["state"] == "failed"
-    states = sorted(job_state(j) for j in submitit_job_ids(sweep_dir))
+    states = sorted(final_job_state(j) for j in submitit_job_ids(sweep_dir))
     assert states == ["COMPLETED", "FAILED"]
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     failed = client.get_run(bad["run_id"])
