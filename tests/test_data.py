@@ -63,12 +63,17 @@ def test_too_few_files_is_explained(tmp_path: Path) -> None:
         module.prepare()
 
 
-def test_recorded_48k_speech_is_resampled_and_segmented(tmp_path: Path) -> None:
-    files = alsa_speech()
+def alsa_folder(tmp_path: Path) -> Path:
+    """A folder of four of alsa-utils' 48 kHz recordings."""
     audio = tmp_path / "alsa"
     audio.mkdir()
-    for f in files[:4]:
+    for f in alsa_speech()[:4]:
         (audio / f.name).symlink_to(f)
+    return audio
+
+
+def test_recorded_48k_speech_is_resampled_and_segmented(tmp_path: Path) -> None:
+    audio = alsa_folder(tmp_path)
     # an odd-rate stereo file: downmixed and resampled like the rest
     stereo = np.stack([np.sin(np.linspace(0, 2000, 22050)), np.zeros(22050)], axis=1).astype(np.float32)
     sf.write(str(audio / "stereo_22050.flac"), stereo, 22050)
@@ -87,11 +92,7 @@ def test_recorded_48k_speech_is_resampled_and_segmented(tmp_path: Path) -> None:
 
 
 def test_resample_cache_holds_model_rate_copies(tmp_path: Path) -> None:
-    files = alsa_speech()
-    audio = tmp_path / "alsa"
-    audio.mkdir()
-    for f in files[:4]:
-        (audio / f.name).symlink_to(f)
+    audio = alsa_folder(tmp_path)
     cached = FolderDataModule(str(audio), 16000, str(tmp_path / "cache"), valid_count=1, test_count=1, resample_cache=True)
     direct = FolderDataModule(str(audio), 16000, str(tmp_path / "cache"), valid_count=1, test_count=1, resample_cache=False)
     for split in ("train", "valid", "test"):

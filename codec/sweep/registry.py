@@ -55,7 +55,7 @@ class Sweep:
                 with open_dict(job_cfg.hydra.job):
                     job_cfg.hydra.job.num = index
                 HydraConfig.instance().set_config(job_cfg)
-                run_dir = str(Path(str(job_cfg.hydra.sweep.dir)) / str(job_cfg.hydra.sweep.subdir))
+                run_dir = str((Path(str(job_cfg.hydra.sweep.dir)) / str(job_cfg.hydra.sweep.subdir)).resolve())
                 task_cfg = OmegaConf.to_container(OmegaConf.masked_copy(job_cfg, [k for k in job_cfg if k != "hydra"]), resolve=True)
                 identity = run_identity(task_cfg)
                 status = read_status(Path(run_dir))

@@ -28,9 +28,7 @@ def sweep_rows(sweep_dir: Path) -> tuple[Sweep, list[dict[str, Any]]]:
     varying = _varying_keys([job.overrides for job in sweep.jobs])
     rows = []
     for job in sweep.jobs:
-        run_dir = Path(job.run_dir)
-        if not run_dir.is_absolute() and not run_dir.exists():
-            run_dir = sweep_dir.parent.parent.parent / run_dir  # recorded relative to the launch directory
+        run_dir = Path(job.run_dir)  # recorded absolute by the launcher
         status = read_status(run_dir)
         state = status.get("state", "pending")
         if state == "finished" and status.get("identity") not in (None, job.identity):
