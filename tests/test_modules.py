@@ -78,3 +78,51 @@ def test_zero_weight_terms_are_reported_not_trained() -> None:
     assert {"adversarial", "feature"} <= set(with_adv)
     with pytest.raises(ValueError, match="every loss weight"):
         CodecLoss(16000, {"mel": 0.0}, mel_windows=[64], mel_bins=[10]).total(terms)
+
+
+def test_shared_spectra_give_the_same_losses_and_gradients_as_separate_transforms() -> None:
+    """One STFT bank over cat([real, fake]) serves the STFT discriminators and the mel loss;
+    outputs and gradients must equal those of each consumer computing its own transform."""
+    from codec.discriminators import MultiBandMultiResolutionDiscriminator, MultiDiscriminator, MultiPeriodDiscriminator, MultiScaleSTFTDiscriminator
+    from codec.spectral import detach_bank, spectrum_bank, split_bank
+
+    torch.manual_seed(0)
+    discriminator = MultiDiscriminator({
+        "msstft": MultiScaleSTFTDiscriminator(windows=(256, 128), filters=4),
+        "mrd": MultiBandMultiResolutionDiscriminator(windows=(512,), channels=4),
+        "mpd": MultiPeriodDiscriminator(periods=(2, 3), channels=(4, 8)),
+    })
+    loss = CodecLoss(16000, {"mel": 1.0}, mel_windows=(64, 128, 512), mel_bins=(10, 20, 40))
+    assert discriminator.stft_windows() == {128, 256, 512}
+    real = torch.randn(2, 1, 4000)
+
+    def run(shared: bool) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        fake = (0.5 * real).clone().requires_grad_(True)
+        joint = torch.cat([real, fake])
+        bank = spectrum_bank(joint, discriminator.stft_windows() | set(loss.mel.windows)) if shared else None
+        outputs = discriminator(joint, bank)
+        mel = loss.mel(real, fake, *(split_bank(bank, 2) if shared else (None, None)))
+        detached = discriminator(joint.detach(), detach_bank(bank) if shared else None)
+        sum(o.logits.mean() for o in detached).backward(retain_graph=True)
+        assert fake.grad is None  # the discriminator step's pass reaches no generator input
+        (mel + sum(o.logits.mean() for o in outputs)).backward()
+        return [o.logits for o in outputs], mel, fake.grad
+
+    own_logits, own_mel, own_grad = run(shared=False)
+    shared_logits, shared_mel, shared_grad = run(shared=True)
+    assert len(own_logits) == len(discriminator.names()) == 5
+    for a, b in zip(own_logits, shared_logits):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert torch.allclose(own_mel, shared_mel, atol=1e-6)
+    assert own_grad.abs().sum() > 0
+    assert torch.allclose(own_grad, shared_grad, atol=1e-6)
+
+
+def test_detached_spectra_carry_no_gradient_to_the_generator() -> None:
+    from codec.spectral import detach_bank, spectrum_bank
+
+    fake = torch.randn(1, 1, 2000, requires_grad=True)
+    bank = spectrum_bank(fake, (128, 256))
+    assert all(spec.requires_grad for spec in bank.values())
+    assert not any(spec.requires_grad for spec in detach_bank(bank).values())
+    assert sorted(bank) == [128, 256] and bank[256].shape == (1, 129, 2000 // 64 + 1)

@@ -7,6 +7,8 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
+from codec.spectral import SpectrumBank, spectrum
+
 
 class DiscriminatorOutput(NamedTuple):
     """One sub-discriminator's verdict: logits and the intermediate feature maps."""
@@ -19,11 +21,11 @@ def maybe_weight_norm(module: nn.Module, enabled: bool) -> nn.Module:
     return weight_norm(module) if enabled else module
 
 
-def complex_spectrogram(wav: torch.Tensor, n_fft: int, hop_length: int) -> torch.Tensor:
-    """[B, 1, T] -> [B, 2, frames, bins]: real and imaginary STFT parts as channels."""
-    window = torch.hann_window(n_fft, device=wav.device, dtype=wav.dtype)
-    spec = torch.stft(wav.squeeze(1), n_fft, hop_length, window=window, center=True, pad_mode="constant", normalized=True, return_complex=True)
-    return torch.view_as_real(spec).permute(0, 3, 2, 1)
+def spectrogram_image(wav: torch.Tensor, n_fft: int, spectra: SpectrumBank | None) -> torch.Tensor:
+    """[B, 1, T] -> [B, 2, frames, bins]: real and imaginary STFT parts as channels, scaled by
+    ``n_fft ** -0.5`` (an orthonormal STFT); taken from ``spectra`` when it holds ``n_fft``."""
+    spec = spectrum(wav, n_fft, spectra)
+    return torch.view_as_real(spec).permute(0, 3, 2, 1) * n_fft**-0.5
 
 
 def run_conv_stack(x: torch.Tensor, convs: nn.ModuleList, post: nn.Module, activation: nn.Module) -> DiscriminatorOutput:
@@ -38,7 +40,11 @@ def run_conv_stack(x: torch.Tensor, convs: nn.ModuleList, post: nn.Module, activ
 
 
 class MultiDiscriminator(nn.Module):
-    """Runs every selected discriminator; each returns a list of :class:`DiscriminatorOutput`."""
+    """Runs every selected discriminator; each returns a list of :class:`DiscriminatorOutput`.
+
+    A discriminator that lists the STFT window lengths it reads in an ``stft_windows`` attribute
+    is called as ``disc(wav, spectra)`` with the step's shared spectra; others as ``disc(wav)``.
+    """
 
     def __init__(self, discriminators: dict[str, nn.Module]) -> None:
         super().__init__()
@@ -53,8 +59,12 @@ class MultiDiscriminator(nn.Module):
             names += [f"{name}_{i}" for i in range(disc.num_outputs)]
         return names
 
-    def forward(self, wav: torch.Tensor) -> list[DiscriminatorOutput]:
+    def stft_windows(self) -> set[int]:
+        """Every STFT window length the selected discriminators read."""
+        return {int(n) for disc in self.discriminators.values() for n in getattr(disc, "stft_windows", ())}
+
+    def forward(self, wav: torch.Tensor, spectra: SpectrumBank | None = None) -> list[DiscriminatorOutput]:
         outputs: list[DiscriminatorOutput] = []
         for disc in self.discriminators.values():
-            outputs.extend(disc(wav))
+            outputs.extend(disc(wav, spectra) if getattr(disc, "stft_windows", None) else disc(wav))
         return outputs

@@ -6,7 +6,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from codec.discriminators.base import DiscriminatorOutput, complex_spectrogram, maybe_weight_norm
+from codec.spectral import SpectrumBank
+from codec.discriminators.base import DiscriminatorOutput, spectrogram_image, maybe_weight_norm
 
 DEFAULT_BANDS = ((0.0, 0.1), (0.1, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0))
 
@@ -15,7 +16,6 @@ class BandSplitSTFTDiscriminator(nn.Module):
     def __init__(self, n_fft: int, bands: Sequence[Sequence[float]], channels: int, weight_norm: bool) -> None:
         super().__init__()
         self.n_fft = n_fft
-        self.hop_length = n_fft // 4
         bins = n_fft // 2 + 1
         self.band_edges = [(int(lo * bins), int(hi * bins)) for lo, hi in bands]
         if any(hi <= lo for lo, hi in self.band_edges):
@@ -34,8 +34,8 @@ class BandSplitSTFTDiscriminator(nn.Module):
         self.post = maybe_weight_norm(nn.Conv2d(channels, 1, (3, 3), padding=(1, 1)), weight_norm)
         self.activation = nn.LeakyReLU(0.1)
 
-    def forward(self, wav: torch.Tensor) -> DiscriminatorOutput:
-        spec = complex_spectrogram(wav, self.n_fft, self.hop_length)
+    def forward(self, wav: torch.Tensor, spectra: SpectrumBank | None = None) -> DiscriminatorOutput:
+        spec = spectrogram_image(wav, self.n_fft, spectra)
         features, band_outputs = [], []
         for (lo, hi), convs in zip(self.band_edges, self.band_convs):
             x = spec[..., lo:hi]
@@ -63,6 +63,7 @@ class MultiBandMultiResolutionDiscriminator(nn.Module):
             raise ValueError("windows must list at least one STFT window length")
         self.subs = nn.ModuleList(BandSplitSTFTDiscriminator(int(w), bands, channels, weight_norm) for w in windows)
         self.num_outputs = len(self.subs)
+        self.stft_windows = tuple(sub.n_fft for sub in self.subs)
 
-    def forward(self, wav: torch.Tensor) -> list[DiscriminatorOutput]:
-        return [sub(wav) for sub in self.subs]
+    def forward(self, wav: torch.Tensor, spectra: SpectrumBank | None = None) -> list[DiscriminatorOutput]:
+        return [sub(wav, spectra) for sub in self.subs]

@@ -6,7 +6,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from codec.discriminators.base import DiscriminatorOutput, complex_spectrogram, maybe_weight_norm, run_conv_stack
+from codec.spectral import SpectrumBank
+from codec.discriminators.base import DiscriminatorOutput, spectrogram_image, maybe_weight_norm, run_conv_stack
 
 
 class STFTDiscriminator(nn.Module):
@@ -15,7 +16,6 @@ class STFTDiscriminator(nn.Module):
     def __init__(self, n_fft: int, filters: int, filters_scale: int, max_filters: int, dilations: Sequence[int], weight_norm: bool) -> None:
         super().__init__()
         self.n_fft = n_fft
-        self.hop_length = n_fft // 4
         kernel = (3, 9)
         pad = (1, 4)
         layers = [maybe_weight_norm(nn.Conv2d(2, filters, kernel, padding=pad), weight_norm)]
@@ -29,8 +29,8 @@ class STFTDiscriminator(nn.Module):
         self.post = maybe_weight_norm(nn.Conv2d(width, 1, (3, 3), padding=(1, 1)), weight_norm)
         self.activation = nn.LeakyReLU(0.2)
 
-    def forward(self, wav: torch.Tensor) -> DiscriminatorOutput:
-        x = complex_spectrogram(wav, self.n_fft, self.hop_length)
+    def forward(self, wav: torch.Tensor, spectra: SpectrumBank | None = None) -> DiscriminatorOutput:
+        x = spectrogram_image(wav, self.n_fft, spectra)
         return run_conv_stack(x, self.convs, self.post, self.activation)
 
 
@@ -51,6 +51,7 @@ class MultiScaleSTFTDiscriminator(nn.Module):
             raise ValueError("windows must list at least one STFT window length")
         self.subs = nn.ModuleList(STFTDiscriminator(int(w), filters, filters_scale, max_filters, list(dilations), weight_norm) for w in windows)
         self.num_outputs = len(self.subs)
+        self.stft_windows = tuple(sub.n_fft for sub in self.subs)
 
-    def forward(self, wav: torch.Tensor) -> list[DiscriminatorOutput]:
-        return [sub(wav) for sub in self.subs]
+    def forward(self, wav: torch.Tensor, spectra: SpectrumBank | None = None) -> list[DiscriminatorOutput]:
+        return [sub(wav, spectra) for sub in self.subs]

@@ -12,6 +12,7 @@ from torch import nn
 from codec.discriminators import DiscriminatorOutput
 from codec.losses.adversarial import ADVERSARIAL_KINDS, discriminator_loss, feature_matching_loss, generator_adversarial_loss
 from codec.losses.reconstruction import MultiScaleMelLoss, waveform_l1
+from codec.spectral import SpectrumBank
 
 LOSS_TERMS = ("waveform_l1", "mel", "adversarial", "feature", "quantizer")
 ADVERSARIAL_TERMS = ("adversarial", "feature")
@@ -39,8 +40,15 @@ class CodecLoss(nn.Module):
         self.adversarial = adversarial
         self.mel = MultiScaleMelLoss(sample_rate, mel_windows, mel_bins)
 
-    def reconstruction_terms(self, reference: torch.Tensor, estimate: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"waveform_l1": waveform_l1(reference, estimate), "mel": self.mel(reference, estimate)}
+    def reconstruction_terms(
+        self,
+        reference: torch.Tensor,
+        estimate: torch.Tensor,
+        reference_spectra: SpectrumBank | None = None,
+        estimate_spectra: SpectrumBank | None = None,
+    ) -> dict[str, torch.Tensor]:
+        mel = self.mel(reference, estimate, reference_spectra, estimate_spectra)
+        return {"waveform_l1": waveform_l1(reference, estimate), "mel": mel}
 
     def generator_terms(
         self,
@@ -49,9 +57,11 @@ class CodecLoss(nn.Module):
         quantizer_loss: torch.Tensor,
         real: Sequence[DiscriminatorOutput] | None,
         fake: Sequence[DiscriminatorOutput] | None,
+        reference_spectra: SpectrumBank | None = None,
+        estimate_spectra: SpectrumBank | None = None,
     ) -> dict[str, torch.Tensor]:
         """All generator terms; adversarial ones only when discriminator outputs are given."""
-        terms = self.reconstruction_terms(reference, estimate)
+        terms = self.reconstruction_terms(reference, estimate, reference_spectra, estimate_spectra)
         terms["quantizer"] = quantizer_loss
         if real is not None and fake is not None:
             terms["adversarial"] = generator_adversarial_loss([f.logits for f in fake], self.adversarial)

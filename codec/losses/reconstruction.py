@@ -8,6 +8,8 @@ import torchaudio
 from torch import nn
 from torch.nn import functional as F
 
+from codec.spectral import SpectrumBank, spectrum
+
 
 def waveform_l1(reference: torch.Tensor, estimate: torch.Tensor) -> torch.Tensor:
     return F.l1_loss(estimate, reference)
@@ -31,26 +33,24 @@ class MultiScaleMelLoss(nn.Module):
         if len(windows) != len(n_mels) or not windows:
             raise ValueError(f"mel_windows={list(windows)} and mel_bins={list(n_mels)} must be non-empty and of equal length")
         self.log_epsilon = log_epsilon
-        self.transforms = nn.ModuleList(
-            torchaudio.transforms.MelSpectrogram(
-                sample_rate=sample_rate,
-                n_fft=int(w),
-                win_length=int(w),
-                hop_length=int(w) // 4,
-                n_mels=int(m),
-                power=1.0,
-                center=True,
-                pad_mode="constant",
-                norm="slaney",
-                mel_scale="slaney",
-            )
+        self.windows = tuple(int(w) for w in windows)
+        # Mel filterbanks over magnitude spectra from :func:`codec.spectral.stft` (hop w // 4).
+        self.filterbanks = nn.ModuleList(
+            torchaudio.transforms.MelScale(n_mels=int(m), sample_rate=sample_rate, n_stft=int(w) // 2 + 1, norm="slaney", mel_scale="slaney")
             for w, m in zip(windows, n_mels)
         )
 
-    def forward(self, reference: torch.Tensor, estimate: torch.Tensor) -> torch.Tensor:
-        total = reference.new_zeros(())
-        for transform in self.transforms:
-            ref = torch.log(transform(reference.float()) + self.log_epsilon)
-            est = torch.log(transform(estimate.float()) + self.log_epsilon)
+    def forward(
+        self,
+        reference: torch.Tensor,
+        estimate: torch.Tensor,
+        reference_spectra: SpectrumBank | None = None,
+        estimate_spectra: SpectrumBank | None = None,
+    ) -> torch.Tensor:
+        """``*_spectra``: this step's shared spectra of each signal, when the caller has them."""
+        total = reference.new_zeros((), dtype=torch.float32)
+        for n_fft, filterbank in zip(self.windows, self.filterbanks):
+            ref = torch.log(filterbank(spectrum(reference, n_fft, reference_spectra).abs()) + self.log_epsilon)
+            est = torch.log(filterbank(spectrum(estimate, n_fft, estimate_spectra).abs()) + self.log_epsilon)
             total = total + F.l1_loss(est, ref)
-        return total / len(self.transforms)
+        return total / len(self.windows)
