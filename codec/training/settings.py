@@ -33,7 +33,7 @@ class TrainerSettings:
     ema_decay: float | None = None
     device: str = "auto"
     bf16: bool = True
-    compile: bool = False
+    compile: bool | str = "auto"
     fused_optimizer: bool | str = "auto"
     num_workers: int = 2
     deterministic: bool = False
@@ -60,7 +60,13 @@ class TrainerSettings:
             raise TrainerConfigError(f"trainer.best_mode={self.best_mode!r} must be 'min' or 'max'")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise TrainerConfigError(f"trainer.ema_decay={self.ema_decay} must lie in (0, 1) or be null")
-        if self.fused_optimizer not in (True, False, "auto"):
-            raise TrainerConfigError(f"trainer.fused_optimizer={self.fused_optimizer!r} must be true, false or auto")
+        for name in ("fused_optimizer", "compile"):
+            if getattr(self, name) not in (True, False, "auto"):
+                raise TrainerConfigError(f"trainer.{name}={getattr(self, name)!r} must be true, false or auto")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise TrainerConfigError(f"trainer.device={self.device!r} must be auto, cpu, cuda or cuda:N")
+
+
+def enabled_on(value: bool | str, device_type: str) -> bool:
+    """A true/false/``auto`` switch resolved for a device: ``auto`` means on CUDA only."""
+    return device_type == "cuda" if value == "auto" else bool(value)

@@ -23,12 +23,13 @@ from omegaconf import DictConfig, OmegaConf
 from codec.config import ConfigError, build, build_codec, build_discriminator, build_loss, validate
 from codec.discriminators import DiscriminatorOutput
 from codec.evaluation import EvalResult, Evaluator
+from codec.spectral import detach_bank, spectrum_bank, split_bank
 from codec.tracking import NullLogger, RunLogger, flatten_config
 from codec.tracking.media import save_samples
 from codec.training.checkpoint import CheckpointManager
 from codec.training.distributed import DistributedContext, any_rank, init_distributed
 from codec.training.identity import identity_diff, run_identity
-from codec.training.settings import TrainerConfigError, TrainerSettings
+from codec.training.settings import TrainerConfigError, TrainerSettings, enabled_on
 from codec.training.status import read_status, write_status
 from codec.training.timing import NO_TIMING
 
@@ -112,8 +113,10 @@ class Trainer:
         if self.ema_codec is not None:
             self.ema_codec.requires_grad_(False)
         self.autocast_enabled = s.bf16 and self.device.type == "cuda"
+        self.stft_windows = sorted(self.discriminator.stft_windows() | set(self.loss.mel.windows))
         self.codec_forward: torch.nn.Module = self.codec
         self.discriminator_forward: torch.nn.Module = self.discriminator
+        self.discriminator_generator_pass: torch.nn.Module = self.discriminator
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -123,9 +126,14 @@ class Trainer:
             unused = float(cfg.quantizer.get("dropout_prob", 0.0)) > 0
             self.codec_forward = DDP(self.codec, device_ids=ids, broadcast_buffers=False, find_unused_parameters=unused)
             self.discriminator_forward = DDP(self.discriminator, device_ids=ids, broadcast_buffers=False)
-        if s.compile:
+        self.compile_enabled = enabled_on(s.compile, self.device.type)
+        if self.compile_enabled:
+            log.info("torch.compile is on (trainer.compile=%s): the first steps include compilation", s.compile)
             self.codec_forward = torch.compile(self.codec_forward)
             self.discriminator_forward = torch.compile(self.discriminator_forward)
+            self.discriminator_generator_pass = (
+                torch.compile(self.discriminator) if self.dist.enabled else self.discriminator_forward
+            )
 
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", s.keep_last)
         self.step = 0
@@ -139,8 +147,7 @@ class Trainer:
         """The configured optimizer; Adam/AdamW get the fused kernel when ``trainer.fused_optimizer``
         allows it (``auto``: on CUDA)."""
         factory = instantiate(node)
-        fused = self.settings.fused_optimizer
-        use_fused = self.device.type == "cuda" if fused == "auto" else bool(fused)
+        use_fused = enabled_on(self.settings.fused_optimizer, self.device.type)
         target = str(node.get("_target_", ""))
         if use_fused and target.endswith(("Adam", "AdamW")):
             return factory(parameters, fused=True)
@@ -268,18 +275,22 @@ class Trainer:
     def train_step(self, batch: torch.Tensor, timer=NO_TIMING) -> dict[str, torch.Tensor]:
         """One discriminator update then one generator update on ``batch`` [B, 1, T].
 
-        Real and fake audio go through the discriminators in one batched pass.
+        Real and fake audio go through the discriminators in one batched pass, and each STFT
+        window is computed once over both and shared by the discriminators and the mel loss.
         """
         size = batch.shape[0]
         adversarial = self.step >= self.settings.discriminator_warmup_steps
-        with timer.phase("generator_forward"), self._autocast():
-            out = self.codec_forward(batch)
-        fake = out.audio
+        with timer.phase("generator_forward"):
+            with self._autocast():
+                out = self.codec_forward(batch)
+            fake = out.audio.float()
+            joint = torch.cat([batch, fake])
+            spectra = spectrum_bank(joint, self.stft_windows)
 
         with timer.phase("discriminator_forward_backward"):
             self.discriminator.requires_grad_(True)
             with self._autocast():
-                real_d, fake_d = split_outputs(self.discriminator_forward(torch.cat([batch, fake.detach()])), size)
+                real_d, fake_d = split_outputs(self.discriminator_forward(joint.detach(), detach_bank(spectra)), size)
             loss_d = self.loss.discriminator(
                 [DiscriminatorOutput(o.logits.float(), []) for o in real_d], [DiscriminatorOutput(o.logits.float(), []) for o in fake_d]
             )
@@ -295,11 +306,12 @@ class Trainer:
             if adversarial:
                 self.discriminator.requires_grad_(False)
                 with self._autocast():
-                    # The plain module: D's weights are in sync across ranks and need no gradient here.
-                    real_g, fake_g = split_outputs(self.discriminator(torch.cat([batch, fake])), size)
+                    # Not the DDP wrapper: D's weights are in sync across ranks and need no gradient here.
+                    real_g, fake_g = split_outputs(self.discriminator_generator_pass(joint, spectra), size)
                 real_g = [DiscriminatorOutput(o.logits.float(), [f.float() for f in o.features]) for o in real_g]
                 fake_g = [DiscriminatorOutput(o.logits.float(), [f.float() for f in o.features]) for o in fake_g]
-            terms = self.loss.generator_terms(batch, fake.float(), out.quantizer.losses["total"], real_g, fake_g)
+            real_spectra, fake_spectra = split_bank(spectra, size)
+            terms = self.loss.generator_terms(batch, fake, out.quantizer.losses["total"], real_g, fake_g, real_spectra, fake_spectra)
             loss_g = self.loss.total(terms)
             self._track_finite({"generator": loss_g, **terms})
         with timer.phase("generator_backward"):
