@@ -4,7 +4,8 @@ Measures the training step of any composition, eager fp32 against the fast path,
 throughput (audio-seconds per second), the step split into data wait, generator forward,
 discriminator forward+backward, generator backward and optimizer, peak host and device memory,
 model FLOPs per audio-second (and on GPU the achieved fraction of peak), whether both paths give
-the same losses on the same batch, and evaluation (PESQ/STOI) speed on 1 vs 2 worker processes.
+the same losses on the same batch, whether their loss curves over all measured steps agree
+within training noise, and evaluation (PESQ/STOI) speed on 1 vs 2 worker processes.
 Writes JSON and prints a table. Figures, not assertions: see README "Performance".
 """
 from __future__ import annotations
@@ -27,6 +28,7 @@ from codec.tracking import NullLogger
 from codec.training.timing import PhaseTimer
 from codec.training.trainer import Trainer
 
+CURVE_KEYS = ("train/loss_generator", "train/loss_discriminator", "train/mel")
 PHASES = ("data", "generator_forward", "discriminator_forward_backward", "generator_backward", "optimizer")
 # Dense bf16 tensor-core peaks (FLOP/s) by device-name fragment, for the achieved fraction.
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "V100": 125e12}
@@ -65,11 +67,18 @@ def measure_path(path: str, overrides: Sequence[str], steps: int, warmup: int, b
                                             pin_memory=device.type == "cuda"))
     audio_per_step = s.batch_size * s.segment_seconds
 
+    curve: list[torch.Tensor] = []  # per-step losses, kept on the device: recording them never syncs
+
+    def step(batch: torch.Tensor, timer=None) -> None:
+        metrics = trainer.train_step(batch, timer) if timer is not None else trainer.train_step(batch)
+        curve.append(torch.stack([metrics[k].float() for k in CURVE_KEYS]))
+        trainer.step += 1  # as the training loop does: schedules such as discriminator warm-up follow it
+
     first = next(loader).to(device)
-    metrics = trainer.train_step(first)  # identical weights and batch on both paths: compare losses
-    first_losses = {k: float(metrics[k]) for k in ("train/loss_generator", "train/loss_discriminator", "train/mel")}
+    step(first)  # identical weights and batch on both paths: compare losses
+    first_losses = {k: float(v) for k, v in zip(CURVE_KEYS, curve[0])}
     for _ in range(warmup - 1):
-        trainer.train_step(next(loader).to(device))
+        step(next(loader).to(device))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -79,7 +88,7 @@ def measure_path(path: str, overrides: Sequence[str], steps: int, warmup: int, b
         tick = time.perf_counter()
         batch = next(loader).to(device, non_blocking=True)
         data_wait += time.perf_counter() - tick
-        trainer.train_step(batch)
+        step(batch)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - start
@@ -89,7 +98,7 @@ def measure_path(path: str, overrides: Sequence[str], steps: int, warmup: int, b
         tick = time.perf_counter()
         batch = next(loader).to(device)
         timer.totals["data"] += time.perf_counter() - tick
-        trainer.train_step(batch, timer)
+        step(batch, timer)
     step_time = elapsed / steps
     result = {
         "step_time_s": step_time,
@@ -97,14 +106,42 @@ def measure_path(path: str, overrides: Sequence[str], steps: int, warmup: int, b
         "data_wait_fraction": data_wait / elapsed,
         "breakdown_s": {phase: timer.totals.get(phase, 0.0) / max(breakdown_steps, 1) for phase in PHASES},
         "first_step_losses": first_losses,
+        "loss_curves": {k: values.tolist() for k, values in zip(CURVE_KEYS, torch.stack(curve).cpu().unbind(1))},
         "host_peak_mb": host_peak_mb(),
         "device_peak_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
-        "settings": {"bf16": trainer.autocast_enabled, "compile": s.compile, "fused_optimizer": trainer.opt_g.defaults.get("fused"),
+        "settings": {"bf16": trainer.autocast_enabled, "compile": trainer.compile_enabled, "fused_optimizer": trainer.opt_g.defaults.get("fused"),
                      "batch_size": s.batch_size, "segment_seconds": s.segment_seconds, "num_workers": s.num_workers},
     }
     result["_trainer"] = trainer
     result["_batch"] = first
     return result
+
+
+def compare_curves(reference: dict[str, list[float]], candidate: dict[str, list[float]], window: int) -> dict[str, Any]:
+    """Whether two loss curves agree within the step-to-step noise of training.
+
+    Each curve is cut into windows of ``window`` steps. In every window the difference of the two
+    means is divided by the reference curve's standard deviation inside that window (its noise).
+    The curves match when no window differs by more than one noise unit: bf16 and compiled
+    kernels change rounding, so trajectories part after a few GAN steps, but not their level.
+    """
+    per_key: dict[str, Any] = {}
+    for key, ref_values in reference.items():
+        ref = torch.tensor(ref_values, dtype=torch.float64)
+        cand = torch.tensor(candidate[key], dtype=torch.float64)
+        steps = min(len(ref), len(cand))
+        size = max(2, min(window, steps))
+        differences, relative = [], []
+        for start in range(0, steps - size + 1, size):
+            a, b = ref[start:start + size], cand[start:start + size]
+            noise = float(a.std()) or 1e-12
+            differences.append(abs(float(b.mean() - a.mean())) / noise)
+            relative.append(abs(float(b.mean() - a.mean())) / max(abs(float(a.mean())), 1e-12))
+        per_key[key] = {"windows": len(differences), "max_difference_in_noise_units": max(differences, default=0.0),
+                        "last_window_relative_difference": relative[-1] if relative else 0.0}
+    worst = max((v["max_difference_in_noise_units"] for v in per_key.values()), default=0.0)
+    return {"steps": min((len(v) for v in reference.values()), default=0), "window": window, "per_loss": per_key,
+            "max_difference_in_noise_units": worst, "within_noise": worst <= 1.0}
 
 
 def measure_eval(overrides: Sequence[str], utterances: int) -> dict[str, Any]:
@@ -129,7 +166,7 @@ def measure_eval(overrides: Sequence[str], utterances: int) -> dict[str, Any]:
             "speedup_2_vs_1": timings[1] / timings[2]}
 
 
-def run(overrides: Sequence[str], steps: int, warmup: int, breakdown_steps: int, eval_utterances: int) -> dict[str, Any]:
+def run(overrides: Sequence[str], steps: int, warmup: int, breakdown_steps: int, eval_utterances: int, curve_window: int = 20) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         paths = {name: measure_path(name, overrides, steps, warmup, breakdown_steps, Path(tmp)) for name in PATH_OVERRIDES}
         eager = paths["eager"]
@@ -160,6 +197,7 @@ def run(overrides: Sequence[str], steps: int, warmup: int, breakdown_steps: int,
         "speedup_fast_vs_eager": paths["fast"]["throughput_audio_s_per_s"] / eager["throughput_audio_s_per_s"],
         "loss_match": {"relative_difference": differences, "tolerance": tolerance,
                        "within_tolerance": all(d <= tolerance for d in differences.values())},
+        "loss_curves_match": compare_curves(eager["loss_curves"], paths["fast"]["loss_curves"], curve_window),
         "evaluation": measure_eval(overrides, eval_utterances) if eval_utterances else None,
     }
 
@@ -184,6 +222,9 @@ def format_table(report: dict[str, Any]) -> str:
     lines.append(f"speedup fast/eager: {report['speedup_fast_vs_eager']:.2f}x; "
                  f"model GFLOPs per audio-second: {report['model_flops_per_audio_second'] / 1e9:.3g}; "
                  f"first-step losses match: {report['loss_match']['within_tolerance']}")
+    curves = report["loss_curves_match"]
+    lines.append(f"loss curves over {curves['steps']} steps ({curves['window']}-step windows): largest gap "
+                 f"{curves['max_difference_in_noise_units']:.2f} noise units; within noise: {curves['within_noise']}")
     if report["evaluation"]:
         e = report["evaluation"]
         lines.append(f"evaluation (PESQ-WB, STOI, ESTOI) on {e['audio_seconds']:.0f} s of audio: "
@@ -198,11 +239,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation, allocator)")
     parser.add_argument("--breakdown-steps", type=int, default=5, help="steps timed phase by phase (synchronizing)")
     parser.add_argument("--eval-utterances", type=int, default=8, help="utterances for the evaluation speed test (0: skip)")
+    parser.add_argument("--curve-window", type=int, default=20, help="steps per window when comparing the two loss curves")
     parser.add_argument("--out", default="bench.json", help="where to write the JSON report")
     args = parser.parse_args(argv)
     if args.warmup < 1 or args.steps < 1:
         parser.error("--warmup and --steps must be at least 1")
-    report = run(args.overrides, args.steps, args.warmup, args.breakdown_steps, args.eval_utterances)
+    report = run(args.overrides, args.steps, args.warmup, args.breakdown_steps, args.eval_utterances, args.curve_window)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(format_table(report))
     print(f"wrote {args.out}")

@@ -6,15 +6,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 
-PATH_FIELDS = {"step_time_s", "throughput_audio_s_per_s", "data_wait_fraction", "breakdown_s", "first_step_losses",
+from codec.bench import compare_curves
+
+
+PATH_FIELDS = {"step_time_s", "throughput_audio_s_per_s", "data_wait_fraction", "breakdown_s", "first_step_losses", "loss_curves",
                "host_peak_mb", "device_peak_mb", "settings", "achieved_flops_per_s", "fraction_of_peak"}
 BREAKDOWN = {"data", "generator_forward", "discriminator_forward_backward", "generator_backward", "optimizer"}
 
 
 def test_benchmark_smoke_writes_every_field(tmp_path: Path) -> None:
+    """The fast path is compiled here (CPU has no bf16 or fused kernels), so it really differs from eager."""
     out = tmp_path / "bench.json"
-    result = subprocess.run([sys.executable, "-m", "codec.bench", "experiment=smoke", "--steps", "2", "--warmup", "1",
+    result = subprocess.run([sys.executable, "-m", "codec.bench", "experiment=smoke", "trainer.compile=true", "--steps", "2", "--warmup", "1",
                              "--breakdown-steps", "1", "--eval-utterances", "2", "--out", str(out)],
                             cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -30,7 +35,24 @@ def test_benchmark_smoke_writes_every_field(tmp_path: Path) -> None:
         assert path["throughput_audio_s_per_s"] > 0 and path["host_peak_mb"] > 0
     assert report["model_flops_per_audio_second"] > 1e6
     assert report["audio_seconds_per_step"] == 2 * 0.25
+    assert report["paths"]["fast"]["settings"]["compile"] is True
+    assert report["paths"]["eager"]["settings"]["compile"] is False
     # same initial weights and batch: the fast path must reach the eager losses
     assert report["loss_match"]["within_tolerance"], report["loss_match"]
+    curves = report["loss_curves_match"]
+    assert curves["steps"] == 4 and all(len(v) == 4 for v in report["paths"]["fast"]["loss_curves"].values())
+    assert curves["within_noise"], curves
     evaluation = report["evaluation"]
     assert evaluation["utterances"] == 2 and evaluation["seconds_1_worker"] > 0 and evaluation["speedup_2_vs_1"] > 0
+
+
+def test_loss_curve_comparison_separates_noise_from_a_shift() -> None:
+    generator = torch.Generator().manual_seed(0)
+    base = (torch.linspace(3.0, 1.0, 200) + 0.2 * torch.randn(200, generator=generator)).tolist()
+    noisy = (torch.tensor(base) + 0.05 * torch.randn(200, generator=generator)).tolist()
+    shifted = (torch.tensor(base) + 0.6).tolist()
+    same = compare_curves({"train/mel": base}, {"train/mel": noisy}, window=20)
+    assert same["within_noise"] and same["per_loss"]["train/mel"]["windows"] == 10
+    apart = compare_curves({"train/mel": base}, {"train/mel": shifted}, window=20)
+    assert not apart["within_noise"] and apart["max_difference_in_noise_units"] > 2
+    assert 0.2 < apart["per_loss"]["train/mel"]["last_window_relative_difference"] < 0.8
