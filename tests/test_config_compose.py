@@ -175,3 +175,17 @@ def test_run_dir_names_stay_within_filesystem_limits() -> None:
     assert len(run_dir_name(long_a)) <= 200
     assert run_dir_name(long_a) != run_dir_name(long_b)
     assert run_dir_name(long_a) == run_dir_name(long_a)
+
+
+def test_trainer_settings_reject_bad_values_by_name() -> None:
+    from codec.training.settings import TrainerConfigError, TrainerSettings, enabled_on
+
+    with pytest.raises(TrainerConfigError, match=r"trainer\.compile='sometimes' must be true, false or auto"):
+        TrainerSettings.from_config({"compile": "sometimes"})
+    with pytest.raises(TrainerConfigError, match=r"trainer\.batchsize is not a trainer setting"):
+        TrainerSettings.from_config({"batchsize": 8})
+    default = TrainerSettings.from_config(compose_config([]).trainer)
+    assert default.compile == "auto" and default.fused_optimizer == "auto"
+    # auto: the fast kernels on CUDA only; CPU runs stay eager unless asked
+    assert enabled_on("auto", "cuda") and not enabled_on("auto", "cpu")
+    assert enabled_on(True, "cpu") and not enabled_on(False, "cuda")
