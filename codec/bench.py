@@ -25,7 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from codec.config import compose_config
 from codec.tracking import NullLogger
-from codec.training.timing import PhaseTimer
+from codec.training.timing import NO_TIMING, PhaseTimer
 from codec.training.trainer import Trainer
 
 CURVE_KEYS = ("train/loss_generator", "train/loss_discriminator", "train/mel")
@@ -69,8 +69,8 @@ def measure_path(path: str, overrides: Sequence[str], steps: int, warmup: int, b
 
     curve: list[torch.Tensor] = []  # per-step losses, kept on the device: recording them never syncs
 
-    def step(batch: torch.Tensor, timer=None) -> None:
-        metrics = trainer.train_step(batch, timer) if timer is not None else trainer.train_step(batch)
+    def step(batch: torch.Tensor, timer=NO_TIMING) -> None:
+        metrics = trainer.train_step(batch, timer)
         curve.append(torch.stack([metrics[k].float() for k in CURVE_KEYS]))
         trainer.step += 1  # as the training loop does: schedules such as discriminator warm-up follow it
 

@@ -6,8 +6,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from codec.discriminators.base import DiscriminatorOutput, maybe_weight_norm, spectrogram_image
 from codec.spectral import SpectrumBank
-from codec.discriminators.base import DiscriminatorOutput, spectrogram_image, maybe_weight_norm
 
 DEFAULT_BANDS = ((0.0, 0.1), (0.1, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0))
 

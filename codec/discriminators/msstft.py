@@ -6,8 +6,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from codec.discriminators.base import DiscriminatorOutput, maybe_weight_norm, run_conv_stack, spectrogram_image
 from codec.spectral import SpectrumBank
-from codec.discriminators.base import DiscriminatorOutput, spectrogram_image, maybe_weight_norm, run_conv_stack
 
 
 class STFTDiscriminator(nn.Module):
