@@ -67,7 +67,7 @@ def test_six_run_sweep_is_one_array_with_one_mlflow_parent(tmp_path: Path) -> No
     assert len(jobs) == 6 and len({j.split("_")[0] for j in jobs}) == 1  # one array of 6 tasks
     record = json.loads((sweep_dir / "sweep.json").read_text())
     names = sorted(Path(j["run_dir"]).name for j in record["jobs"])
-    assert names == sorted(f"experiment=smoke,quantizer.groups={g},quantizer.layers={l}" for g in (1, 2, 4) for l in (1, 2))
+    assert names == sorted(f"experiment=smoke,quantizer.groups={g},quantizer.layers={n}" for g in (1, 2, 4) for n in (1, 2))
     assert all((sweep_dir / n / "checkpoints" / "latest.pt").exists() for n in names)
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("smoke")
