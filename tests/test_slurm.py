@@ -114,10 +114,18 @@ def _wait_for_step(status_file: Path, step: int, timeout: float = 300) -> dict:
 
 
 def _release(job_id: str) -> None:
-    """A requeued SLURM job waits ~2 minutes (BeginTime); start it now instead."""
+    """A requeued SLURM job waits ~2 minutes (BeginTime); start it sooner instead.
+
+    Not at once: until the old instance is torn down, slurmd holds its revoked credential and
+    kills a restart of the same job id that it receives within the same second ("Job credential
+    revoked"). So wait for the job to be pending and the node idle, then two more seconds.
+    """
     deadline = time.time() + 60
     while time.time() < deadline and "PENDING" not in job_state(job_id):
         time.sleep(0.5)
+    while time.time() < deadline and subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True).stdout.strip() != "idle":
+        time.sleep(0.5)
+    time.sleep(2.0)
     subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=True)
 
 
