@@ -6,11 +6,14 @@ import json
 import sys
 from typing import Sequence
 
-from codec.config import ConfigError, compose_config, describe
+from codec.config import ConfigError, compose_config, describe, describe_preset_overrides, preset_overrides_of_choices
 
 
 def _info(args: argparse.Namespace) -> int:
-    cfg = compose_config(args.overrides)
+    cfg, choices = compose_config(args.overrides, with_choices=True)
+    shadowed = preset_overrides_of_choices(choices, args.overrides)
+    for line in describe_preset_overrides(str(choices.get("experiment")), shadowed):
+        print(f"note: {line}", file=sys.stderr)
     print(json.dumps(describe(cfg), indent=2))
     return 0
 

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException, InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from codec.discriminators import MultiDiscriminator
@@ -55,19 +55,77 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("run_dir_name", run_dir_name)
 
 
-def compose_config(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:
-    """Compose ``conf/<config_name>.yaml`` with command-line style overrides."""
+def compose_config(overrides: Sequence[str] = (), config_name: str = "train", with_choices: bool = False):
+    """Compose ``conf/<config_name>.yaml`` with command-line style overrides.
+
+    With ``with_choices`` also returns the option picked in each group (Hydra's runtime choices).
+    """
     register_resolvers()
     try:
         with initialize_config_dir(str(config_dir()), version_base="1.3"):
-            return compose(config_name, overrides=list(overrides))
+            cfg = compose(config_name, overrides=list(overrides), return_hydra_config=with_choices)
     except (HydraException, OmegaConfBaseException) as error:
         raise ConfigError(f"cannot compose config with overrides {list(overrides)}: {error}") from error
+    if not with_choices:
+        return cfg
+    choices = OmegaConf.to_container(cfg.hydra.runtime.choices)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg, choices
 
 
 def available_options(group: str) -> list[str]:
     """The option names of a config group, e.g. the known discriminators."""
     return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+
+
+def option_package(group: str, option: str) -> str:
+    """Where an option's keys land: its ``# @package`` header, else the group's own name."""
+    path = config_dir() / group / f"{option}.yaml"
+    if path.exists():
+        for line in path.read_text().splitlines()[:5]:
+            match = re.match(r"#\s*@package\s+(\S+)", line)
+            if match:
+                return match.group(1)
+    return group
+
+
+def preset_overrides_of_choices(choices: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, list[str]]:
+    """Keys the chosen preset (``experiment=``) sets inside a group whose option the user picked
+    on the command line, e.g. ``{"quantizer=single_vq": ["quantizer.layers"]}``.
+
+    Hydra applies a preset after the group options, so these keys win over the chosen option's
+    file; train.py and ``codec info`` name them so that an ablation never silently changes.
+    Keys the user also set explicitly on the command line are not listed (the user's value wins).
+    """
+    experiment = choices.get("experiment")
+    preset_file = config_dir() / "experiment" / f"{experiment}.yaml"
+    if not experiment or not preset_file.exists():
+        return {}
+    preset = OmegaConf.to_container(OmegaConf.load(preset_file))
+    preset.pop("defaults", None)
+    preset_keys = list(flatten(preset))
+    explicit = {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o}
+    groups = {p.name for p in config_dir().iterdir() if p.is_dir()} - {"experiment", "hydra", "sweep", "cluster"}
+    shadowed: dict[str, list[str]] = {}
+    for override in overrides:
+        group, _, option = override.lstrip("+~").partition("=")
+        if group not in groups or not option:
+            continue
+        if group == "discriminator":  # multi-select: each selected name is its own node
+            prefixes = [f"discriminator.{name.strip()}." for name in option.strip("[]").split(",")]
+        else:
+            prefixes = [option_package(group, option) + "."]
+        keys = [k for k in preset_keys if k.startswith(tuple(prefixes)) and k not in explicit]
+        if keys:
+            shadowed[override.lstrip("+~")] = keys
+    return shadowed
+
+
+def describe_preset_overrides(experiment: str, shadowed: Mapping[str, list[str]]) -> list[str]:
+    """One line per command-line choice whose option file a preset overrides."""
+    return [f"experiment={experiment} sets {', '.join(keys)} over your choice {choice} "
+            f"(set them on the command line to choose other values)" for choice, keys in shadowed.items()]
 
 
 _ARGUMENT_MESSAGE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)[=.]")
@@ -93,7 +151,7 @@ def build(node: Any, key: str) -> Any:
 def validate(cfg: DictConfig) -> None:
     """Cross-key checks that no single constructor can make, run before anything is built."""
     dim = int(cfg.encoder.dimension)
-    groups = int(cfg.quantizer.groups)
+    groups = int(cfg.quantizer.get("groups", 1))
     if groups < 1 or dim % groups:
         raise ConfigError(f"quantizer.groups={groups} must divide encoder.dimension={dim} (each group gets dimension/groups channels)")
     codebook_dim = cfg.quantizer.get("codebook_dim")
@@ -161,16 +219,12 @@ def describe(cfg: DictConfig) -> dict[str, Any]:
     """The facts `python -m codec info` prints: rates, codebooks, bitrate and model sizes."""
     codec = build_codec(cfg)
     discriminator = build_discriminator(cfg)
-    quantizer = codec.quantizer
     return {
         "name": cfg.get("name"),
         "sample_rate": codec.sample_rate,
         "hop_length": codec.hop_length,
         "frame_rate": codec.frame_rate,
-        "groups": quantizer.groups,
-        "layers": quantizer.layers,
-        "codebooks": quantizer.num_codebooks,
-        "codebook_size": quantizer.codebook_size,
+        **codec.quantizer.facts(),
         "bitrate_kbps": round(codec.bitrate_kbps(), 4),
         "tokens_per_second": codec.tokens_per_second(),
         "discriminators": list(selected_discriminators(cfg)),

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from codec.quantization import GroupResidualVQ, QuantizerOutput
+from codec.quantization.base import BaseQuantizer, QuantizedResult
 
 
 @dataclass
@@ -16,18 +16,21 @@ class CodecOutput:
     """Reconstruction [B, 1, T] plus everything the quantizer reported."""
 
     audio: torch.Tensor
-    quantizer: QuantizerOutput
+    quantizer: QuantizedResult
 
 
 class Codec(nn.Module):
     """A neural audio codec. ``encode``/``decode`` work on whole waveforms of any length.
 
     The encoder must provide ``hop_length``, ``dimension`` and ``make_decoder()``; the decoder
-    is the encoder's mirror unless one is passed explicitly.
+    is the encoder's mirror unless one is passed explicitly. The quantizer is used only through
+    the :class:`~codec.quantization.base.BaseQuantizer` contract.
     """
 
-    def __init__(self, encoder: nn.Module, quantizer: GroupResidualVQ, sample_rate: int, decoder: nn.Module | None = None) -> None:
+    def __init__(self, encoder: nn.Module, quantizer: BaseQuantizer, sample_rate: int, decoder: nn.Module | None = None) -> None:
         super().__init__()
+        if not isinstance(quantizer, BaseQuantizer):
+            raise ValueError(f"quantizer {type(quantizer).__name__} does not implement codec.quantization.base.BaseQuantizer")
         if quantizer.dim != encoder.dimension:
             raise ValueError(f"quantizer.dim={quantizer.dim} must equal encoder.dimension={encoder.dimension}")
         self.encoder = encoder
@@ -46,11 +49,10 @@ class Codec(nn.Module):
         return self.quantizer.num_codebooks
 
     def tokens_per_second(self, n_layers: int | None = None) -> float:
-        layers = self.quantizer.layers if n_layers is None else n_layers
-        return self.frame_rate * self.quantizer.groups * layers
+        return self.frame_rate * self.quantizer.codebooks_in_use(n_layers)
 
     def bitrate_kbps(self, n_layers: int | None = None) -> float:
-        return self.tokens_per_second(n_layers) * math.log2(self.quantizer.codebook_size) / 1000.0
+        return self.frame_rate * self.quantizer.bits_per_frame(n_layers) / 1000.0
 
     # -- signal path -------------------------------------------------------------------------
     def _pad(self, wav: torch.Tensor) -> tuple[torch.Tensor, int]:

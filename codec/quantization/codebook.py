@@ -3,12 +3,20 @@
 The same class covers EnCodec/SoundStream codebooks (EMA, k-means init, dead-code
 replacement) and DAC's "improved VQ" (factorized low-dimensional lookup on L2-normalised
 vectors, learned by gradient).
+
+Dead codes are defined relative to the codebook's own mean usage, so the rule means the same
+at any batch size: a code whose usage EMA falls below ``dead_code_threshold`` times the mean
+usage EMA is re-drawn from the batch. (EnCodec's absolute "fewer than 2 assignments per step"
+assumed about 4.7 expected assignments per code, i.e. a fraction of about 0.4; at a demo's 100
+frames per step for 256 codes that absolute rule re-drew nearly every code every step.)
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
+from einops import rearrange
 from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.parametrizations import weight_norm
@@ -23,10 +31,11 @@ RULES = ("ema", "gradient")
 class CodebookOutput:
     """What one codebook returns for a residual [B, D, T]."""
 
-    quantized: torch.Tensor  # [B, D, T], straight-through in training
+    quantized: torch.Tensor  # [B, D, T], the code vectors; gradient only to the output projection
     codes: torch.Tensor  # [B, T] int64
     commitment: torch.Tensor  # [B] per-item mean squared error, gradient to the encoder
     codebook: torch.Tensor  # [B] per-item codebook loss (zeros for the EMA rule)
+    replaced: torch.Tensor  # [] codes re-drawn as dead this step
 
 
 class VectorQuantizer(nn.Module):
@@ -47,7 +56,7 @@ class VectorQuantizer(nn.Module):
         epsilon: float = 1e-5,
         kmeans_init: bool = True,
         kmeans_iters: int = 10,
-        dead_code_threshold: float = 2.0,
+        dead_code_threshold: float = 0.4,
     ) -> None:
         super().__init__()
         if rule not in RULES:
@@ -59,6 +68,9 @@ class VectorQuantizer(nn.Module):
             raise ValueError(f"codebook_dim={codebook_dim} must be between 1 and the group dimension {dim}")
         if not 0.0 < decay < 1.0:
             raise ValueError(f"decay={decay} must lie in (0, 1)")
+        if not 0.0 <= dead_code_threshold < 1.0:
+            raise ValueError(f"dead_code_threshold={dead_code_threshold} must lie in [0, 1): it is a fraction of the mean code usage, "
+                             "and at 1 or more even a uniformly used codebook counts as dead")
         self.dim = dim
         self.codebook_size = codebook_size
         self.codebook_dim = lookup_dim
@@ -81,7 +93,7 @@ class VectorQuantizer(nn.Module):
             self.register_buffer("embed", initial)
             self.register_buffer("embed_sum", initial.clone())
         # EMA of per-code usage counts drives dead-code replacement for both rules.
-        self.register_buffer("cluster_size", torch.full((codebook_size,), float(dead_code_threshold)))
+        self.register_buffer("cluster_size", torch.zeros(codebook_size) if kmeans_init else torch.ones(codebook_size))
         self.register_buffer("initialized", torch.tensor(not kmeans_init))
         self._initialized_cache = not kmeans_init
 
@@ -92,7 +104,7 @@ class VectorQuantizer(nn.Module):
 
     def _lookup_space(self, residual: torch.Tensor) -> torch.Tensor:
         """[B, D, T] -> lookup vectors [B, T, codebook_dim]."""
-        z = self.in_proj(residual).transpose(1, 2)
+        z = rearrange(self.in_proj(residual), "b d t -> b t d")
         return F.normalize(z, dim=-1) if self.l2_normalize else z
 
     def nearest(self, vectors: torch.Tensor) -> torch.Tensor:
@@ -104,7 +116,7 @@ class VectorQuantizer(nn.Module):
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes [B, T] -> quantized vectors [B, D, T], exactly as an eval-mode forward."""
-        return self.out_proj(F.embedding(codes, self.codebook_vectors()).transpose(1, 2))
+        return self.out_proj(rearrange(F.embedding(codes, self.codebook_vectors()), "b t d -> b d t"))
 
     def encode(self, residual: torch.Tensor) -> torch.Tensor:
         return self.nearest(self._lookup_space(residual))
@@ -122,11 +134,11 @@ class VectorQuantizer(nn.Module):
             self._initialize(z.reshape(-1, self.codebook_dim).detach(), vector_weights)
 
         codes = self.nearest(z)
+        zero = torch.zeros((), device=z.device, dtype=z.dtype)
         if not self.training:
             quantized = self.decode(codes)
-            zero = torch.zeros(batch, device=z.device, dtype=z.dtype)
             commit = (z - F.embedding(codes, self.codebook_vectors())).pow(2).mean(dim=(1, 2))
-            return CodebookOutput(quantized, codes, commit, zero)
+            return CodebookOutput(quantized, codes, commit, torch.zeros_like(commit), zero)
 
         z_q = F.embedding(codes, self.codebook_vectors())
         commitment = (z - z_q.detach()).pow(2).mean(dim=(1, 2))
@@ -134,10 +146,11 @@ class VectorQuantizer(nn.Module):
             codebook_loss = (z_q - z.detach()).pow(2).mean(dim=(1, 2))
         else:
             codebook_loss = torch.zeros_like(commitment)
-        self._update(z.reshape(-1, self.codebook_dim).detach(), codes.reshape(-1), vector_weights)
-        straight_through = z + (z_q - z).detach()
-        quantized = self.out_proj(straight_through.transpose(1, 2))
-        return CodebookOutput(quantized, codes, commitment, codebook_loss)
+        replaced = self._update(z.reshape(-1, self.codebook_dim).detach(), codes.reshape(-1), vector_weights)
+        # The encoder's gradient comes from the residual quantizer's one straight-through estimate
+        # over the summed layers; here only the output projection learns from the reconstruction.
+        quantized = self.out_proj(rearrange(z_q.detach(), "b t d -> b d t"))
+        return CodebookOutput(quantized, codes, commitment, codebook_loss, replaced)
 
     # -- learning rule --------------------------------------------------------------------
     def _is_initialized(self) -> bool:
@@ -162,8 +175,9 @@ class VectorQuantizer(nn.Module):
         self._initialized_cache = True
 
     @torch.no_grad()
-    def _update(self, vectors: torch.Tensor, codes: torch.Tensor, weights: torch.Tensor) -> None:
-        """EMA statistics (reduced across ranks), EMA codebook update and dead-code replacement."""
+    def _update(self, vectors: torch.Tensor, codes: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """EMA statistics (reduced across ranks), EMA codebook update and dead-code replacement;
+        returns the number of codes replaced (a device scalar, no host sync)."""
         counts = torch.zeros(self.codebook_size, device=vectors.device, dtype=vectors.dtype).index_add_(0, codes, weights)
         all_reduce_sum_(counts)
         self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
@@ -175,19 +189,38 @@ class VectorQuantizer(nn.Module):
             smoothed = (self.cluster_size + self.epsilon) / (total + self.codebook_size * self.epsilon) * total
             self.embed.copy_(self.embed_sum / smoothed.unsqueeze(1))
         if self.dead_code_threshold > 0:
-            self._replace_dead_codes(vectors, weights)
+            return self._replace_dead_codes(vectors, weights)
+        return torch.zeros((), device=vectors.device)
 
     @torch.no_grad()
-    def _replace_dead_codes(self, vectors: torch.Tensor, weights: torch.Tensor) -> None:
-        """Move codes whose usage EMA fell below the threshold onto random batch vectors.
+    def _replace_dead_codes(self, vectors: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Move codes whose usage EMA fell below ``dead_code_threshold`` x the mean usage onto
+        random batch vectors; a re-drawn code starts at the mean usage, so it has the EMA's
+        whole horizon to be picked before it can count as dead again.
 
         Done with ``torch.where`` over the whole codebook so no host sync is needed.
         """
-        dead = (self.cluster_size < self.dead_code_threshold).unsqueeze(1)
+        mean_usage = self.cluster_size.mean()
+        dead_codes = self.cluster_size < self.dead_code_threshold * mean_usage
+        dead = rearrange(dead_codes, "k -> k 1")
         # Dropped items get a tiny weight instead of zero so sampling never fails.
         picks = torch.multinomial(weights + 1e-6, self.codebook_size, replacement=True)
         samples = broadcast_(vectors[picks].contiguous())
         self.embed.data.copy_(torch.where(dead, samples, self.embed.data))
         if self.rule == "ema":
-            self.embed_sum.copy_(torch.where(dead, samples * self.dead_code_threshold, self.embed_sum))
-        self.cluster_size.copy_(torch.where(dead.squeeze(1), torch.full_like(self.cluster_size, self.dead_code_threshold), self.cluster_size))
+            self.embed_sum.copy_(torch.where(dead, samples * mean_usage, self.embed_sum))
+        self.cluster_size.copy_(torch.where(dead_codes, mean_usage.expand_as(self.cluster_size), self.cluster_size))
+        return dead_codes.sum().float()
+
+    def churn_per_step(self, vectors_per_step: int) -> float:
+        """Expected fraction of a uniformly used codebook re-drawn as dead per step.
+
+        Each code is picked at rate lam = vectors_per_step / codebook_size per step; starting from
+        the mean usage, its EMA falls below the threshold after k = ln(threshold) / ln(decay)
+        steps without a pick, which happens at about lam * exp(-lam * k) per step.
+        """
+        if self.dead_code_threshold <= 0:
+            return 0.0
+        rate = vectors_per_step / self.codebook_size
+        grace_steps = math.log(self.dead_code_threshold) / math.log(self.decay)
+        return min(1.0, rate * math.exp(-rate * grace_steps))

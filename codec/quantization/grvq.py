@@ -8,37 +8,31 @@ Code order: ``codes[:, g * layers + l]`` is group ``g``'s residual layer ``l`` (
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
+from einops import rearrange
 from torch import nn
 
+from codec.quantization.base import BaseQuantizer, QuantizedResult
 from codec.quantization.codebook import VectorQuantizer
 from codec.quantization.stats import codebook_stats
 
 DROPOUT_MODES = ("item", "batch")
+# A configuration that re-draws more than this fraction of a uniformly used codebook per step churns.
+MAX_CHURN_PER_STEP = 0.01
 
 
-@dataclass
-class QuantizerOutput:
-    """Quantized latent, codes [B, G*L, T], loss terms and per-codebook health statistics."""
-
-    quantized: torch.Tensor
-    codes: torch.Tensor
-    losses: dict[str, torch.Tensor]
-    stats: dict[str, torch.Tensor] = field(default_factory=dict)
-
-
-class GroupResidualVQ(nn.Module):
+class GroupResidualVQ(BaseQuantizer):
     """G groups x L residual layers of :class:`VectorQuantizer`.
 
-    In training each layer's output is straight-through, and the residual passed on is
-    ``residual - output`` (not detached, as in EnCodec and DAC), so the gradient reaching the
-    latent is the identity rather than one identity per layer.
+    Gradients follow the paper's eq. 4 and AudioCraft: each layer quantizes the residual
+    ``r_l = z - sum_{j<l} q_j.detach()``, so every layer's commitment loss reaches the encoder
+    with an identity Jacobian, and the decoder's gradient reaches the encoder through one
+    straight-through estimate over the sum of the layers (not one per layer, which would be
+    cancelled by the subtraction or multiplied by L).
 
-    Loss terms (paper eq. 4 sums over groups and layers):
-    ``commitment`` pulls the encoder towards its codes, ``codebook`` pulls codes towards the
-    encoder (gradient rule only) and ``total = codebook + commitment_weight * commitment``.
+    Loss terms (summed over groups and layers): ``commitment`` pulls the encoder towards its
+    codes, ``codebook`` pulls codes towards the encoder (gradient rule only) and
+    ``total = codebook + commitment_weight * commitment``.
     """
 
     def __init__(
@@ -53,7 +47,7 @@ class GroupResidualVQ(nn.Module):
         decay: float = 0.99,
         kmeans_init: bool = True,
         kmeans_iters: int = 10,
-        dead_code_threshold: float = 2.0,
+        dead_code_threshold: float = 0.4,
         commitment_weight: float = 1.0,
         dropout_prob: float = 0.0,
         dropout_mode: str = "item",
@@ -75,6 +69,13 @@ class GroupResidualVQ(nn.Module):
         self.layers = layers
         self.group_dim = group_dim
         self.codebook_size = codebook_size
+        self.codebook_dim = codebook_dim
+        self.l2_normalize = l2_normalize
+        self.rule = rule
+        self.decay = decay
+        self.kmeans_init = kmeans_init
+        self.kmeans_iters = kmeans_iters
+        self.dead_code_threshold = dead_code_threshold
         self.commitment_weight = commitment_weight
         self.dropout_prob = dropout_prob
         self.dropout_mode = dropout_mode
@@ -94,8 +95,23 @@ class GroupResidualVQ(nn.Module):
         )
 
     @property
-    def num_codebooks(self) -> int:
-        return self.groups * self.layers
+    def skips_codebooks_in_training(self) -> bool:
+        return self.dropout_prob > 0 and self.layers > 1
+
+    def check_training_scale(self, vectors_per_step: int) -> None:
+        """Refuse a dead-code threshold that would re-draw live codes every step at this batch."""
+        churn = self.codebooks[0].churn_per_step(vectors_per_step)
+        if churn > MAX_CHURN_PER_STEP:
+            raise ValueError(
+                f"quantizer.dead_code_threshold={self.dead_code_threshold} churns: with quantizer.codebook_size={self.codebook_size} "
+                f"codes sharing {vectors_per_step} latent frames per step ({vectors_per_step / self.codebook_size:.2f} per code), about "
+                f"{100 * churn:.1f}% of even uniformly used codes would be re-drawn every step (at most {100 * MAX_CHURN_PER_STEP:g}% is allowed). "
+                f"Lower quantizer.dead_code_threshold (a fraction of the mean code usage; 0 turns replacement off) or quantizer.codebook_size, "
+                f"or feed more frames per step"
+            )
+
+    def facts(self) -> dict:
+        return {**super().facts(), "rule": self.rule, "dead_code_threshold": self.dead_code_threshold}
 
     def codebook(self, group: int, layer: int) -> VectorQuantizer:
         return self.codebooks[group * self.layers + layer]
@@ -113,18 +129,16 @@ class GroupResidualVQ(nn.Module):
         counts = torch.where(dropped, torch.randint(1, self.layers + 1, (batch,)), torch.full((batch,), self.layers))
         return counts.to(device)
 
-    def forward(self, latent: torch.Tensor, n_layers: int | None = None) -> QuantizerOutput:
+    def forward(self, latent: torch.Tensor, n_layers: int | None = None) -> QuantizedResult:
         """Quantize ``latent`` [B, dim, T] with the first ``n_layers`` layers of each group."""
-        n_layers = self._check_layers(n_layers)
+        n_layers = self.check_layers(n_layers)
         with torch.autocast(device_type=latent.device.type, enabled=False):
             return self._forward(latent.float(), n_layers)
 
-    def _forward(self, latent: torch.Tensor, n_layers: int) -> QuantizerOutput:
+    def _forward(self, latent: torch.Tensor, n_layers: int) -> QuantizedResult:
         batch = latent.shape[0]
         active_layers = self._active_layers(batch, latent.device)
-        quantized_groups, all_codes = [], []
-        commitment = latent.new_zeros(())
-        codebook_loss = latent.new_zeros(())
+        quantized_groups, all_codes, commitments, codebook_losses, replaced = [], [], [], [], []
         for group, chunk in enumerate(latent.split(self.group_dim, dim=1)):
             residual = chunk
             quantized = torch.zeros_like(chunk)
@@ -132,33 +146,44 @@ class GroupResidualVQ(nn.Module):
                 weights = None if active_layers is None else (active_layers > layer).to(latent.dtype)
                 out = self.codebook(group, layer)(residual, weights)
                 if weights is None:
-                    quantized = quantized + out.quantized
-                    residual = residual - out.quantized
-                    commitment = commitment + out.commitment.mean()
-                    codebook_loss = codebook_loss + out.codebook.mean()
-                    codes = out.codes
+                    layer_out, codes = out.quantized, out.codes
+                    commitments.append(out.commitment.mean())
+                    codebook_losses.append(out.codebook.mean())
                 else:
-                    mask = weights.view(-1, 1, 1)
-                    quantized = quantized + out.quantized * mask
-                    residual = residual - out.quantized * mask
+                    layer_out = out.quantized * rearrange(weights, "b -> b 1 1")
+                    codes = torch.where(rearrange(weights, "b -> b 1") > 0, out.codes, torch.full_like(out.codes, -1))
                     denominator = weights.sum().clamp_min(1.0)
-                    commitment = commitment + (out.commitment * weights).sum() / denominator
-                    codebook_loss = codebook_loss + (out.codebook * weights).sum() / denominator
-                    codes = torch.where(weights.view(-1, 1) > 0, out.codes, torch.full_like(out.codes, -1))
+                    commitments.append((out.commitment * weights).sum() / denominator)
+                    codebook_losses.append((out.codebook * weights).sum() / denominator)
+                quantized = quantized + layer_out
+                # Detached, so the next layer's residual keeps an identity path to the encoder.
+                residual = residual - layer_out.detach()
                 all_codes.append(codes)
+                replaced.append(out.replaced)
+            if self.training:
+                # One straight-through estimate for the sum (identity gradient to the latent), plus a
+                # zero-valued term through which factorized codebooks' output projections learn.
+                quantized = chunk + (quantized - chunk).detach() + (quantized - quantized.detach())
             quantized_groups.append(quantized)
         codes = torch.stack(all_codes, dim=1)
+        per_codebook_commitment = torch.stack(commitments)
+        commitment = per_codebook_commitment.sum()
+        codebook_loss = torch.stack(codebook_losses).sum()
         losses = {
             "commitment": commitment,
             "codebook": codebook_loss,
             "total": codebook_loss + self.commitment_weight * commitment,
+            "commitment_per_codebook": per_codebook_commitment,
         }
-        return QuantizerOutput(torch.cat(quantized_groups, dim=1), codes, losses, codebook_stats(codes, self.codebook_size))
+        stats = codebook_stats(codes, self.codebook_size)
+        stats["replaced"] = torch.stack(replaced)
+        stats["replaced_fraction"] = stats["replaced"] / self.codebook_size
+        return QuantizedResult(torch.cat(quantized_groups, dim=1), codes, losses, stats)
 
     @torch.no_grad()
     def encode(self, latent: torch.Tensor, n_layers: int | None = None) -> torch.Tensor:
         """Latent [B, dim, T] -> codes [B, G * n_layers, T] (group-major)."""
-        n_layers = self._check_layers(n_layers)
+        n_layers = self.check_layers(n_layers)
         codes = []
         for group, chunk in enumerate(latent.float().split(self.group_dim, dim=1)):
             residual = chunk
@@ -173,7 +198,7 @@ class GroupResidualVQ(nn.Module):
         """Codes [B, G * n, T] with n <= layers -> quantized latent [B, dim, T]."""
         if codes.dim() != 3 or codes.shape[1] % self.groups:
             raise ValueError(f"codes must have shape [B, groups*n, T] with groups={self.groups}; got {tuple(codes.shape)}")
-        n_layers = self._check_layers(codes.shape[1] // self.groups)
+        n_layers = self.check_layers(codes.shape[1] // self.groups)
         groups = []
         for group in range(self.groups):
             quantized = None
@@ -182,10 +207,3 @@ class GroupResidualVQ(nn.Module):
                 quantized = vectors if quantized is None else quantized + vectors
             groups.append(quantized)
         return torch.cat(groups, dim=1)
-
-    def _check_layers(self, n_layers: int | None) -> int:
-        if n_layers is None:
-            return self.layers
-        if not 1 <= n_layers <= self.layers:
-            raise ValueError(f"n_layers={n_layers} must lie between 1 and layers={self.layers}")
-        return int(n_layers)

@@ -1,0 +1,95 @@
+"""Finite scalar quantization (FSQ; Mentzer et al. 2023, "Finite Scalar Quantization: VQ-VAE
+Made Simple").
+
+Each group of the latent is projected to ``len(levels)`` channels, each channel is bounded to
+``levels[i]`` values and rounded (straight-through), and the rounded vector is projected back.
+There is no codebook to learn, so nothing can collapse or go dead; the implicit codebook holds
+``prod(levels)`` codes, and a token is the mixed-radix index of the rounded vector.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from codec.quantization.base import BaseQuantizer, QuantizedResult
+from codec.quantization.stats import codebook_stats
+
+# Keeps tanh's output strictly inside the outermost levels, so rounding never lands outside.
+BOUND_EPSILON = 1e-3
+
+
+class FiniteScalarQuantizer(BaseQuantizer):
+    """``groups`` independent FSQ quantizers over equal channel slices of a ``dim``-channel latent."""
+
+    def __init__(self, dim: int, levels: Sequence[int] = (8, 5, 5, 5), groups: int = 1) -> None:
+        super().__init__()
+        levels = [int(level) for level in levels]
+        if not levels or any(level < 2 for level in levels):
+            raise ValueError(f"levels={levels} must be a non-empty list of integers of at least 2")
+        if groups < 1 or dim % groups:
+            raise ValueError(f"groups={groups} must be at least 1 and divide dim={dim} (the encoder's latent dimension)")
+        self.dim = dim
+        self.levels = levels
+        self.groups = groups
+        self.layers = 1
+        self.codebook_size = math.prod(levels)
+        width = len(levels)
+        self.in_proj = nn.Conv1d(dim, groups * width, 1, groups=groups)
+        self.out_proj = nn.Conv1d(groups * width, dim, 1, groups=groups)
+        levels_tensor = torch.tensor(levels, dtype=torch.float32)
+        basis = torch.cumprod(torch.tensor([1] + levels[:-1], dtype=torch.long), dim=0)
+        self.register_buffer("level_counts", levels_tensor, persistent=False)
+        self.register_buffer("half_width", torch.div(levels_tensor, 2, rounding_mode="floor"), persistent=False)
+        self.register_buffer("basis", basis, persistent=False)
+
+    def facts(self) -> dict:
+        return {**super().facts(), "levels": list(self.levels)}
+
+    # -- scalar quantization ------------------------------------------------------------------
+    def _bound(self, z: torch.Tensor) -> torch.Tensor:
+        """Squash [..., width] so that rounding gives ``levels[i]`` integer values per channel,
+        centred on 0 (even levels are shifted by half a step)."""
+        half_range = (self.level_counts - 1) * (1 - BOUND_EPSILON) / 2
+        offset = torch.where(self.level_counts % 2 == 0, 0.5, 0.0)
+        shift = torch.atanh(offset / half_range)
+        return torch.tanh(z + shift) * half_range - offset
+
+    def _rounded(self, latent: torch.Tensor) -> torch.Tensor:
+        """Latent [B, dim, T] -> rounded levels [B, G, T, width] with a straight-through gradient."""
+        z = rearrange(self.in_proj(latent), "b (g w) t -> b g t w", g=self.groups)
+        bounded = self._bound(z)
+        return bounded + (torch.round(bounded) - bounded).detach()
+
+    def _project_out(self, rounded: torch.Tensor) -> torch.Tensor:
+        normalized = rounded / self.half_width
+        return self.out_proj(rearrange(normalized, "b g t w -> b (g w) t"))
+
+    def _to_codes(self, rounded: torch.Tensor) -> torch.Tensor:
+        digits = (rounded.detach() + self.half_width).round().long()
+        return (digits * self.basis).sum(dim=-1)
+
+    # -- contract -------------------------------------------------------------------------------
+    def forward(self, latent: torch.Tensor, n_layers: int | None = None) -> QuantizedResult:
+        self.check_layers(n_layers)
+        with torch.autocast(device_type=latent.device.type, enabled=False):
+            rounded = self._rounded(latent.float())
+            quantized = self._project_out(rounded)
+        codes = self._to_codes(rounded)
+        zero = latent.new_zeros((), dtype=torch.float32)
+        losses = {"commitment": zero, "codebook": zero, "total": zero}
+        return QuantizedResult(quantized, codes, losses, codebook_stats(codes, self.codebook_size))
+
+    @torch.no_grad()
+    def encode(self, latent: torch.Tensor, n_layers: int | None = None) -> torch.Tensor:
+        self.check_layers(n_layers)
+        return self._to_codes(self._rounded(latent.float()))
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        if codes.dim() != 3 or codes.shape[1] != self.groups:
+            raise ValueError(f"codes must have shape [B, groups={self.groups}, T]; got {tuple(codes.shape)}")
+        digits = torch.div(codes.unsqueeze(-1), self.basis, rounding_mode="floor") % self.level_counts.long()
+        return self._project_out(digits.float() - self.half_width)
