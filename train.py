@@ -15,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from codec.config import ConfigError, register_resolvers
+from codec.config import ConfigError, describe_preset_overrides, preset_overrides_of_choices, register_resolvers
 from codec.data import AudioFileError, DataError
 from codec.sweep.job import TIME_LIMIT_SIGNAL, in_slurm_job, in_submitit_job, record_failure, requeue_after_time_limit, slurm_will_rerun, stop_signals
 from codec.training.trainer import NonFiniteLossError, StopRequested, Trainer
@@ -30,7 +30,12 @@ warnings.filterwarnings("ignore", message=".*is validated against ConfigStore sc
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> dict | None:
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    choices = dict(hydra_cfg.runtime.choices)
+    shadowed = preset_overrides_of_choices(choices, list(hydra_cfg.overrides.task))
+    for line in describe_preset_overrides(str(choices.get("experiment")), shadowed):
+        log.warning(line)
     trainer = None
     try:
         trainer = Trainer(cfg, run_dir)
@@ -49,7 +54,7 @@ def main(cfg: DictConfig) -> dict | None:
         if trainer is None:
             record_failure(cfg, run_dir, error)
         log.error("run failed: %s", error)
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
+        if hydra_cfg.mode == RunMode.MULTIRUN:
             raise  # Hydra marks this job failed; the other jobs of the sweep still run
         if isinstance(error, USER_ERRORS):
             raise SystemExit(f"error: {error}") from None

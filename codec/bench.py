@@ -70,7 +70,7 @@ def measure_path(path: str, overrides: Sequence[str], steps: int, warmup: int, b
     curve: list[torch.Tensor] = []  # per-step losses, kept on the device: recording them never syncs
 
     def step(batch: torch.Tensor, timer=NO_TIMING) -> None:
-        metrics = trainer.train_step(batch, timer)
+        metrics = trainer.gan.train_step(batch, trainer.step, timer)
         curve.append(torch.stack([metrics[k].float() for k in CURVE_KEYS]))
         trainer.step += 1  # as the training loop does: schedules such as discriminator warm-up follow it
 
@@ -109,7 +109,7 @@ def measure_path(path: str, overrides: Sequence[str], steps: int, warmup: int, b
         "loss_curves": {k: values.tolist() for k, values in zip(CURVE_KEYS, torch.stack(curve).cpu().unbind(1))},
         "host_peak_mb": host_peak_mb(),
         "device_peak_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
-        "settings": {"bf16": trainer.autocast_enabled, "compile": trainer.compile_enabled, "fused_optimizer": trainer.opt_g.defaults.get("fused"),
+        "settings": {"bf16": trainer.gan.autocast_enabled, "compile": trainer.gan.compile_enabled, "fused_optimizer": trainer.gan.opt_g.defaults.get("fused"),
                      "batch_size": s.batch_size, "segment_seconds": s.segment_seconds, "num_workers": s.num_workers},
     }
     result["_trainer"] = trainer

@@ -36,12 +36,19 @@ def config_dir() -> Path:
 MAX_RUN_DIR_NAME = 200
 
 
-def run_dir_name(overrides: str) -> str:
+def run_dir_name(overrides: str | Sequence[str]) -> str:
     """A run directory name from its overrides: readable, filesystem-safe and unique.
 
-    An empty override list (plain ``python train.py``) gives ``default``; names longer than
-    :data:`MAX_RUN_DIR_NAME` are cut and suffixed with a hash of the whole override string.
+    Given the job's override list (``${hydra:overrides.task}``), the overrides that do not
+    change what is trained (:data:`codec.training.identity.UNTRAINED_KEYS`) are left out and the
+    rest joined sorted, as Hydra's ``override_dirname`` does. An empty list (plain
+    ``python train.py``) gives ``default``; names longer than :data:`MAX_RUN_DIR_NAME` are cut
+    and suffixed with a hash of the whole override string.
     """
+    if not isinstance(overrides, str):
+        from codec.training.identity import trained_overrides
+
+        overrides = ",".join(trained_overrides(str(o) for o in overrides))
     name = overrides.replace("/", "_") or "default"
     if len(name) > MAX_RUN_DIR_NAME:
         digest = hashlib.sha1(overrides.encode()).hexdigest()[:10]

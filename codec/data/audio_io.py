@@ -1,4 +1,9 @@
-"""Reading and writing audio with soundfile; resampling with torchaudio's sinc resampler."""
+"""Reading and writing audio with soundfile; resampling with soxr at its very-high-quality setting.
+
+soxr, not torchaudio's default sinc filter: from 24 kHz to 16 kHz torchaudio's default attenuates
+7-8 kHz (-1.8 dB at 7 kHz, -6.2 dB at 7.95 kHz), exactly the band where codec damage shows, and
+so inflated PESQ-WB by up to 0.13 on real speech. soxr's passband reaches the new Nyquist flat.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-import torchaudio.functional as AF
+import soxr
 
 AUDIO_SUFFIXES = (".wav", ".flac")
 MIN_SAMPLE_RATE = 1000
@@ -34,9 +39,12 @@ def probe(path: Path) -> tuple[int, int]:
 
 
 def resample(wav: torch.Tensor, source_rate: int, target_rate: int) -> torch.Tensor:
+    """[C, T] at ``source_rate`` -> [C, T'] at ``target_rate`` (float32 or float64, as given)."""
     if source_rate == target_rate:
         return wav
-    return AF.resample(wav, source_rate, target_rate)
+    frames = np.ascontiguousarray(wav.detach().cpu().numpy().T)
+    converted = soxr.resample(frames, source_rate, target_rate, quality="VHQ")
+    return torch.from_numpy(np.ascontiguousarray(converted.T)).to(wav.dtype)
 
 
 def read_audio(path: Path | str, sample_rate: int | None = None, start: int = 0, frames: int = -1) -> torch.Tensor:

@@ -66,15 +66,15 @@ class Evaluator:
 
     # -- scoring -------------------------------------------------------------------------------
     def perceptual_jobs(self, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> list[dict]:
-        """PESQ/STOI jobs with properly resampled copies (16 kHz wideband, 8 kHz narrowband)."""
+        """PESQ/STOI jobs with copies resampled by soxr (16 kHz wideband, 8 kHz narrowband), in float64."""
         wanted = tuple(m for m in self.metrics if m in PERCEPTUAL_METRICS)
         jobs = []
         for reference, estimate in pairs:
             job: dict = {"metrics": wanted, "rate": self.sample_rate,
                          "ref": reference.flatten().double().numpy(), "est": estimate.flatten().double().numpy()}
             for rate, key in ((16000, "16k"), (8000, "8k")):
-                job[f"ref_{key}"] = resample(reference.view(1, -1), self.sample_rate, rate).flatten().double().numpy()
-                job[f"est_{key}"] = resample(estimate.view(1, -1), self.sample_rate, rate).flatten().double().numpy()
+                job[f"ref_{key}"] = resample(reference.view(1, -1).double(), self.sample_rate, rate).flatten().numpy()
+                job[f"est_{key}"] = resample(estimate.view(1, -1).double(), self.sample_rate, rate).flatten().numpy()
             jobs.append(job)
         return jobs
 

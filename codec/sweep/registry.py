@@ -20,8 +20,6 @@ from codec.training.status import read_status
 
 log = logging.getLogger(__name__)
 SWEEP_FILE = "sweep.json"
-# Overrides that say where a job runs or logs, not what it trains; kept out of run names.
-TRACKING_OVERRIDES = ("logger.experiment_id", "logger.parent_run_id", "logger.sweep_id", "cluster")
 
 
 @dataclass
@@ -59,7 +57,9 @@ class Sweep:
                 task_cfg = OmegaConf.to_container(OmegaConf.masked_copy(job_cfg, [k for k in job_cfg if k != "hydra"]), resolve=True)
                 identity = run_identity(task_cfg)
                 status = read_status(Path(run_dir))
-                done = status.get("state") == "finished" and status.get("identity") == identity
+                # Finished at a step budget at least this job's: a raised trainer.max_steps continues the run.
+                done = (status.get("state") == "finished" and status.get("identity") == identity
+                        and int(status.get("step", 0)) >= int(task_cfg["trainer"]["max_steps"]))
                 jobs.append(PlannedJob(index, list(overrides), run_dir, identity, done))
         finally:
             HydraConfig.instance().set_config(master)

@@ -1,27 +1,50 @@
-"""A run's identity: a hash of its resolved config without the keys that do not change what
-is trained (launcher, logging, paths, evaluation and bookkeeping intervals)."""
+"""What a run *is*: the keys that change what is trained, and the identity hash built from them.
+
+:data:`UNTRAINED_KEYS` is the project's one list of config keys (and their sub-keys) that do
+not change what is trained: where a run logs, how often it reports, how long it runs, where its
+files go. It drives all three places that need it:
+
+- the run identity (a resumed run must have the same identity as its checkpoint);
+- run directory names (``conf/train.yaml`` builds them with the ``run_dir_name`` resolver);
+- the overrides shown as MLflow run names and tags.
+
+So raising ``trainer.max_steps`` continues the same run in the same directory and MLflow run,
+and a different ``data.path`` is a different run with its own directory.
+"""
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from codec.config import flatten
 
-IDENTITY_EXCLUDED = (
-    "hydra", "logger", "paths", "eval", "name", "sweep_name", "data.cache_dir",
-    "trainer.max_steps", "trainer.log_every", "trainer.eval_every", "trainer.eval_at_start", "trainer.checkpoint_every",
-    "trainer.keep_last", "trainer.num_workers", "trainer.device", "trainer.max_requeues", "trainer.compile",
-    "trainer.fused_optimizer",
+UNTRAINED_KEYS = (
+    # where it runs, logs and writes, and the names it goes by
+    "hydra", "logger", "paths", "name", "sweep_name", "sweep", "cluster", "data.cache_dir",
+    # how it is evaluated and reported
+    "eval", "trainer.log_every", "trainer.eval_every", "trainer.eval_at_start", "trainer.best_metric", "trainer.best_mode",
+    # how long it runs and how it is kept
+    "trainer.max_steps", "trainer.checkpoint_every", "trainer.keep_last", "trainer.max_requeues",
+    # how fast, not what (same losses within float tolerance)
+    "trainer.num_workers", "trainer.device", "trainer.compile", "trainer.fused_optimizer",
 )
 
 
+def is_untrained_key(key: str) -> bool:
+    """Whether a dotted config key (or a command-line override's key, e.g. ``+cluster`` or
+    ``hydra/launcher``) is, or lies under, one of :data:`UNTRAINED_KEYS`."""
+    key = key.lstrip("+~").replace("/", ".")
+    return any(key == excluded or key.startswith(excluded + ".") for excluded in UNTRAINED_KEYS)
+
+
+def trained_overrides(overrides: Iterable[str]) -> list[str]:
+    """The command-line overrides that change what is trained, sorted as Hydra sorts them."""
+    return sorted(o for o in overrides if not is_untrained_key(o.split("=", 1)[0]))
+
+
 def identity_items(config: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        key: value
-        for key, value in flatten(config).items()
-        if not any(key == ex or key.startswith(ex + ".") for ex in IDENTITY_EXCLUDED)
-    }
+    return {key: value for key, value in flatten(config).items() if not is_untrained_key(key)}
 
 
 def run_identity(config: Mapping[str, Any]) -> str:

@@ -1,0 +1,208 @@
+"""The adversarial update of one batch, and the state it needs across steps.
+
+This module owns optimizers, schedulers, autocast, the DDP/compile wrapping, the weight EMA and
+the device-side non-finite flag; the loop (:mod:`codec.training.trainer`) owns everything about
+*when* (resume, cadence, checkpoints, evaluation). The same split as AudioCraft's solver base
+vs compression solver.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any, Iterable
+
+import torch
+from hydra.utils import instantiate
+
+from codec.discriminators import DiscriminatorOutput, MultiDiscriminator
+from codec.losses import CodecLoss
+from codec.model import Codec
+from codec.spectral import detach_bank, spectrum_bank, split_bank
+from codec.training.distributed import DistributedContext
+from codec.training.settings import TrainerSettings, enabled_on
+from codec.training.timing import NO_TIMING
+
+log = logging.getLogger(__name__)
+
+
+def split_outputs(outputs: list[DiscriminatorOutput], batch: int) -> tuple[list[DiscriminatorOutput], list[DiscriminatorOutput]]:
+    """Split outputs of one pass over ``cat([real, fake])`` into real and fake halves."""
+    real, fake = [], []
+    for logits, features in outputs:
+        real.append(DiscriminatorOutput(logits[:batch], [f[:batch] for f in features]))
+        fake.append(DiscriminatorOutput(logits[batch:], [f[batch:] for f in features]))
+    return real, fake
+
+
+def as_float(outputs: list[DiscriminatorOutput], with_features: bool = True) -> list[DiscriminatorOutput]:
+    """Discriminator outputs in fp32 for the losses (they may come out of bf16 autocast)."""
+    return [DiscriminatorOutput(o.logits.float(), [f.float() for f in o.features] if with_features else []) for o in outputs]
+
+
+class GANStep:
+    """One discriminator update then one generator update per batch."""
+
+    def __init__(self, codec: Codec, discriminator: MultiDiscriminator, loss: CodecLoss, settings: TrainerSettings,
+                 device: torch.device, dist: DistributedContext) -> None:
+        self.codec = codec
+        self.discriminator = discriminator
+        self.loss = loss
+        self.settings = settings
+        self.device = device
+        s = settings
+        self.opt_g = self._optimizer(s.generator_optimizer, codec.parameters())
+        self.opt_d = self._optimizer(s.discriminator_optimizer, discriminator.parameters())
+        self.sched_g = instantiate(s.scheduler)(self.opt_g) if s.scheduler else None
+        self.sched_d = instantiate(s.scheduler)(self.opt_d) if s.scheduler else None
+        self.ema_codec = copy.deepcopy(codec).eval() if s.ema_decay else None
+        if self.ema_codec is not None:
+            self.ema_codec.requires_grad_(False)
+        self.autocast_enabled = s.bf16 and device.type == "cuda"
+        self.stft_windows = sorted(discriminator.stft_windows() | set(loss.mel.windows))
+        self.first_nonfinite_step: torch.Tensor | None = None
+
+        self.codec_forward: torch.nn.Module = codec
+        self.discriminator_forward: torch.nn.Module = discriminator
+        self.discriminator_generator_pass: torch.nn.Module = discriminator
+        if dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [device.index] if device.type == "cuda" else None
+            # EMA buffers are reduced inside the quantizer, so DDP need not broadcast buffers.
+            self.codec_forward = DDP(codec, device_ids=ids, broadcast_buffers=False,
+                                     find_unused_parameters=codec.quantizer.skips_codebooks_in_training)
+            self.discriminator_forward = DDP(discriminator, device_ids=ids, broadcast_buffers=False)
+        self.compile_enabled = enabled_on(s.compile, device.type)
+        if self.compile_enabled:
+            log.info("torch.compile is on (trainer.compile=%s): the first steps include compilation", s.compile)
+            self.codec_forward = torch.compile(self.codec_forward)
+            self.discriminator_forward = torch.compile(self.discriminator_forward)
+            self.discriminator_generator_pass = torch.compile(discriminator) if dist.enabled else self.discriminator_forward
+
+    def _optimizer(self, node: dict, parameters: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        """The configured optimizer; Adam/AdamW get the fused kernel when ``trainer.fused_optimizer``
+        allows it (``auto``: on CUDA)."""
+        factory = instantiate(node)
+        use_fused = enabled_on(self.settings.fused_optimizer, self.device.type)
+        if use_fused and str(node.get("_target_", "")).endswith(("Adam", "AdamW")):
+            return factory(parameters, fused=True)
+        return factory(parameters)
+
+    @property
+    def eval_model(self) -> Codec:
+        """The weights to evaluate and export: the EMA copy when kept, else the live codec."""
+        return self.ema_codec if self.ema_codec is not None else self.codec
+
+    # -- state ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "sched_g": self.sched_g.state_dict() if self.sched_g else None,
+            "sched_d": self.sched_d.state_dict() if self.sched_d else None,
+            "ema_codec": self.ema_codec.state_dict() if self.ema_codec is not None else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        if self.sched_g and state.get("sched_g"):
+            self.sched_g.load_state_dict(state["sched_g"])
+            self.sched_d.load_state_dict(state["sched_d"])
+        if self.ema_codec is not None and state.get("ema_codec"):
+            self.ema_codec.load_state_dict(state["ema_codec"])
+
+    # -- one step --------------------------------------------------------------------------------
+    def _autocast(self):
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.autocast_enabled)
+
+    def _clip(self, parameters) -> torch.Tensor:
+        max_norm = self.settings.grad_clip if self.settings.grad_clip else float("inf")
+        return torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+
+    def train_step(self, batch: torch.Tensor, step: int, timer=NO_TIMING) -> dict[str, torch.Tensor]:
+        """One discriminator update then one generator update on ``batch`` [B, 1, T] at ``step``
+        (steps done before this one). Returns device tensors; nothing here syncs with the host.
+
+        Real and fake audio go through the discriminators in one batched pass, and each STFT
+        window is computed once over both and shared by the discriminators and the mel loss.
+        """
+        size = batch.shape[0]
+        adversarial = step >= self.settings.discriminator_warmup_steps
+        with timer.phase("generator_forward"):
+            with self._autocast():
+                out = self.codec_forward(batch)
+            fake = out.audio.float()
+            joint = torch.cat([batch, fake])
+            spectra = spectrum_bank(joint, self.stft_windows)
+
+        with timer.phase("discriminator_forward_backward"):
+            self.discriminator.requires_grad_(True)
+            with self._autocast():
+                real_d, fake_d = split_outputs(self.discriminator_forward(joint.detach(), detach_bank(spectra)), size)
+            loss_d = self.loss.discriminator(as_float(real_d, False), as_float(fake_d, False))
+            self.track_finite({"discriminator": loss_d}, step)
+            self.opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            grad_norm_d = self._clip(self.discriminator.parameters())
+        with timer.phase("optimizer"):
+            self.opt_d.step()
+
+        with timer.phase("generator_forward"):
+            real_g = fake_g = None
+            if adversarial:
+                self.discriminator.requires_grad_(False)
+                with self._autocast():
+                    # Not the DDP wrapper: D's weights are in sync across ranks and need no gradient here.
+                    real_g, fake_g = split_outputs(self.discriminator_generator_pass(joint, spectra), size)
+                real_g, fake_g = as_float(real_g), as_float(fake_g)
+            real_spectra, fake_spectra = split_bank(spectra, size)
+            terms = self.loss.generator_terms(batch, fake, out.quantizer.losses["total"], real_g, fake_g, real_spectra, fake_spectra)
+            loss_g = self.loss.total(terms)
+            self.track_finite({"generator": loss_g, **terms}, step)
+        with timer.phase("generator_backward"):
+            self.opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            grad_norm_g = self._clip(self.codec.parameters())
+        with timer.phase("optimizer"):
+            self.opt_g.step()
+            for scheduler in (self.sched_g, self.sched_d):
+                if scheduler is not None:
+                    scheduler.step()
+            self._update_ema()
+
+        metrics = {f"train/{k}": v.detach() for k, v in terms.items()}
+        metrics.update({
+            "train/loss_generator": loss_g.detach(),
+            "train/loss_discriminator": loss_d.detach(),
+            "train/grad_norm_generator": grad_norm_g.detach(),
+            "train/grad_norm_discriminator": grad_norm_d.detach(),
+            "train/commitment": out.quantizer.losses["commitment"].detach(),
+        })
+        for key, values in out.quantizer.stats.items():
+            metrics[f"train/codebook_{key}_mean"] = values.float().mean()
+            if key == "replaced_fraction":
+                metrics[f"train/codebook_{key}_max"] = values.float().max()
+        return metrics
+
+    def track_finite(self, losses: dict[str, torch.Tensor], step: int) -> None:
+        """Record, on the device and without a host sync, the first step with a non-finite loss."""
+        finite = torch.stack([torch.isfinite(v.detach()).all() for v in losses.values()]).all()
+        marker = torch.full((), step + 1, dtype=torch.long, device=finite.device)
+        if self.first_nonfinite_step is None:
+            self.first_nonfinite_step = torch.zeros((), dtype=torch.long, device=finite.device)
+        self.first_nonfinite_step = torch.where((self.first_nonfinite_step == 0) & ~finite, marker, self.first_nonfinite_step)
+
+    def nonfinite_step(self) -> int:
+        """The first step with a non-finite loss, or 0 (this syncs with the device)."""
+        return 0 if self.first_nonfinite_step is None else int(self.first_nonfinite_step)
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        if self.ema_codec is None:
+            return
+        decay = self.settings.ema_decay
+        for ema_p, p in zip(self.ema_codec.parameters(), self.codec.parameters()):
+            ema_p.lerp_(p.detach(), 1.0 - decay)
+        for ema_b, b in zip(self.ema_codec.buffers(), self.codec.buffers()):
+            ema_b.copy_(b)
