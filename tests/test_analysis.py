@@ -40,7 +40,7 @@ def test_dataframe_holds_params_metrics_and_facts(sweep_store: dict) -> None:
     for column in ("best/mel_distance", "test/mel_distance", "model/bitrate_kbps", "model/tokens_per_second",
                    "model/params_generator", "wall_time_s", "run_dir", "overrides"):
         assert column in frame.columns and frame[column].notna().all(), column
-    expected = 50 * frame["quantizer.groups"] * frame["quantizer.layers"] * 5 / 1000  # 50 Hz x codebooks x log2(32)
+    expected = 50 * frame["quantizer.groups"] * frame["quantizer.layers"] * 10 / 1000  # 50 Hz x codebooks x log2(1024)
     assert np.allclose(frame["model/bitrate_kbps"], expected)
 
 

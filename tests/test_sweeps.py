@@ -122,3 +122,36 @@ def test_discriminator_mix_sweeps_from_the_command_line(tmp_path: Path) -> None:
     mixes = sorted(sorted({k.split(".")[1] for k in r.data.params if k.startswith("discriminator.")}) for r in runs)
     assert mixes == [["mpd", "msd", "msstft"], ["msstft"]]
     assert all(r.info.status == "FINISHED" for r in runs)
+
+
+# Shrinks every preset alike; ++ adds settings for discriminators a preset does not select (ignored).
+TINY_EVERY_PRESET = [
+    "encoder.channels=4", "encoder.dimension=16", "encoder.lstm_layers=0",
+    "++discriminator.msstft.filters=4", "++discriminator.mpd.channels=[4,8]", "++discriminator.msd.channels=[4,4,8,8,8,8,8]",
+    "++discriminator.mrd.channels=4",
+    "trainer.max_steps=2", "trainer.batch_size=1", "trainer.segment_seconds=0.25", "trainer.log_every=1",
+    "trainer.eval_at_start=false", "trainer.num_workers=0", "trainer.checkpoint_every=2",
+    "eval.metrics=[mel_distance]", "eval.workers=0", "eval.max_utterances=1", "data.utterances=6", "data.valid_count=1",
+    "data.test_count=1", "logger=none",
+]
+
+
+def test_every_preset_trains_through_the_cli(tmp_path: Path) -> None:
+    """``train.py -m experiment=<every preset>`` with tiny overrides: each trains 2 steps and
+    builds its own composition (its sample rate, quantizer class and codebook count)."""
+    presets = [p for p in available_options("experiment")]
+    run(["-m", f"experiment={','.join(presets)}", *TINY_EVERY_PRESET, "sweep_name=presets"], cwd=tmp_path)
+    sweep = json.loads((tmp_path / "runs" / "multirun" / "presets" / "sweep.json").read_text())
+    assert len(sweep["jobs"]) == len(presets)
+    for job in sweep["jobs"]:
+        run_dir = Path(job["run_dir"])
+        status_file = json.loads((run_dir / "status.json").read_text())
+        assert status_file["state"] == "finished" and status_file["step"] == 2, job["overrides"]
+        config = json.loads(json.dumps(__import__("yaml").safe_load((run_dir / "resolved_config.yaml").read_text())))
+        preset = next(o.split("=", 1)[1] for o in job["overrides"] if o.startswith("experiment="))
+        assert config["name"] == preset
+        state = torch.load(run_dir / "checkpoints" / "latest.pt", map_location="cpu", weights_only=False)
+        quantizer_keys = [k for k in state["codec"] if k.startswith("quantizer.")]
+        if config["quantizer"]["_target_"].endswith("GroupResidualVQ"):
+            codebooks = {k.split(".")[2] for k in quantizer_keys if k.startswith("quantizer.codebooks.")}
+            assert len(codebooks) == config["quantizer"]["groups"] * config["quantizer"]["layers"], preset

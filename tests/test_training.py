@@ -3,6 +3,7 @@ NaN losses, evaluate.py and the encode/decode command line."""
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -59,6 +60,10 @@ def test_readme_demo_command_trains_and_logs_to_mlflow(tmp_path: Path) -> None:
     assert run.data.params["encoder.channels"] == "8" and run.data.params["quantizer.groups"] == "2"
     history = client.get_metric_history(run.info.run_id, "train/loss_generator")
     assert [m.step for m in history] == list(range(10, 301, 10))
+    # Codebooks do not churn: after step 50 no log step re-draws 5% of any codebook.
+    replaced = client.get_metric_history(run.info.run_id, "train/codebook_replaced_fraction_max")
+    assert [m.step for m in replaced] == list(range(10, 301, 10))
+    assert max(m.value for m in replaced if m.step > 50) < 0.05, [(m.step, m.value) for m in replaced]
     for key in ("valid/pesq_wb", "valid/stoi", "test/pesq_wb", "test/estoi", "best/mel_distance",
                 "train/throughput_audio_seconds_per_second", "train/grad_norm_generator", "valid/codebook_00_perplexity"):
         assert key in run.data.metrics, key
@@ -235,6 +240,38 @@ def test_impossible_config_fails_before_training(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "quantizer.groups=3" in result.stdout + result.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_churning_dead_code_setting_is_refused_before_training(tmp_path: Path) -> None:
+    result = train(["quantizer.dead_code_threshold=0.95", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    for key in ("quantizer.dead_code_threshold=0.95", "quantizer.codebook_size=1024", "trainer.batch_size=4", "trainer.segment_seconds=0.5"):
+        assert key in output, key
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_more_steps_continue_the_same_run_and_best_has_no_per_codebook_keys(tmp_path: Path) -> None:
+    """Raising trainer.max_steps resumes the same directory and MLflow run; with 12 codebooks,
+    best/* holds no per-codebook keys (codebook_10_* once leaked past a "codebook_0" filter)."""
+    common = ["experiment=smoke", "quantizer=rvq", "quantizer.layers=12", "trainer.eval_every=2"]
+    train([*common, "trainer.max_steps=4"], cwd=tmp_path)
+    run_dir = tmp_path / "runs" / "smoke" / "experiment=smoke,quantizer.layers=12,quantizer=rvq"
+    first = json.loads((run_dir / "status.json").read_text())
+    assert first["state"] == "finished" and first["step"] == 4
+    again = train([*common, "trainer.max_steps=6"], cwd=tmp_path)
+    assert "resumed" in again.stdout + again.stderr
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "finished" and status["step"] == 6 and status["run_id"] == first["run_id"]
+    assert sorted(p.name for p in (tmp_path / "runs" / "smoke").iterdir()) == [run_dir.name]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
+    assert [r.info.run_id for r in runs] == [first["run_id"]]
+    assert [m.step for m in client.get_metric_history(first["run_id"], "train/loss_generator")] == [2, 4, 6]
+    best = [k for k in runs[0].data.metrics if k.startswith("best/")]
+    assert "best/mel_distance" in best
+    assert not [k for k in best if re.search(r"codebook_\d+_", k)], best
+    assert "valid/codebook_11_usage" in runs[0].data.metrics
 
 
 def test_generator_weight_ema_is_kept_checkpointed_and_used_for_inference(tmp_path: Path) -> None:

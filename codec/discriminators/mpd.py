@@ -49,6 +49,8 @@ class MultiPeriodDiscriminator(nn.Module):
         super().__init__()
         if not periods:
             raise ValueError("periods must list at least one period")
+        self.periods, self.channels, self.kernel_size = [int(p) for p in periods], list(channels), kernel_size
+        self.stride, self.weight_norm = stride, weight_norm
         self.subs = nn.ModuleList(PeriodDiscriminator(int(p), list(channels), kernel_size, stride, weight_norm) for p in periods)
         self.num_outputs = len(self.subs)
 

@@ -61,6 +61,7 @@ class MultiBandMultiResolutionDiscriminator(nn.Module):
         super().__init__()
         if not windows:
             raise ValueError("windows must list at least one STFT window length")
+        self.windows, self.bands, self.channels, self.weight_norm = [int(w) for w in windows], [list(b) for b in bands], channels, weight_norm
         self.subs = nn.ModuleList(BandSplitSTFTDiscriminator(int(w), bands, channels, weight_norm) for w in windows)
         self.num_outputs = len(self.subs)
         self.stft_windows = tuple(sub.n_fft for sub in self.subs)

@@ -46,6 +46,7 @@ class MultiScaleDiscriminator(nn.Module):
         super().__init__()
         if scales < 1:
             raise ValueError(f"scales={scales} must be at least 1")
+        self.scales, self.channels, self.weight_norm = scales, list(channels), weight_norm
         self.subs = nn.ModuleList(ScaleDiscriminator(list(channels), weight_norm) for _ in range(scales))
         self.pool = nn.AvgPool1d(4, 2, padding=2)
         self.num_outputs = scales

@@ -49,6 +49,8 @@ class MultiScaleSTFTDiscriminator(nn.Module):
         super().__init__()
         if not windows:
             raise ValueError("windows must list at least one STFT window length")
+        self.windows, self.filters, self.filters_scale = [int(w) for w in windows], filters, filters_scale
+        self.max_filters, self.dilations, self.weight_norm = max_filters, list(dilations), weight_norm
         self.subs = nn.ModuleList(STFTDiscriminator(int(w), filters, filters_scale, max_filters, list(dilations), weight_norm) for w in windows)
         self.num_outputs = len(self.subs)
         self.stft_windows = tuple(sub.n_fft for sub in self.subs)

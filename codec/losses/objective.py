@@ -36,7 +36,9 @@ class CodecLoss(nn.Module):
             raise ValueError(f"{names}: unknown loss term; known terms are {list(LOSS_TERMS)}")
         if adversarial not in ADVERSARIAL_KINDS:
             raise ValueError(f"adversarial={adversarial!r} is unknown; choose one of {ADVERSARIAL_KINDS}")
+        self.sample_rate = int(sample_rate)
         self.weights = {term: float(weights.get(term, 0.0)) for term in LOSS_TERMS}
+        self.mel_windows, self.mel_bins = [int(w) for w in mel_windows], [int(b) for b in mel_bins]
         self.adversarial = adversarial
         self.mel = MultiScaleMelLoss(sample_rate, mel_windows, mel_bins)
 

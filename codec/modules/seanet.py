@@ -123,6 +123,7 @@ class SEANetEncoder(nn.Module):
         )
         self.dimension = dimension
         self.strides = strides
+        self.residual_units = residual_units
         self.hop_length = math.prod(strides)
 
         c = self.settings

@@ -1,0 +1,173 @@
+"""Every option of every group builds exactly what its file says, alone and under presets.
+
+The check is on the *built* objects (conv widths and strides, LSTM layers, codebook tensors, mel
+filterbanks, the discriminator set), not on the composed config: the first round's preset
+silently turned ``quantizer=rvq`` into the demo's 2x2 GRVQ while the config looked right.
+A key that the preset sets over the chosen option must be named in the start-up message.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from omegaconf import OmegaConf
+from torch import nn
+
+from codec.config import (
+    ConfigError,
+    available_options,
+    build_codec,
+    build_discriminator,
+    build_loss,
+    compose_config,
+    config_dir,
+    describe_preset_overrides,
+    flatten,
+    option_package,
+    preset_overrides_of_choices,
+)
+from codec.quantization.fsq import FiniteScalarQuantizer
+from codec.quantization.grvq import GroupResidualVQ
+from tests.conftest import REPO_ROOT
+
+# The default experiment (demo), one that sets encoder keys and one that sets quantizer keys.
+PRESETS = ["demo", "hificodec_24k_240x_8cb", "encodec_24k_320x_12cb"]
+MODEL_GROUPS = ["encoder", "quantizer", "codebook_rule", "loss", "discriminator"]
+CASES = [(preset, group, option) for preset in PRESETS for group in MODEL_GROUPS for option in available_options(group)]
+
+
+def option_values(group: str, option: str) -> dict[str, Any]:
+    """The option file's own literal values, as ``package.key`` (interpolations left out)."""
+    node = OmegaConf.load(config_dir() / group / f"{option}.yaml")
+    values = flatten(OmegaConf.to_container(node, resolve=False))
+    prefix = "" if group == "discriminator" else option_package(group, option) + "."
+    if group == "discriminator":
+        prefix = "discriminator."
+    return {prefix + k: v for k, v in values.items() if not k.endswith("_target_") and not (isinstance(v, str) and v.startswith("${"))}
+
+
+def conv_layers(module: nn.Module, kind: type = nn.Conv1d) -> list[nn.Module]:
+    return [m for m in module.modules() if isinstance(m, kind)]
+
+
+def observed_encoder(encoder: nn.Module) -> dict[str, Any]:
+    """Facts read off the built encoder's layers."""
+    convs = conv_layers(encoder)
+    lstms = [m for m in encoder.modules() if isinstance(m, nn.LSTM)]
+    return {
+        "channels": convs[0].out_channels,
+        "dimension": convs[-1].out_channels,
+        "strides": [c.stride[0] for c in convs if c.stride[0] > 1],
+        "lstm_layers": sum(m.num_layers for m in lstms),
+        "kernel_size": convs[0].kernel_size[0],
+        "last_kernel_size": convs[-1].kernel_size[0],
+    }
+
+
+def observed_quantizer(quantizer: nn.Module) -> dict[str, Any]:
+    if isinstance(quantizer, GroupResidualVQ):
+        books = list(quantizer.codebooks)
+        assert len(books) == quantizer.groups * quantizer.layers
+        return {"codebook_size": books[0].embed.shape[0], "codebooks": len(books),
+                "rule": "gradient" if isinstance(books[0].embed, nn.Parameter) else "ema",
+                "codebook_dim": books[0].embed.shape[1] if books[0].codebook_dim != quantizer.group_dim else None}
+    if isinstance(quantizer, FiniteScalarQuantizer):
+        return {"levels": [int(v) for v in quantizer.level_counts], "groups": quantizer.in_proj.groups}
+    raise AssertionError(f"no observer for {type(quantizer).__name__}")
+
+
+def observed_value(built: dict[str, Any], key: str) -> Any:
+    """The built model's value for a dotted config key."""
+    package, _, name = key.partition(".")
+    if package == "encoder":
+        facts = observed_encoder(built["codec"].encoder)
+        if name in facts:
+            return facts[name]
+        encoder = built["codec"].encoder
+        return getattr(encoder, name) if hasattr(encoder, name) else getattr(encoder.settings, name)
+    if package == "quantizer":
+        facts = observed_quantizer(built["codec"].quantizer)
+        return facts[name] if name in facts else getattr(built["codec"].quantizer, name)
+    if package == "loss":
+        loss = built["loss"]
+        if name == "mel_windows":
+            return list(loss.mel.windows)
+        if name == "mel_bins":
+            return [fb.n_mels for fb in loss.mel.filterbanks]
+        if name.startswith("weights."):
+            return loss.weights[name.split(".", 1)[1]]
+        return getattr(loss, name)
+    if package == "discriminator":
+        disc_name, _, attribute = name.partition(".")
+        discriminator = built["discriminator"].discriminators[disc_name]
+        if attribute in ("windows",):
+            return [sub.n_fft for sub in discriminator.subs]
+        if attribute == "periods":
+            return [sub.period for sub in discriminator.subs]
+        if attribute == "scales":
+            return len(discriminator.subs)
+        return getattr(discriminator, attribute)
+    raise AssertionError(f"no observer for {key}")
+
+
+def same(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) or isinstance(b, float):
+        return a is not None and b is not None and abs(float(a) - float(b)) < 1e-9
+    return a == b
+
+
+@pytest.mark.parametrize("preset,group,option", CASES, ids=[f"{p}-{g}={o}" for p, g, o in CASES])
+def test_option_builds_what_its_file_says(preset: str, group: str, option: str) -> None:
+    choice = f"discriminator=[{option}]" if group == "discriminator" else f"{group}={option}"
+    overrides = [f"experiment={preset}", choice]
+    cfg, choices = compose_config(overrides, with_choices=True)
+    shadowed = preset_overrides_of_choices(choices, overrides)
+    message = "\n".join(describe_preset_overrides(preset, shadowed))
+    preset_keys = [k for keys in shadowed.values() for k in keys]
+    try:
+        built = {"codec": build_codec(cfg), "loss": build_loss(cfg), "discriminator": build_discriminator(cfg)}
+    except ConfigError as error:
+        # A preset key the option does not take (e.g. quantizer.layers for FSQ): refused, and both the
+        # start-up message and the error name it.
+        assert preset_keys and any(k.rsplit(".", 1)[1] in str(error) for k in preset_keys), error
+        assert all(k in message for k in preset_keys)
+        return
+    if group == "discriminator":
+        assert set(built["discriminator"].discriminators) == {option}
+    checked = 0
+    for key, expected in option_values(group, option).items():
+        if key in preset_keys:
+            assert key in message, f"{preset} sets {key} over {choice} but the start-up message does not say so"
+            continue
+        actual = observed_value(built, key)
+        assert same(actual, expected), f"{choice} under experiment={preset}: {key} built as {actual!r}, file says {expected!r}"
+        checked += 1
+    assert checked > 0
+
+
+def test_quantizer_options_are_four_different_models() -> None:
+    """``-m quantizer=grvq,rvq,single_vq,fsq`` under the default experiment trains four models."""
+    facts = {}
+    for option in ("grvq", "rvq", "single_vq", "fsq"):
+        quantizer = build_codec(compose_config([f"quantizer={option}"])).quantizer
+        facts[option] = (type(quantizer).__name__, quantizer.groups, quantizer.layers, quantizer.codebook_size)
+    assert facts == {
+        "grvq": ("GroupResidualVQ", 2, 2, 1024),
+        "rvq": ("GroupResidualVQ", 1, 8, 1024),
+        "single_vq": ("GroupResidualVQ", 1, 1, 4096),
+        "fsq": ("FiniteScalarQuantizer", 1, 1, 1000),
+    }
+
+
+def test_info_names_preset_keys_over_a_chosen_option() -> None:
+    result = subprocess.run([sys.executable, "-m", "codec", "info", "experiment=encodec_24k_320x_12cb", "quantizer=single_vq"],
+                            cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    assert "experiment=encodec_24k_320x_12cb sets quantizer.layers over your choice quantizer=single_vq" in result.stderr
+    # An explicit key on the command line wins and is not reported.
+    result = subprocess.run([sys.executable, "-m", "codec", "info", "experiment=encodec_24k_320x_12cb", "quantizer=single_vq",
+                             "quantizer.layers=1"], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    assert "sets" not in result.stderr and '"layers": 1' in result.stdout
