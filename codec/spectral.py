@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Iterable, Mapping
 
 import torch
+from einops import rearrange
 
 # n_fft -> complex spectrum [B, n_fft // 2 + 1, frames] of one waveform batch.
 SpectrumBank = Mapping[int, torch.Tensor]
@@ -18,7 +19,7 @@ SpectrumBank = Mapping[int, torch.Tensor]
 def stft(wav: torch.Tensor, n_fft: int) -> torch.Tensor:
     """[B, 1, T] or [B, T] -> complex [B, bins, frames]: Hann window of ``n_fft``, hop ``n_fft // 4``,
     centred with zero padding, unnormalized, in float32 (bf16 FFTs lose too much)."""
-    signal = wav.reshape(-1, wav.shape[-1]).float()
+    signal = rearrange(wav, "... time -> (...) time").float()
     window = torch.hann_window(n_fft, device=wav.device, dtype=signal.dtype)
     return torch.stft(signal, n_fft, n_fft // 4, window=window, center=True, pad_mode="constant", return_complex=True)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+from einops import rearrange
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
@@ -25,7 +26,7 @@ def spectrogram_image(wav: torch.Tensor, n_fft: int, spectra: SpectrumBank | Non
     """[B, 1, T] -> [B, 2, frames, bins]: real and imaginary STFT parts as channels, scaled by
     ``n_fft ** -0.5`` (an orthonormal STFT); taken from ``spectra`` when it holds ``n_fft``."""
     spec = spectrum(wav, n_fft, spectra)
-    return torch.view_as_real(spec).permute(0, 3, 2, 1) * n_fft**-0.5
+    return rearrange(torch.view_as_real(spec), "b bins frames part -> b part frames bins") * n_fft**-0.5
 
 
 def run_conv_stack(x: torch.Tensor, convs: nn.ModuleList, post: nn.Module, activation: nn.Module) -> DiscriminatorOutput:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+from einops import rearrange
 from torch import nn
 from torch.nn import functional as F
 
@@ -25,9 +26,8 @@ class PeriodDiscriminator(nn.Module):
         self.activation = nn.LeakyReLU(0.1)
 
     def forward(self, wav: torch.Tensor) -> DiscriminatorOutput:
-        batch, channels, length = wav.shape
-        x = F.pad(wav, (0, (-length) % self.period))
-        x = x.view(batch, channels, -1, self.period)
+        x = F.pad(wav, (0, (-wav.shape[-1]) % self.period))
+        x = rearrange(x, "b c (frames period) -> b c frames period", period=self.period)
         logits, features = run_conv_stack(x, self.convs, self.post, self.activation)
         return DiscriminatorOutput(logits.flatten(1, -1), features)
 
