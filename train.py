@@ -17,11 +17,14 @@ from omegaconf import DictConfig
 
 from codec.config import ConfigError, describe_preset_overrides, preset_overrides_of_choices, register_resolvers
 from codec.data import AudioFileError, DataError
+from codec.tracking.loggers import TrackingStoreError
 from codec.sweep.job import TIME_LIMIT_SIGNAL, in_slurm_job, in_submitit_job, record_failure, requeue_after_time_limit, slurm_will_rerun, stop_signals
+from codec.training.checkpoint import CheckpointError
+from codec.training.run_lock import RunDirectoryBusy
 from codec.training.trainer import NonFiniteLossError, StopRequested, Trainer
 
 log = logging.getLogger("train")
-USER_ERRORS = (ConfigError, DataError, AudioFileError, NonFiniteLossError)
+USER_ERRORS = (ConfigError, DataError, AudioFileError, NonFiniteLossError, CheckpointError, RunDirectoryBusy, TrackingStoreError)
 
 register_resolvers()
 # Our conf/hydra/launcher/submitit_*.yaml extend the plugin's schema of the same name on purpose.
@@ -51,7 +54,7 @@ def main(cfg: DictConfig) -> dict | None:
             raise  # stopped for good: the sweep records the stop as this job's outcome
         raise SystemExit(143)  # a local run or local sweep that was told to stop stops as a whole
     except Exception as error:
-        if trainer is None:
+        if trainer is None and not isinstance(error, RunDirectoryBusy):  # the busy run's records are not ours
             record_failure(cfg, run_dir, error)
         log.error("run failed: %s", error)
         if hydra_cfg.mode == RunMode.MULTIRUN:

@@ -23,7 +23,7 @@ def _encode(args: argparse.Namespace) -> int:
 
     codec = load_codec(args.checkpoint, args.device)
     payload = encode_file(codec, args.input, args.output, n_layers=args.layers)
-    print(json.dumps({"codes_shape": list(payload["codes"].shape), "bitrate_kbps": codec.bitrate_kbps(payload["layers"])}))
+    print(json.dumps({"codes_shape": list(payload["codes"].shape), "bitrate_kbps": codec.bitrate_kbps(int(payload["layers"]))}))
     return 0
 
 
@@ -42,14 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="compose a config and print its rates, bitrate and sizes as JSON")
     info.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=hificodec_24k_240x_4cb")
     info.set_defaults(handler=_info)
-    encode = commands.add_parser("encode", help="audio file -> codes (.pt)")
+    encode = commands.add_parser("encode", help="audio file -> codes file (.npz: codes, sample rate, length, groups/layers, codec identity)")
     encode.add_argument("input")
     encode.add_argument("output")
     encode.add_argument("--checkpoint", required=True)
     encode.add_argument("--layers", type=int, default=None, help="residual layers per group (variable bitrate)")
     encode.add_argument("--device", default="cpu")
     encode.set_defaults(handler=_encode)
-    decode = commands.add_parser("decode", help="codes (.pt) -> audio file")
+    decode = commands.add_parser("decode", help="codes file (.npz from encode) -> audio file")
     decode.add_argument("input")
     decode.add_argument("output")
     decode.add_argument("--checkpoint", required=True)

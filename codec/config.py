@@ -148,7 +148,7 @@ def build(node: Any, key: str) -> Any:
         cause = error.__cause__ or error
         message = str(cause.args[0]) if getattr(cause, "args", None) else str(cause)
         # Constructors phrase errors as "argument=value ..." or "argument.key ..."; prefix the node to get the full key.
-        if _ARGUMENT_MESSAGE.match(message):
+        if _ARGUMENT_MESSAGE.match(message) and not message.startswith((f"{key}.", f"{key}=")):
             message = f"{key}.{message}"
         raise ConfigError(f"invalid config '{key}': {message}") from error
     except OmegaConfBaseException as error:

@@ -1,55 +1,96 @@
-"""Using a trained codec: load a checkpoint, encode audio to codes, decode codes to audio."""
+"""Using a trained codec: load a checkpoint, encode audio to codes, decode codes to audio.
+
+Codes files are meant to be shared, so they are plain data: a NumPy ``.npz`` archive read with
+``allow_pickle=False`` (nothing in it can execute), holding
+
+- ``codes``: int16 (int32 for codebooks above 32768 codes) [codebooks, frames];
+- ``sample_rate``, ``length`` (samples of the original), ``groups``, ``layers``, ``codebook_size``;
+- ``identity``: the run identity of the codec that wrote them, and ``format``.
+"""
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from omegaconf import OmegaConf
 
 from codec.config import build_codec
 from codec.data.audio_io import read_audio, write_audio
 from codec.model import Codec
+from codec.training.checkpoint import safe_load
 
-CODES_FORMAT = "grvq-codes/1"
+CODES_FORMAT = "grvq-codes/2"
 
 
 def load_codec(checkpoint: Path | str, device: str | torch.device = "cpu", use_ema: bool = True) -> Codec:
-    """The codec stored in a training checkpoint (EMA weights when the run kept them)."""
+    """The codec stored in a training checkpoint (EMA weights when the run kept them).
+
+    The checkpoint is read as data only (``weights_only=True``): a crafted file is refused.
+    """
     path = Path(checkpoint)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        state = safe_load(path)
+    except Exception as error:
+        raise ValueError(f"{path} is not a loadable training checkpoint ({type(error).__name__}: {str(error).splitlines()[0][:300]})") from error
+    if not isinstance(state, dict) or "config" not in state or "codec" not in state:
+        raise ValueError(f"{path} is not a training checkpoint written by train.py")
     codec = build_codec(OmegaConf.create(state["config"]))
     weights = state["ema_codec"] if use_ema and state.get("ema_codec") else state["codec"]
     codec.load_state_dict(weights)
+    codec.identity = state.get("identity", "")
     return codec.to(device).eval()
 
 
 def encode_file(codec: Codec, audio_path: Path | str, codes_path: Path | str, n_layers: int | None = None) -> dict[str, Any]:
-    """Audio file -> ``.pt`` with int16 codes [G*n, frames] and what is needed to decode them."""
+    """Audio file -> ``.npz`` codes file (see the module docstring)."""
     wav = read_audio(audio_path, codec.sample_rate)
     device = next(codec.parameters()).device
     codes = codec.encode(wav.unsqueeze(0).to(device), n_layers=n_layers)[0]
+    quantizer = codec.quantizer
     payload = {
-        "format": CODES_FORMAT,
-        "codes": codes.to(torch.int16 if codec.quantizer.codebook_size <= 32768 else torch.int32).cpu(),
-        "length": wav.shape[-1],
-        "sample_rate": codec.sample_rate,
-        "groups": codec.quantizer.groups,
-        "layers": codes.shape[0] // codec.quantizer.groups,
+        "format": np.array(CODES_FORMAT),
+        "codes": codes.cpu().numpy().astype(np.int16 if quantizer.codebook_size <= 32768 else np.int32),
+        "length": np.array(wav.shape[-1]),
+        "sample_rate": np.array(codec.sample_rate),
+        "groups": np.array(quantizer.groups),
+        "layers": np.array(codes.shape[0] // quantizer.groups),
+        "codebook_size": np.array(quantizer.codebook_size),
+        "identity": np.array(getattr(codec, "identity", "")),
     }
-    torch.save(payload, codes_path)
+    codes_path = Path(codes_path)
+    codes_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(codes_path, "wb") as handle:  # a file handle, so numpy does not append ".npz"
+        np.savez(handle, **payload)
     return payload
 
 
+def read_codes(codes_path: Path | str) -> dict[str, Any]:
+    """A codes file's fields; refuses anything else (a wav, a pickle) with a one-line reason."""
+    path = Path(codes_path)
+    if not path.exists():
+        raise FileNotFoundError(f"codes file {path}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            fields = {key: archive[key] for key in archive.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as error:
+        raise ValueError(f"{path} is not a codes file written by `python -m codec encode` ({type(error).__name__})") from error
+    if str(fields.get("format", "")) != CODES_FORMAT:
+        raise ValueError(f"{path} is not a codes file written by `python -m codec encode` (format {fields.get('format')!r})")
+    return fields
+
+
 def decode_file(codec: Codec, codes_path: Path | str, audio_path: Path | str) -> torch.Tensor:
-    payload = torch.load(codes_path, map_location="cpu", weights_only=False)
-    if payload.get("format") != CODES_FORMAT:
-        raise ValueError(f"{codes_path} is not a codes file written by `python -m codec encode`")
-    if payload["sample_rate"] != codec.sample_rate or payload["groups"] != codec.quantizer.groups:
-        raise ValueError(f"{codes_path} was encoded by a different codec (sample_rate/groups differ)")
+    fields = read_codes(codes_path)
+    if int(fields["sample_rate"]) != codec.sample_rate or int(fields["groups"]) != codec.quantizer.groups \
+            or int(fields["codebook_size"]) != codec.quantizer.codebook_size:
+        raise ValueError(f"{codes_path} was encoded by a different codec (sample rate, groups or codebook size differ)")
     device = next(codec.parameters()).device
-    wav = codec.decode(payload["codes"].long().unsqueeze(0).to(device), length=payload["length"])[0]
+    codes = torch.from_numpy(fields["codes"].astype(np.int64)).unsqueeze(0).to(device)
+    wav = codec.decode(codes, length=int(fields["length"]))[0]
     write_audio(audio_path, wav, codec.sample_rate)
     return wav

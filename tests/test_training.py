@@ -46,7 +46,7 @@ def test_readme_demo_command_trains_and_logs_to_mlflow(tmp_path: Path) -> None:
     run_dir = tmp_path / "runs" / "demo" / "default"
     checkpoints = run_dir / "checkpoints"
     assert (checkpoints / "latest.pt").exists() and (checkpoints / "best.pt").exists()
-    state = torch.load(checkpoints / "latest.pt", weights_only=False)
+    state = torch.load(checkpoints / "latest.pt", weights_only=True)
     assert state["step"] == 300
     status = json.loads((run_dir / "status.json").read_text())
     assert status["state"] == "finished" and status["step"] == 300
@@ -133,18 +133,25 @@ def test_evaluate_script_prints_table_and_writes_json(speech_run: dict) -> None:
 def test_encode_decode_command_line_round_trip(speech_run: dict) -> None:
     checkpoint = speech_run["run_dir"] / "checkpoints" / "latest.pt"
     wav = sorted((speech_run["root"] / "speech").glob("*.wav"))[0]
-    codes, decoded = speech_run["root"] / "codes.pt", speech_run["root"] / "decoded.wav"
+    codes, decoded = speech_run["root"] / "codes.npz", speech_run["root"] / "decoded.wav"
     for command in (["encode", str(wav), str(codes)], ["decode", str(codes), str(decoded)]):
         subprocess.run([sys.executable, "-m", "codec", *command, "--checkpoint", str(checkpoint)], cwd=REPO_ROOT, check=True, capture_output=True)
-    payload = torch.load(codes, weights_only=False)
+    with np.load(codes, allow_pickle=False) as payload:  # plain data: no pickle needed to read it
+        stored = payload["codes"]
+        assert int(payload["sample_rate"]) == 16000 and int(payload["length"]) == sf.info(str(wav)).frames
     original = sf.info(str(wav))
-    assert payload["codes"].shape == (4, -(-original.frames // 320))
+    assert stored.shape == (4, -(-original.frames // 320))
     assert sf.info(str(decoded)).frames == original.frames
 
     from codec.inference import load_codec
     codec = load_codec(checkpoint)
     audio = torch.from_numpy(sf.read(str(wav), dtype="float32")[0]).view(1, 1, -1)
-    assert torch.equal(codec.encode(audio)[0].short(), payload["codes"])
+    assert torch.equal(codec.encode(audio)[0].short(), torch.from_numpy(stored))
+    # A wav handed to decode is refused in one line, naming the file.
+    result = subprocess.run([sys.executable, "-m", "codec", "decode", str(wav), str(decoded), "--checkpoint", str(checkpoint)],
+                            cwd=REPO_ROOT, capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
+    assert f"{wav} is not a codes file" in result.stderr
 
 
 def _resume_args(run_dir: Path, db: Path) -> list[str]:
@@ -176,8 +183,8 @@ def test_sigkill_then_same_command_resumes_exactly(tmp_path: Path) -> None:
     assert after["state"] == "finished" and after["step"] == 40
     assert after["run_id"] == before["run_id"]
 
-    final = torch.load(killed_dir / "checkpoints" / "latest.pt", weights_only=False)
-    reference = torch.load(tmp_path / "uninterrupted" / "checkpoints" / "latest.pt", weights_only=False)
+    final = torch.load(killed_dir / "checkpoints" / "latest.pt", weights_only=True)
+    reference = torch.load(tmp_path / "uninterrupted" / "checkpoints" / "latest.pt", weights_only=True)
     for part in ("codec", "discriminator"):
         for key, value in reference[part].items():
             assert torch.equal(final[part][key], value), f"{part}.{key} differs after resume"
@@ -222,7 +229,7 @@ def test_nan_loss_stops_with_clear_message_and_keeps_last_checkpoint(tmp_path: P
     assert f"non-finite loss at step {first}" in output and "Last good checkpoint" in output
     status = json.loads((tmp_path / "run" / "status.json").read_text())
     assert status["state"] == "failed" and "NonFiniteLossError" in status["error"]
-    state = torch.load(tmp_path / "run" / "checkpoints" / "latest.pt", weights_only=False)
+    state = torch.load(tmp_path / "run" / "checkpoints" / "latest.pt", weights_only=True)
     assert state["step"] == first - 1
     assert all(torch.isfinite(v).all() for v in state["codec"].values() if v.is_floating_point())
 
@@ -276,7 +283,7 @@ def test_more_steps_continue_the_same_run_and_best_has_no_per_codebook_keys(tmp_
 
 def test_generator_weight_ema_is_kept_checkpointed_and_used_for_inference(tmp_path: Path) -> None:
     train(["experiment=smoke", "trainer.ema_decay=0.5", "trainer.max_steps=6", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
-    state = torch.load(tmp_path / "run" / "checkpoints" / "latest.pt", weights_only=False)
+    state = torch.load(tmp_path / "run" / "checkpoints" / "latest.pt", weights_only=True)
     assert state["ema_codec"] is not None and state["ema_codec"].keys() == state["codec"].keys()
     decoder_keys = [k for k, v in state["codec"].items() if k.startswith("decoder.") and v.is_floating_point()]
     assert any(not torch.equal(state["ema_codec"][k], state["codec"][k]) for k in decoder_keys)

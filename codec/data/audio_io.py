@@ -22,7 +22,9 @@ class AudioFileError(ValueError):
 
 
 def probe(path: Path) -> tuple[int, int]:
-    """(frames, sample_rate) of a readable, non-empty file; raises :class:`AudioFileError`."""
+    """(frames, sample_rate) of a readable, non-empty file of finite samples; raises :class:`AudioFileError`."""
+    if not Path(path).exists():
+        raise AudioFileError(f"{path}: no such file")
     try:
         info = sf.info(str(path))
     except Exception as error:  # soundfile raises several types for corrupt headers
@@ -32,7 +34,12 @@ def probe(path: Path) -> tuple[int, int]:
     if info.samplerate < MIN_SAMPLE_RATE:
         raise AudioFileError(f"{path}: implausible sample rate {info.samplerate} Hz")
     try:
-        sf.read(str(path), frames=min(info.frames, 1024), dtype="float32")
+        # Every sample, in blocks: a NaN or inf anywhere would surface mid-training otherwise.
+        for block in sf.blocks(str(path), blocksize=1 << 18, dtype="float32", always_2d=True):
+            if not np.isfinite(block).all():
+                raise AudioFileError(f"{path}: audio holds NaN or infinite samples")
+    except AudioFileError:
+        raise
     except Exception as error:
         raise AudioFileError(f"{path}: corrupt audio data ({error})") from error
     return int(info.frames), int(info.samplerate)

@@ -65,7 +65,11 @@ def scan_folder(root: Path, cache_dir: Path | None, bad_files: str = "skip", min
         if cache_file.exists():
             cached = json.loads(cache_file.read_text())
             if cached.get("signature") == signature and cached.get("min_seconds") == min_seconds:
-                manifest = Manifest([AudioEntry(**e) for e in cached["entries"]], cached["skipped"])
+                manifest = Manifest([AudioEntry(**e) for e in cached["entries"]], dict(cached["skipped"]))
+                # Permissions are not in the signature: a file made unreadable since the scan is a bad file now.
+                for entry in [e for e in manifest.entries if not os.access(e.path, os.R_OK)]:
+                    manifest.entries.remove(entry)
+                    manifest.skipped[entry.path] = f"{entry.path}: not readable (permission denied)"
     if manifest is None:
         entries, skipped = [], {}
         for f in files:

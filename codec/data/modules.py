@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from codec.data.datasets import RangeSampler, SegmentDataset, load_utterances
 from codec.data.demo_corpus import ensure_demo_corpus
-from codec.data.manifest import AudioEntry, Manifest, scan_folder
+from codec.data.manifest import BAD_FILE_POLICIES, AudioEntry, Manifest, scan_folder
 from codec.data.resample_cache import cache_resampled
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,8 @@ class AudioDataModule:
 
     def __init__(self, sample_rate: int, cache_dir: str, valid_count: int, test_count: int,
                  bad_files: str = "skip", min_seconds: float = 0.1, split_seed: int = 0, resample_cache: bool = False) -> None:
+        if bad_files not in BAD_FILE_POLICIES:
+            raise DataError(f"data.bad_files={bad_files!r} is unknown; choose one of {list(BAD_FILE_POLICIES)}")
         self.sample_rate = int(sample_rate)
         self.cache_dir = Path(cache_dir)
         self.valid_count = int(valid_count)
@@ -98,6 +100,8 @@ class FolderDataModule(AudioDataModule):
     def __init__(self, path: str, sample_rate: int, cache_dir: str, valid_count: int = 8, test_count: int = 8,
                  bad_files: str = "skip", min_seconds: float = 0.1, split_seed: int = 0, resample_cache: bool = True) -> None:
         super().__init__(sample_rate, cache_dir, valid_count, test_count, bad_files, min_seconds, split_seed, resample_cache)
+        if not str(path).strip():
+            raise DataError("data.path is empty; set data.path=/folder/of/audio (it is never the working directory)")
         self.path = Path(path).expanduser()
         if not self.path.is_dir():
             raise DataError(f"data.path={path} does not exist or is not a directory")

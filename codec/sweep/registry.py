@@ -79,8 +79,9 @@ class Sweep:
             return []
         from mlflow.tracking import MlflowClient
 
-        from codec.tracking.loggers import ensure_experiment
+        from codec.tracking.loggers import ensure_experiment, prepare_store
 
+        prepare_store(self.tracking_uri)
         client = MlflowClient(tracking_uri=self.tracking_uri)
         if self.experiment_id is None:
             self.experiment_id = ensure_experiment(client, str(master.logger.experiment_name))

@@ -5,6 +5,8 @@ are dropped, so a resumed or requeued job logs no step twice.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import math
 import time
@@ -27,6 +29,44 @@ def flatten_config(config: Mapping[str, Any]) -> dict[str, str]:
         text = str(value)
         flat[name] = text if len(text) <= PARAM_VALUE_LIMIT else text[: PARAM_VALUE_LIMIT - 3] + "..."
     return flat
+
+
+class TrackingStoreError(RuntimeError):
+    """The tracking store cannot be opened; names the URI and the cause."""
+
+
+def prepare_store(tracking_uri: str) -> None:
+    """Create or upgrade a local SQLite store once, under an exclusive file lock.
+
+    MLflow migrates a fresh SQLite file on first open; several processes doing so at once race
+    ("duplicate column name", "table ... already exists") and can leave the file unusable. The
+    first process to take the lock creates the schema; the others then find it ready.
+    """
+    from mlflow.tracking import MlflowClient
+
+    path = sqlite_path(tracking_uri)
+    lock = contextlib.nullcontext() if path is None else _file_lock(path.with_name(path.name + ".lock"))
+    try:
+        with lock:
+            MlflowClient(tracking_uri=tracking_uri).search_experiments(max_results=1)
+    except Exception as error:
+        raise TrackingStoreError(f"logger.tracking_uri={tracking_uri}: the MLflow store cannot be opened ({type(error).__name__}: {error})") from error
+
+
+def sqlite_path(tracking_uri: str) -> Path | None:
+    prefix = "sqlite:///"
+    return Path(tracking_uri[len(prefix):]) if tracking_uri.startswith(prefix) else None
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class RunLogger:
@@ -80,6 +120,7 @@ class MLflowLogger(RunLogger):
         return ensure_experiment(self.client, self.experiment_name)
 
     def start(self, run_name: str, params: Mapping[str, str], tags: Mapping[str, str], run_id: str | None = None) -> str:
+        prepare_store(self.tracking_uri)
         if run_id is not None:
             self.run_id = run_id
             self.client.update_run(run_id, status="RUNNING")

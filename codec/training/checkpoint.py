@@ -1,16 +1,30 @@
 """Atomic checkpoints: ``step_N.pt`` history (keep-last-K), ``latest.pt`` and ``best.pt``.
 
-Every file is written to a temporary name and renamed, so a kill at any moment leaves the
-previous checkpoint intact. ``latest`` and ``best`` are hard links, costing no extra space.
+Every file is written to a temporary name, flushed and renamed, so a kill at any moment leaves
+the previous checkpoint intact. ``latest`` and ``best`` are independent copies, not hard links:
+one truncated file never corrupts another. Loading verifies each candidate, newest first
+(``latest``, then ``step_*`` by step), and falls back to the newest one that loads, naming every
+file it skipped and why. Files are read with ``weights_only=True``: a checkpoint is data, and a
+crafted pickle cannot run code.
 """
 from __future__ import annotations
 
+import logging
 import os
+import re
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+
+log = logging.getLogger(__name__)
+STEP_FILE = re.compile(r"step_(\d+)\.pt$")
+
+
+class CheckpointError(RuntimeError):
+    """No checkpoint of a run directory could be loaded; names every file and its fault."""
 
 
 def atomic_torch_save(obj: Any, path: Path) -> Path:
@@ -25,15 +39,26 @@ def atomic_torch_save(obj: Any, path: Path) -> Path:
     return path
 
 
-def _atomic_link(source: Path, target: Path) -> None:
+def atomic_copy(source: Path, target: Path) -> None:
+    """An independent copy of ``source`` at ``target``, replaced atomically."""
     tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-    if tmp.exists():
-        tmp.unlink()
-    try:
-        os.link(source, tmp)
-    except OSError:  # filesystems without hard links
-        shutil.copyfile(source, tmp)
+    with open(source, "rb") as src, open(tmp, "wb") as dst:
+        shutil.copyfileobj(src, dst, length=16 << 20)
+        dst.flush()
+        os.fsync(dst.fileno())
     os.replace(tmp, target)
+
+
+def safe_load(path: Path | str, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load`` of data only: tensors, numbers, strings and containers; never code."""
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+@dataclass
+class LoadedCheckpoint:
+    state: dict[str, Any]
+    path: Path
+    skipped: dict[str, str] = field(default_factory=dict)  # file -> why it was not used
 
 
 class CheckpointManager:
@@ -53,20 +78,49 @@ class CheckpointManager:
         return self.directory / "best.pt"
 
     def history(self) -> list[Path]:
-        return sorted(self.directory.glob("step_*.pt"))
+        """Step files, oldest first (by step number, not by name)."""
+        return sorted((p for p in self.directory.glob("step_*.pt") if STEP_FILE.search(p.name)),
+                      key=lambda p: int(STEP_FILE.search(p.name).group(1)))
 
     def save(self, state: dict[str, Any], step: int) -> Path:
         path = atomic_torch_save(state, self.directory / f"step_{step:09d}.pt")
-        _atomic_link(path, self.latest)
+        atomic_copy(path, self.latest)
         for old in self.history()[: -self.keep_last]:
-            old.unlink(missing_ok=True)
+            if old != path:
+                old.unlink(missing_ok=True)
         return path
 
     def mark_best(self, step_file: Path) -> None:
-        _atomic_link(step_file, self.best)
+        atomic_copy(step_file, self.best)
 
-    def load(self, path: Path | None = None, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
-        path = self.latest if path is None else path
-        if not path.exists():
-            return None
-        return torch.load(path, map_location=map_location, weights_only=False)
+    def candidates(self) -> list[Path]:
+        """Where a resume may come from, newest first: ``latest``, then step files by step."""
+        files = [self.latest] if self.latest.exists() else []
+        return files + list(reversed(self.history()))
+
+    def load(self, map_location: str | torch.device = "cpu") -> LoadedCheckpoint | None:
+        """The newest checkpoint that loads (None when the directory has none at all).
+
+        A file that is truncated, corrupt or not a training state is skipped with its reason;
+        if every file fails, :class:`CheckpointError` names them all rather than restarting
+        from step 0 over them.
+        """
+        skipped: dict[str, str] = {}
+        newest_step = max((int(STEP_FILE.search(p.name).group(1)) for p in self.history()), default=-1)
+        for path in self.candidates():
+            try:
+                state = safe_load(path, map_location)
+                if not isinstance(state, dict) or "step" not in state:
+                    raise ValueError("not a training checkpoint (no 'step')")
+            except Exception as error:  # torch raises several types for truncated or foreign files
+                skipped[str(path)] = f"{type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}"
+                log.warning("skipping checkpoint %s: %s", path, skipped[str(path)])
+                continue
+            if path == self.latest and int(state["step"]) < newest_step:
+                skipped[str(path)] = f"older (step {state['step']}) than step file {newest_step}"
+                continue
+            return LoadedCheckpoint(state, path, skipped)
+        if skipped:
+            reasons = "\n  ".join(f"{p}: {r}" for p, r in skipped.items())
+            raise CheckpointError(f"no checkpoint in {self.directory} can be loaded; move them away to start afresh:\n  {reasons}")
+        return None

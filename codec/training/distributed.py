@@ -32,6 +32,15 @@ def _slurm_master_address() -> str:
         return nodes.split(",")[0]
 
 
+def launch_rank() -> int:
+    """This process's rank as its launcher set it (torchrun or SLURM tasks), before any init."""
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"])
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        return int(os.environ.get("SLURM_PROCID", "0"))
+    return 0
+
+
 def init_distributed(device_type: str) -> DistributedContext:
     """Join the process group described by the environment; a single process needs none."""
     if dist.is_available() and dist.is_initialized():

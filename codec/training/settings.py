@@ -60,6 +60,10 @@ class TrainerSettings:
             raise TrainerConfigError(f"trainer.best_mode={self.best_mode!r} must be 'min' or 'max'")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise TrainerConfigError(f"trainer.ema_decay={self.ema_decay} must lie in (0, 1) or be null")
+        for name in ("generator_optimizer", "discriminator_optimizer"):
+            lr = (getattr(self, name) or {}).get("lr")
+            if lr is not None and not float(lr) > 0:
+                raise TrainerConfigError(f"trainer.{name}.lr={lr} must be positive")
         for name in ("fused_optimizer", "compile"):
             if getattr(self, name) not in (True, False, "auto"):
                 raise TrainerConfigError(f"trainer.{name}={getattr(self, name)!r} must be true, false or auto")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import re
 import time
@@ -24,9 +25,10 @@ from codec.evaluation import EvalResult, Evaluator
 from codec.tracking import NullLogger, RunLogger
 from codec.tracking.media import save_samples
 from codec.training.checkpoint import CheckpointManager
-from codec.training.distributed import DistributedContext, any_rank, init_distributed
+from codec.training.distributed import DistributedContext, any_rank, init_distributed, launch_rank
 from codec.training.gan_step import GANStep
 from codec.training.identity import identity_diff, run_identity
+from codec.training.run_lock import RunLock
 from codec.training.run_record import model_facts, start_run_record
 from codec.training.settings import TrainerConfigError, TrainerSettings
 from codec.training.status import read_status, write_status
@@ -44,6 +46,29 @@ class StopRequested(Exception):
     """Raised inside the loop after a preemption/time-limit signal once a checkpoint is saved."""
 
 
+def rng_state() -> dict[str, Any]:
+    """Every random generator's state as tensors and plain values (loadable with weights_only)."""
+    name, keys, position, has_gauss, gauss = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(position),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(rng: dict[str, Any]) -> None:
+    torch.set_rng_state(rng["torch"])
+    if rng.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    numpy_state = rng["numpy"]
+    np.random.set_state((numpy_state["name"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
+                         numpy_state["has_gauss"], numpy_state["gauss"]))
+    version, internal, gauss_next = rng["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -56,7 +81,13 @@ class Trainer:
     def __init__(self, cfg: DictConfig, run_dir: Path, logger: RunLogger | None = None) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        # One writer per run directory (rank 0 holds it for the whole job); a second identical
+        # command stops here, before it has touched status.json, MLflow or a checkpoint.
+        try:
+            self.run_lock = RunLock(self.run_dir).acquire() if launch_rank() == 0 else None
+        except PermissionError as error:
+            raise ConfigError(f"{self.run_dir} is not writable ({error.strerror}); choose another run directory "
+                              "(paths.runs=... or hydra.run.dir=...) or fix its permissions") from error
         self.config = OmegaConf.to_container(cfg, resolve=True)
         try:
             self.settings = TrainerSettings.from_config(cfg.trainer)
@@ -88,14 +119,37 @@ class Trainer:
         else:
             self.logger = logger if logger is not None else build(cfg.logger, "logger")
         self.gan = GANStep(self.codec, self.discriminator, self.loss, self.settings, self.device, self.dist)
+        self._check_segment()
 
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", self.settings.keep_last)
+        self._check_writable(self.checkpoints.directory)
         self.step = 0
         self.best_value: float | None = None
         self.best_metrics: dict[str, float] = {}
         self.run_id: str | None = None
         self._valid_utterances: list | None = None
         self._test_utterances: list | None = None
+
+    def _check_writable(self, directory: Path) -> None:
+        """A directory the run must write to, checked now rather than at the first checkpoint."""
+        probe = directory / f".write_test.{os.getpid()}"
+        try:
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as error:
+            raise ConfigError(f"{directory} is not writable ({error.strerror}); choose another run directory "
+                              "(paths.runs=... or hydra.run.dir=...) or fix its permissions") from error
+
+    def _check_segment(self) -> None:
+        """Training crops must cover two latent frames and the longest STFT window in use."""
+        s = self.settings
+        samples = round(s.segment_seconds * self.codec.sample_rate)
+        needed = max(2 * self.codec.hop_length, *self.gan.stft_windows)
+        if samples < needed:
+            raise ConfigError(
+                f"trainer.segment_seconds={s.segment_seconds} gives {samples} samples at {self.codec.sample_rate} Hz; at least "
+                f"{needed} are needed (two hops of {self.codec.hop_length} samples and the longest STFT window, "
+                f"{max(self.gan.stft_windows)}): raise trainer.segment_seconds to {needed / self.codec.sample_rate:.3f} or more")
 
     def _check_training_scale(self) -> None:
         """Refuse, before training, a quantizer setting that cannot work at this batch."""
@@ -120,12 +174,7 @@ class Trainer:
             "best_value": self.best_value,
             "best_metrics": self.best_metrics,
             "run_id": self.run_id,
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "numpy": np.random.get_state(),
-                "python": random.getstate(),
-            },
+            "rng": rng_state(),
         }
         return state
 
@@ -143,12 +192,7 @@ class Trainer:
         self.best_value = state.get("best_value")
         self.best_metrics = state.get("best_metrics", {})
         self.run_id = state.get("run_id")
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
-        if rng.get("cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
+        set_rng_state(state["rng"])
 
     def save_checkpoint(self) -> Path | None:
         self._raise_if_nonfinite(all_ranks=False)
@@ -241,19 +285,33 @@ class Trainer:
             write_status(self.run_dir, best={k: self.best_metrics[k] for k in self.best_metrics if not k.endswith("_std")})
 
     # -- the loop ----------------------------------------------------------------------------
+    def _resume(self) -> None:
+        """Load the newest checkpoint that loads; skipped files are logged and recorded."""
+        loaded = self.checkpoints.load(map_location=self.device)
+        if loaded is None:
+            return
+        self.load_state_dict(loaded.state)
+        log.info("resumed from %s at step %d", loaded.path, self.step)
+        if loaded.skipped and self.dist.is_main:
+            write_status(self.run_dir, skipped_checkpoints=loaded.skipped)
+
     def fit(self) -> dict[str, Any]:
-        """Train to ``max_steps`` (resuming if a checkpoint exists); returns the final status."""
-        state = self.checkpoints.load(map_location=self.device)
-        if state is not None:
-            self.load_state_dict(state)
-            log.info("resumed from %s at step %d", self.checkpoints.latest, self.step)
-        status = read_status(self.run_dir)
-        if status.get("state") == "finished" and self.step >= self.settings.max_steps:
-            log.info("run in %s already finished at step %d; nothing to do", self.run_dir, self.step)
-            return status
-        if self.dist.is_main:
-            self._start_logging()
+        """Train to ``max_steps`` (resuming if a checkpoint exists); returns the final status.
+
+        Everything from the checkpoint load on is inside the failure handling, so any failure
+        leaves ``status.json`` and the MLflow run FAILED with the reason (never RUNNING).
+        """
         try:
+            self._resume()
+            status = read_status(self.run_dir)
+            if status.get("state") == "finished" and self.step >= self.settings.max_steps:
+                log.info("run in %s already finished at step %d; nothing to do", self.run_dir, self.step)
+                return status
+            if self.dist.is_main:
+                self._start_logging()
+                skipped = read_status(self.run_dir).get("skipped_checkpoints")
+                if skipped:
+                    self.logger.set_tags({"skipped_checkpoints": "; ".join(f"{k}: {v}" for k, v in skipped.items())[:5000]})
             if self.step == 0 and self.settings.eval_at_start and self.dist.is_main:
                 self._log_eval("valid", self.evaluate("valid"))  # the untrained baseline
             self._loop()
@@ -266,12 +324,26 @@ class Trainer:
             raise
         except BaseException as error:
             if self.dist.is_main:
-                write_status(self.run_dir, state="failed", error=f"{type(error).__name__}: {error}")
-                self.logger.set_tags({"error": f"{type(error).__name__}: {error}"[:5000]})
-                self.logger.finish("FAILED")
+                self._record_failure(error)
             raise
         finally:
             self.evaluator.close()
+            if self.run_lock is not None:
+                self.run_lock.release()
+
+    def _record_failure(self, error: BaseException) -> None:
+        """status.json and the MLflow run say FAILED with the reason; a failure before the run was
+        opened still opens it (re-using the id a previous attempt recorded) so it can say so."""
+        reason = f"{type(error).__name__}: {error}"
+        write_status(self.run_dir, state="failed", error=reason)
+        try:
+            if self.logger.run_id is None:
+                self._start_logging()
+                write_status(self.run_dir, state="failed", error=reason)
+            self.logger.set_tags({"error": reason[:5000]})
+            self.logger.finish("FAILED")
+        except Exception as tracking_error:  # never hide the original failure behind a tracking one
+            log.error("could not record the failure in the tracker: %s", tracking_error)
 
     def _save_rank_quantizer_state(self) -> None:
         """Each rank's codebooks, so their agreement across ranks can be checked."""
@@ -328,7 +400,6 @@ class Trainer:
         test = self.evaluate("test")
         self._log_eval("test", test)
         self.save_checkpoint()
-        self.logger.log_metrics({f"best/{k}": v for k, v in self.best_metrics.items()}, self.step)
         status = write_status(self.run_dir, state="finished", step=self.step,
                               test={k: v for k, v in test.metrics.items() if not k.endswith("_std")})
         self.logger.finish("FINISHED")
