@@ -56,7 +56,7 @@ class AudioDataModule:
                 f"(data.valid_count={self.valid_count} + data.test_count={self.test_count} + 1 for training)"
             )
         if self.resample_cache:
-            entries = cache_resampled(entries, self.sample_rate, self.cache_dir / "resampled")
+            entries = cache_resampled(entries, self.sample_rate, self.cache_dir / "resampled", self.bad_files)
         order = np.random.default_rng(self.split_seed).permutation(len(entries))
         shuffled = [entries[i] for i in order]
         self._splits = {

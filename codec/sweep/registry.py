@@ -77,12 +77,10 @@ class Sweep:
         """Create (or reopen) the experiment and parent run once; returns the job overrides."""
         if self.tracking_uri is None:
             return []
-        from mlflow.tracking import MlflowClient
 
-        from codec.tracking.loggers import ensure_experiment, prepare_store
+        from codec.tracking.loggers import ensure_experiment, open_client
 
-        prepare_store(self.tracking_uri)
-        client = MlflowClient(tracking_uri=self.tracking_uri)
+        client = open_client(self.tracking_uri)
         if self.experiment_id is None:
             self.experiment_id = ensure_experiment(client, str(master.logger.experiment_name))
         if self.parent_run_id is not None:

@@ -35,12 +35,13 @@ class TrackingStoreError(RuntimeError):
     """The tracking store cannot be opened; names the URI and the cause."""
 
 
-def prepare_store(tracking_uri: str) -> None:
-    """Create or upgrade a local SQLite store once, under an exclusive file lock.
+def open_client(tracking_uri: str):
+    """An ``MlflowClient`` on a store that is ready; a local SQLite store is created or upgraded
+    under an exclusive file lock.
 
-    MLflow migrates a fresh SQLite file on first open; several processes doing so at once race
-    ("duplicate column name", "table ... already exists") and can leave the file unusable. The
-    first process to take the lock creates the schema; the others then find it ready.
+    MLflow migrates a fresh SQLite file when a client first opens it; several processes doing so
+    at once race ("duplicate column name", "table ... already exists") and can leave the file
+    unusable. The first process to take the lock creates the schema; the others find it ready.
     """
     from mlflow.tracking import MlflowClient
 
@@ -48,9 +49,11 @@ def prepare_store(tracking_uri: str) -> None:
     lock = contextlib.nullcontext() if path is None else _file_lock(path.with_name(path.name + ".lock"))
     try:
         with lock:
-            MlflowClient(tracking_uri=tracking_uri).search_experiments(max_results=1)
+            client = MlflowClient(tracking_uri=tracking_uri)
+            client.search_experiments(max_results=1)
     except Exception as error:
         raise TrackingStoreError(f"logger.tracking_uri={tracking_uri}: the MLflow store cannot be opened ({type(error).__name__}: {error})") from error
+    return client
 
 
 def sqlite_path(tracking_uri: str) -> Path | None:
@@ -103,16 +106,21 @@ class MLflowLogger(RunLogger):
 
     def __init__(self, tracking_uri: str, experiment_name: str, experiment_id: str | None = None,
                  parent_run_id: str | None = None, sweep_id: str | None = None) -> None:
-        from mlflow.tracking import MlflowClient
-
         self.tracking_uri = tracking_uri
         self.experiment_name = experiment_name
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.sweep_id = sweep_id
-        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self._client = None
         self.run_id: str | None = None
         self._last_logged_step = -1
+
+    @property
+    def client(self):
+        """Opened at first use (not at construction), so the store is prepared under its lock."""
+        if self._client is None:
+            self._client = open_client(self.tracking_uri)
+        return self._client
 
     def _experiment(self) -> str:
         if self.experiment_id:
@@ -120,7 +128,6 @@ class MLflowLogger(RunLogger):
         return ensure_experiment(self.client, self.experiment_name)
 
     def start(self, run_name: str, params: Mapping[str, str], tags: Mapping[str, str], run_id: str | None = None) -> str:
-        prepare_store(self.tracking_uri)
         if run_id is not None:
             self.run_id = run_id
             self.client.update_run(run_id, status="RUNNING")

@@ -121,8 +121,7 @@ class Trainer:
         self.gan = GANStep(self.codec, self.discriminator, self.loss, self.settings, self.device, self.dist)
         self._check_segment()
 
-        self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", self.settings.keep_last)
-        self._check_writable(self.checkpoints.directory)
+        self.checkpoints = self._checkpoint_manager()
         self.step = 0
         self.best_value: float | None = None
         self.best_metrics: dict[str, float] = {}
@@ -130,15 +129,18 @@ class Trainer:
         self._valid_utterances: list | None = None
         self._test_utterances: list | None = None
 
-    def _check_writable(self, directory: Path) -> None:
-        """A directory the run must write to, checked now rather than at the first checkpoint."""
-        probe = directory / f".write_test.{os.getpid()}"
+    def _checkpoint_manager(self) -> CheckpointManager:
+        """The checkpoint directory, checked writable now rather than at the first checkpoint."""
+        directory = self.run_dir / "checkpoints"
         try:
+            manager = CheckpointManager(directory, self.settings.keep_last)
+            probe = directory / f".write_test.{os.getpid()}"
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as error:
             raise ConfigError(f"{directory} is not writable ({error.strerror}); choose another run directory "
                               "(paths.runs=... or hydra.run.dir=...) or fix its permissions") from error
+        return manager
 
     def _check_segment(self) -> None:
         """Training crops must cover two latent frames and the longest STFT window in use."""
