@@ -6,6 +6,7 @@ again resumes from its last checkpoint, and a sweep re-run skips the runs that f
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -45,6 +46,8 @@ def main(cfg: DictConfig) -> dict | None:
         with stop_signals(trainer):
             return trainer.fit()
     except StopRequested:
+        if trainer.stop_signal == signal.SIGINT:
+            raise SystemExit(130)  # Ctrl-C: stopped with a checkpoint; the same command resumes
         if in_slurm_job():
             requeued = trainer.stop_signal == TIME_LIMIT_SIGNAL and requeue_after_time_limit(trainer.settings.max_requeues, run_dir)
             if requeued or slurm_will_rerun():
@@ -53,6 +56,8 @@ def main(cfg: DictConfig) -> dict | None:
         if in_submitit_job():
             raise  # stopped for good: the sweep records the stop as this job's outcome
         raise SystemExit(143)  # a local run or local sweep that was told to stop stops as a whole
+    except KeyboardInterrupt:
+        raise SystemExit(f"aborted; the last checkpoint in {run_dir / 'checkpoints'} is kept") from None
     except Exception as error:
         if trainer is None and not isinstance(error, RunDirectoryBusy):  # the busy run's records are not ours
             record_failure(cfg, run_dir, error)

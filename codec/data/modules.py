@@ -12,6 +12,7 @@ from codec.data.datasets import RangeSampler, SegmentDataset, load_utterances
 from codec.data.demo_corpus import ensure_demo_corpus
 from codec.data.manifest import BAD_FILE_POLICIES, AudioEntry, Manifest, scan_folder
 from codec.data.resample_cache import cache_resampled
+from codec.signals import ignore_stop_signals
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")
@@ -82,7 +83,7 @@ class AudioDataModule:
         sampler = RangeSampler(start_step * batch_size, max_steps * batch_size, rank, world_size)
         # A private generator: creating the loader must not draw from the global RNG, or a
         # resumed run would diverge from an uninterrupted one.
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, worker_init_fn=ignore_stop_signals,
                           generator=torch.Generator().manual_seed(seed),
                           pin_memory=pin_memory, drop_last=True, persistent_workers=False,
                           prefetch_factor=4 if num_workers else None)

@@ -12,7 +12,7 @@ import torch
 
 from codec.data.audio_io import resample
 from codec.evaluation.metrics import KNOWN_METRICS, PERCEPTUAL_METRICS, SignalMetrics
-from codec.evaluation.perceptual import limit_worker_threads, perceptual_metrics
+from codec.evaluation.perceptual import init_worker, perceptual_metrics
 from codec.model import Codec
 from codec.quantization.stats import code_histogram, stats_from_histogram
 
@@ -50,7 +50,7 @@ class Evaluator:
             return None
         if self._pool is None:
             context = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=limit_worker_threads)
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=init_worker)
         return self._pool
 
     def close(self) -> None:

@@ -11,6 +11,14 @@ import os
 import numpy as np
 
 
+def init_worker() -> None:
+    """Evaluation worker set-up: stop signals belong to the main process; one thread each."""
+    from codec.signals import ignore_stop_signals
+
+    ignore_stop_signals()
+    limit_worker_threads()
+
+
 def limit_worker_threads() -> None:
     """One BLAS/OpenMP thread per worker: pystoi in a pool is slower otherwise (REFERENCE 7).
 

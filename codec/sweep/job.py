@@ -42,19 +42,31 @@ def slurm_will_rerun() -> bool:
     return "CANCEL" not in state.upper() and bool(state.strip())
 
 
+REASONS = {TIME_LIMIT_SIGNAL: "time limit", signal.SIGTERM: "termination (preemption, requeue or cancel)", signal.SIGINT: "interrupt (Ctrl-C)"}
+
+
 @contextlib.contextmanager
 def stop_signals(trainer) -> Iterator[None]:
-    """Route SIGUSR2/SIGTERM to a graceful stop of ``trainer`` (checkpoint, then exit)."""
+    """Route SIGUSR2, SIGTERM and SIGINT (Ctrl-C) to a graceful stop of ``trainer``: finish the
+    step, checkpoint, exit. A second Ctrl-C aborts at once. The process's helpers (loader and
+    evaluation workers) ignore these signals (:mod:`codec.signals`), so a signal to the whole
+    process group stops the run once, here."""
 
     def request_stop(signum: int, _frame) -> None:
         name = signal.Signals(signum).name
-        reason = "time limit" if signum == TIME_LIMIT_SIGNAL else "termination (preemption, requeue or cancel)"
-        log.warning("received %s: %s; stopping after this step", name, reason)
+        if trainer.stop_requested:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt  # the second Ctrl-C: abort now
+            return  # the same stop, signalled again (SLURM signals the whole group)
+        if signum == signal.SIGINT:
+            log.warning("Ctrl-C: stopping after this step with a checkpoint (Ctrl-C again aborts at once)")
+        else:
+            log.warning("received %s: %s; stopping after this step", name, REASONS[signum])
         trainer.stop_requested = True
-        trainer.stop_reason = f"{name}: {reason}"
+        trainer.stop_reason = f"{name}: {REASONS[signum]}"
         trainer.stop_signal = signum
 
-    previous = {sig: signal.signal(sig, request_stop) for sig in (TIME_LIMIT_SIGNAL, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, request_stop) for sig in REASONS}
     try:
         yield
     finally:

@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-STATES = ("pending", "running", "finished", "failed", "preempted")
+# preempted: stopped by the cluster (SIGTERM/SIGUSR2) and expected back; stopped: by the user (Ctrl-C).
+STATES = ("pending", "running", "finished", "failed", "preempted", "stopped")
 
 
 def read_status(run_dir: Path) -> dict[str, Any]:

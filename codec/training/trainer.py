@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import random
 import re
 import time
@@ -320,8 +321,14 @@ class Trainer:
             return self._finish()
         except StopRequested:
             if self.dist.is_main:
-                write_status(self.run_dir, state="preempted", reason=self.stop_reason)
+                by_user = self.stop_signal == signal.SIGINT
+                write_status(self.run_dir, state="stopped" if by_user else "preempted", reason=self.stop_reason)
                 self.logger.set_tags({"last_preemption": self.stop_reason})
+                self.logger.finish("KILLED")
+            raise
+        except KeyboardInterrupt:
+            if self.dist.is_main:  # a second Ctrl-C: aborted mid-step, the last checkpoint stands
+                write_status(self.run_dir, state="stopped", reason="aborted by a second Ctrl-C")
                 self.logger.finish("KILLED")
             raise
         except BaseException as error:
@@ -359,7 +366,7 @@ class Trainer:
             return
         loader = self.data.train_loader(
             s.batch_size, s.segment_seconds, s.seed, self.step, s.max_steps,
-            num_workers=0 if s.deterministic else s.num_workers, pin_memory=self.device.type == "cuda",
+            num_workers=s.num_workers, pin_memory=self.device.type == "cuda",
             rank=self.dist.rank, world_size=self.dist.world_size,
         )
         window_start, window_steps = time.perf_counter(), 0
@@ -389,7 +396,8 @@ class Trainer:
             if any_rank(self.stop_requested, self.dist, self.device):
                 self.stop_reason = self.stop_reason or "a stop request on another rank"
                 self.save_checkpoint()
-                log.warning("stopping at step %d after %s; checkpoint saved", self.step, self.stop_reason)
+                log.warning("stopped at step %d after %s; checkpoint %s saved; the same command resumes",
+                            self.step, self.stop_reason, self.checkpoints.latest)
                 raise StopRequested(self.stop_reason)
 
     def _finish(self) -> dict[str, Any]:
