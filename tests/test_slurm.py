@@ -130,7 +130,9 @@ def _release(job_id: str) -> None:
 
 
 def test_requeue_by_scontrol_and_by_time_limit_signal_resumes(tmp_path: Path) -> None:
-    args = [*TINY_RUN, "trainer.max_steps=160", "trainer.checkpoint_every=10", "trainer.log_every=10"]
+    """SLURM signals every process of the job, loader workers included (num_workers=2): the run
+    stops once at a step boundary with a checkpoint, and resumes in the same MLflow run."""
+    args = [*TINY_RUN, "trainer.num_workers=2", "trainer.max_steps=160", "trainer.checkpoint_every=10", "trainer.log_every=10"]
     process = subprocess.Popen([sys.executable, str(REPO_ROOT / "train.py"), "-m", *SLURM, *args],
                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     sweep_dir = tmp_path / "runs" / "multirun" / "smoke"
@@ -155,6 +157,7 @@ def test_requeue_by_scontrol_and_by_time_limit_signal_resumes(tmp_path: Path) ->
     log = (status_file.parent / "train.log").read_text()
     assert log.count("resumed from") == 2
     assert "received SIGTERM" in log and "received SIGUSR2" in log and "requeued SLURM job" in log
+    assert "killed by signal" not in log and log.count("stopped at step") == 2
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = [r for r in client.search_runs([client.get_experiment_by_name("smoke").experiment_id]) if r.data.tags.get("role") != "sweep"]
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"

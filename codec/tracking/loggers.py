@@ -92,6 +92,14 @@ class RunLogger:
     def finish(self, status: str = "FINISHED") -> None:
         pass
 
+    def describe(self) -> str:
+        """Where this run is tracked, for the start banner."""
+        return "tracking: none (logger=none)"
+
+    def where_to_look(self) -> list[str]:
+        """What to open to see the run, for the closing lines."""
+        return []
+
 
 class NullLogger(RunLogger):
     """``logger=none``: metrics go to the console log and the run directory only."""
@@ -177,6 +185,15 @@ class MLflowLogger(RunLogger):
     def finish(self, status: str = "FINISHED") -> None:
         if self.run_id is not None:
             self.client.set_terminated(self.run_id, status=status)
+
+    def describe(self) -> str:
+        return f"MLflow {self.tracking_uri} run {self.run_id}"
+
+    def where_to_look(self) -> list[str]:
+        if self.run_id is None:
+            return []
+        experiment = self.client.get_run(self.run_id).info.experiment_id
+        return [f"mlflow ui --backend-store-uri {self.tracking_uri}   then  http://127.0.0.1:5000/#/experiments/{experiment}/runs/{self.run_id}"]
 
 
 def ensure_experiment(client, name: str) -> str:

@@ -70,6 +70,14 @@ def set_rng_state(rng: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss_next))
 
 
+def format_duration(seconds: float) -> str:
+    """1h02m, 3m05s, 42s: for ETAs in log lines."""
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -312,6 +320,7 @@ class Trainer:
                 return status
             if self.dist.is_main:
                 self._start_logging()
+                log.info("run directory %s | %s | device %s", self.run_dir, self.logger.describe(), self.device)
                 skipped = read_status(self.run_dir).get("skipped_checkpoints")
                 if skipped:
                     self.logger.set_tags({"skipped_checkpoints": "; ".join(f"{k}: {v}" for k, v in skipped.items())[:5000]})
@@ -370,25 +379,32 @@ class Trainer:
             rank=self.dist.rank, world_size=self.dist.world_size,
         )
         window_start, window_steps = time.perf_counter(), 0
+        loop_start, loop_first_step = window_start, self.step
+        window_max: dict[str, torch.Tensor] = {}
         self.codec.train()
         self.discriminator.train()
         for batch in loader:
             batch = batch.to(self.device, non_blocking=True)
             metrics = self.train_step(batch)
+            # *_max metrics are maxima over every step since the last log line, not the last step's.
+            for key in [k for k in metrics if k.endswith("_max")]:
+                window_max[key] = metrics[key] if key not in window_max else torch.maximum(window_max[key], metrics[key])
             self.step += 1
             window_steps += 1
             if self.step % s.log_every == 0 or self.step == s.max_steps:
                 self._raise_if_nonfinite()
-                elapsed = time.perf_counter() - window_start
-                values = {k: float(v) for k, v in metrics.items()}
-                values["train/throughput_audio_seconds_per_second"] = window_steps * s.batch_size * s.segment_seconds / max(elapsed, 1e-9)
+                now = time.perf_counter()
+                values = {k: float(v) for k, v in {**metrics, **window_max}.items()}
+                values["train/throughput_audio_seconds_per_second"] = window_steps * s.batch_size * s.segment_seconds / max(now - window_start, 1e-9)
                 values["train/lr_generator"] = self.gan.opt_g.param_groups[0]["lr"]
                 self.logger.log_metrics(values, self.step)
-                log.info("step %d: loss_g=%.4f loss_d=%.4f mel=%.4f (%.1f audio-s/s)", self.step, values["train/loss_generator"],
-                         values["train/loss_discriminator"], values["train/mel"], values["train/throughput_audio_seconds_per_second"])
+                eta = (now - loop_start) / (self.step - loop_first_step) * (s.max_steps - self.step)
+                log.info("step %d/%d (%d%%): loss_g=%.4f loss_d=%.4f mel=%.4f (%.1f audio-s/s) ETA %s", self.step, s.max_steps,
+                         100 * self.step // s.max_steps, values["train/loss_generator"], values["train/loss_discriminator"],
+                         values["train/mel"], values["train/throughput_audio_seconds_per_second"], format_duration(eta))
                 if self.dist.is_main:
                     write_status(self.run_dir, step=self.step)  # heartbeat for the sweep status table
-                window_start, window_steps = time.perf_counter(), 0
+                window_start, window_steps, window_max = now, 0, {}
             if self.step % s.eval_every == 0 and self.step < s.max_steps:
                 self._validate_and_track_best()
             if self.step % s.checkpoint_every == 0:
@@ -414,4 +430,9 @@ class Trainer:
                               test={k: v for k, v in test.metrics.items() if not k.endswith("_std")})
         self.logger.finish("FINISHED")
         log.info("finished at step %d; run directory %s", self.step, self.run_dir)
+        for line in self.logger.where_to_look():
+            log.info("open next: %s", line)
+        log.info("open next: listen to %s", self.run_dir / "samples")
+        log.info("open next: python -m codec encode IN.wav OUT.npz --checkpoint %s", self.checkpoints.best if self.checkpoints.best.exists()
+                 else self.checkpoints.latest)
         return status
