@@ -60,6 +60,11 @@ def test_local_sweep_runs_skips_finished_and_tolerates_failure(tmp_path: Path) -
     failed = [r for r in children if r.info.status == "FAILED"][0]
     assert "quantizer.groups=3" in failed.data.tags["error"]
     assert all(r.data.tags.get("sweep_id") == sweep["sweep_id"] for r in children)
+    # Named for the UI: children by the overrides that vary, the parent by the sweep; the
+    # experiment opens in MLflow's model-training view, not its GenAI overview.
+    assert sorted(r.info.run_name for r in children) == ["groups=1", "groups=2", "groups=3"]
+    assert parent[0].info.run_name == "sweep smoke"
+    assert experiment.tags.get("mlflow.experimentKind") == "custom_model_development"
 
     table = status(tmp_path, "smoke")
     assert "quantizer.groups=3" in table and "failed: 1" in table and "finished: 2" in table
@@ -155,3 +160,17 @@ def test_every_preset_trains_through_the_cli(tmp_path: Path) -> None:
         if config["quantizer"]["_target_"].endswith("GroupResidualVQ"):
             codebooks = {k.split(".")[2] for k in quantizer_keys if k.startswith("quantizer.codebooks.")}
             assert len(codebooks) == config["quantizer"]["groups"] * config["quantizer"]["layers"], preset
+
+
+def test_child_run_names_show_only_what_varies() -> None:
+    from codec.sweep.registry import PlannedJob, Sweep
+
+    jobs = [PlannedJob(i, overrides, f"/runs/{i}", "id") for i, overrides in enumerate([
+        ["experiment=smoke", "quantizer.groups=1", "quantizer.layers=2", "encoder.dimension=16"],
+        ["experiment=smoke", "quantizer.groups=2", "quantizer.layers=1", "encoder.dimension=32"],
+    ])]
+    names = Sweep("s", "/runs/multirun/s", jobs).child_run_names()
+    assert names == {0: "dimension=16 groups=1 layers=2", 1: "dimension=32 groups=2 layers=1"}
+    clash = [PlannedJob(i, [f"discriminator.mpd.channels={c}", f"discriminator.msd.channels={c}"], f"/r/{i}", "id")
+             for i, c in enumerate(["[4]", "[8]"])]
+    assert Sweep("s", "/r", clash).child_run_names()[0] == "discriminator.mpd.channels=[4] discriminator.msd.channels=[4]"

@@ -38,7 +38,9 @@ class SweepAwareMixin:
         sweep.save()
         returns: dict[int, JobReturn] = {job.index: skipped_return(job) for job in sweep.jobs if job.finished}
         if pending:
-            launched = self._submit([job.overrides + extra for job in pending], initial_job_idx)
+            names = sweep.child_run_names() if extra else {}
+            launched = self._submit([job.overrides + extra + ([f"logger.run_name='{names[job.index]}'"] if names else [])
+                                     for job in pending], initial_job_idx)
             returns.update({job.index: ret for job, ret in zip(pending, launched)})
         ordered = [returns[job.index] for job in sweep.jobs]
         counts = sweep.finish(ordered) if pending else {"skipped": len(sweep.jobs)}

@@ -72,6 +72,20 @@ class Sweep:
         sweep.tracking_uri = _mlflow_uri(master)
         return sweep
 
+    def child_run_names(self) -> dict[int, str]:
+        """Each job's MLflow run name: the overrides that vary across the sweep, by their last key
+        component (``groups=2 layers=1``), the full key where two would read the same."""
+        parsed = [dict(o.lstrip("+~").split("=", 1) for o in job.overrides if "=" in o) for job in self.jobs]
+        keys = sorted({k for p in parsed for k in p})
+        varying = [k for k in keys if len({p.get(k) for p in parsed}) > 1]
+        short = {k: k.rsplit(".", 1)[-1] for k in varying}
+        label = {k: short[k] if list(short.values()).count(short[k]) == 1 else k for k in varying}
+        names = {}
+        for job, values in zip(self.jobs, parsed):
+            parts = [f"{label[k]}={values[k]}" for k in varying if k in values]
+            names[job.index] = (" ".join(parts) or " ".join(job.overrides) or "default").replace("'", "")
+        return names
+
     # -- MLflow ------------------------------------------------------------------------------
     def register(self, master: DictConfig) -> list[str]:
         """Create (or reopen) the experiment and parent run once; returns the job overrides."""
@@ -89,7 +103,7 @@ class Sweep:
             except Exception:
                 self.parent_run_id = None
         if self.parent_run_id is None:
-            name = f"sweep:{Path(self.sweep_dir).name}:{self.sweep_id}"
+            name = f"sweep {Path(self.sweep_dir).name}"
             tags = {"sweep_id": self.sweep_id, "sweep_dir": str(Path(self.sweep_dir).resolve()), "role": "sweep",
                     "sweep_overrides": " ".join(master.hydra.overrides.task)[:5000]}
             self.parent_run_id = client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id

@@ -113,8 +113,9 @@ class MLflowLogger(RunLogger):
     """
 
     def __init__(self, tracking_uri: str, experiment_name: str, experiment_id: str | None = None,
-                 parent_run_id: str | None = None, sweep_id: str | None = None) -> None:
+                 parent_run_id: str | None = None, sweep_id: str | None = None, run_name: str | None = None) -> None:
         self.tracking_uri = tracking_uri
+        self.run_name = run_name
         self.experiment_name = experiment_name
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
@@ -151,7 +152,7 @@ class MLflowLogger(RunLogger):
             all_tags["mlflow.parentRunId"] = str(self.parent_run_id)
         if self.sweep_id:
             all_tags["sweep_id"] = str(self.sweep_id)
-        run = self.client.create_run(self._experiment(), run_name=run_name, tags=all_tags)
+        run = self.client.create_run(self._experiment(), run_name=self.run_name or run_name, tags=all_tags)
         self.run_id = run.info.run_id
         self._log_params(params)
         return self.run_id
@@ -196,15 +197,25 @@ class MLflowLogger(RunLogger):
         return [f"mlflow ui --backend-store-uri {self.tracking_uri}   then  http://127.0.0.1:5000/#/experiments/{experiment}/runs/{self.run_id}"]
 
 
+# MLflow 3 opens an experiment on its GenAI overview unless told it holds model training runs.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def ensure_experiment(client, name: str) -> str:
-    """Id of the experiment ``name``, created if missing (tolerating a concurrent creator)."""
+    """Id of the experiment ``name``, created if missing (tolerating a concurrent creator) and
+    tagged so the UI opens it in its model-training view."""
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    try:
-        return client.create_experiment(name)
-    except Exception:
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None:
-            raise
-        return experiment.experiment_id
+    if experiment is None:
+        try:
+            experiment_id = client.create_experiment(name, tags=EXPERIMENT_KIND)
+        except Exception:
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+            experiment_id = experiment.experiment_id
+    else:
+        experiment_id = experiment.experiment_id
+    if experiment is None or experiment.tags.get("mlflow.experimentKind") != EXPERIMENT_KIND["mlflow.experimentKind"]:
+        for key, value in EXPERIMENT_KIND.items():
+            client.set_experiment_tag(experiment_id, key, value)
+    return experiment_id
