@@ -28,6 +28,10 @@ def parse(argv: list[str]) -> tuple[dict[str, str], list[str]]:
 
 
 def main(argv: list[str]) -> int:
+    if any(arg in ("-h", "--help") for arg in argv):
+        print(__doc__.strip())
+        print("\nusage: python evaluate.py checkpoint=PATH [data=folder data.path=DIR] [split=test|valid] [output=FILE.json] [device=cpu]")
+        return 0
     try:
         own, overrides = parse(argv)
         codec = load_codec(own["checkpoint"], own["device"])
@@ -36,7 +40,7 @@ def main(argv: list[str]) -> int:
         with build(cfg.eval, "eval") as evaluator:
             utterances = data.utterances(own["split"], None, evaluator.max_seconds)
             result = evaluator.evaluate(codec, utterances, own["device"])
-    except (ConfigError, DataError, AudioFileError, FileNotFoundError) as error:
+    except (ConfigError, DataError, AudioFileError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"{'metric':<28}{'mean':>12}{'std':>12}")

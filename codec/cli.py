@@ -4,8 +4,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Sequence
 
+from codec.data.audio_io import AudioFileError
 from codec.config import ConfigError, compose_config, describe, describe_preset_overrides, preset_overrides_of_choices
 
 
@@ -18,21 +20,46 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pairs(source: Path, target: Path, suffixes: tuple[str, ...], new_suffix: str) -> list[tuple[Path, Path]]:
+    """(input, output) pairs: one file, or every matching file under a folder, mirrored into ``target``."""
+    if not source.exists():
+        raise FileNotFoundError(f"{source}: no such file or folder")
+    if source.is_file():
+        return [(source, target)]
+    files = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+    if not files:
+        raise FileNotFoundError(f"{source} holds no {'/'.join(suffixes)} files")
+    return [(f, (target / f.relative_to(source)).with_suffix(new_suffix)) for f in files]
+
+
+def _each(pairs: list[tuple[Path, Path]], action) -> list:
+    results = []
+    for index, (source, target) in enumerate(pairs, 1):
+        results.append(action(source, target))
+        if len(pairs) > 1:
+            print(f"[{index}/{len(pairs)}] {source} -> {target}", file=sys.stderr)
+    return results
+
+
 def _encode(args: argparse.Namespace) -> int:
+    from codec.data.audio_io import AUDIO_SUFFIXES
     from codec.inference import encode_file, load_codec
 
+    pairs = _pairs(Path(args.input), Path(args.output), AUDIO_SUFFIXES, ".npz")
     codec = load_codec(args.checkpoint, args.device)
-    payload = encode_file(codec, args.input, args.output, n_layers=args.layers)
-    print(json.dumps({"codes_shape": list(payload["codes"].shape), "bitrate_kbps": codec.bitrate_kbps(int(payload["layers"]))}))
+    payloads = _each(pairs, lambda source, target: encode_file(codec, source, target, n_layers=args.layers))
+    print(json.dumps({"files": len(payloads), "codes_shape": list(payloads[0]["codes"].shape),
+                      "bitrate_kbps": codec.bitrate_kbps(int(payloads[0]["layers"]))}))
     return 0
 
 
 def _decode(args: argparse.Namespace) -> int:
     from codec.inference import decode_file, load_codec
 
+    pairs = _pairs(Path(args.input), Path(args.output), (".npz",), ".wav")
     codec = load_codec(args.checkpoint, args.device)
-    wav = decode_file(codec, args.input, args.output)
-    print(json.dumps({"samples": wav.shape[-1], "sample_rate": codec.sample_rate}))
+    waves = _each(pairs, lambda source, target: decode_file(codec, source, target))
+    print(json.dumps({"files": len(waves), "samples": waves[0].shape[-1], "sample_rate": codec.sample_rate}))
     return 0
 
 
@@ -42,14 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="compose a config and print its rates, bitrate and sizes as JSON")
     info.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=hificodec_24k_240x_4cb")
     info.set_defaults(handler=_info)
-    encode = commands.add_parser("encode", help="audio file -> codes file (.npz: codes, sample rate, length, groups/layers, codec identity)")
+    encode = commands.add_parser("encode", help="audio file or folder (recursively) -> codes file(s) (.npz: codes, sample rate, length, groups/layers, codec identity)")
     encode.add_argument("input")
     encode.add_argument("output")
     encode.add_argument("--checkpoint", required=True)
     encode.add_argument("--layers", type=int, default=None, help="residual layers per group (variable bitrate)")
     encode.add_argument("--device", default="cpu")
     encode.set_defaults(handler=_encode)
-    decode = commands.add_parser("decode", help="codes file (.npz from encode) -> audio file")
+    decode = commands.add_parser("decode", help="codes file or folder of them (.npz from encode) -> audio file(s), same names")
     decode.add_argument("input")
     decode.add_argument("output")
     decode.add_argument("--checkpoint", required=True)
@@ -62,6 +89,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (ConfigError, FileNotFoundError, ValueError) as error:
+    except (ConfigError, FileNotFoundError, ValueError, AudioFileError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -68,6 +68,8 @@ def test_local_sweep_runs_skips_finished_and_tolerates_failure(tmp_path: Path) -
 
     table = status(tmp_path, "smoke")
     assert "quantizer.groups=3" in table and "failed: 1" in table and "finished: 2" in table
+    missing = subprocess.run([sys.executable, "-m", "codec.sweep", "status", "nope"], cwd=tmp_path, capture_output=True, text=True)
+    assert missing.returncode == 2 and "no sweep named 'nope' (known sweeps under runs/multirun: smoke)" in missing.stderr
 
     again = run(["-m", "quantizer.groups=1,2", *TINY_RUN], cwd=tmp_path)
     assert "2 already finished, 0 to launch" in again.stdout + again.stderr

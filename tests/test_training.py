@@ -154,6 +154,27 @@ def test_encode_decode_command_line_round_trip(speech_run: dict) -> None:
     assert f"{wav} is not a codes file" in result.stderr
 
 
+@pytest.mark.slow
+def test_encode_and_decode_a_folder_of_ten_files(speech_run: dict, tmp_path: Path) -> None:
+    checkpoint = speech_run["run_dir"] / "checkpoints" / "latest.pt"
+    source = tmp_path / "audio"
+    for index, wav in enumerate(sorted((speech_run["root"] / "speech").glob("*.wav"))[:10]):
+        target = source / ("nested" if index % 2 else "") / wav.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(wav.read_bytes())
+    for command in (["encode", str(source), str(tmp_path / "codes")], ["decode", str(tmp_path / "codes"), str(tmp_path / "decoded")]):
+        subprocess.run([sys.executable, "-m", "codec", *command, "--checkpoint", str(checkpoint)], cwd=REPO_ROOT, check=True, capture_output=True)
+    originals = sorted(p.relative_to(source) for p in source.rglob("*.wav"))
+    decoded = sorted(p.relative_to(tmp_path / "decoded") for p in (tmp_path / "decoded").rglob("*.wav"))
+    assert len(originals) == 10 and decoded == originals
+    for name in originals:
+        before, after = sf.info(str(source / name)), sf.info(str(tmp_path / "decoded" / name))
+        assert (after.frames, after.samplerate) == (before.frames, before.samplerate)
+    missing = subprocess.run([sys.executable, "-m", "codec", "encode", str(tmp_path / "absent.wav"), str(tmp_path / "x.npz"),
+                              "--checkpoint", str(checkpoint)], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert missing.returncode == 2 and missing.stderr.strip() == f"error: {tmp_path / 'absent.wav'}: no such file or folder"
+
+
 def _resume_args(run_dir: Path, db: Path) -> list[str]:
     return [*TINY_MODEL, "trainer.deterministic=true", "trainer.max_steps=40", "trainer.checkpoint_every=5",
             "trainer.eval_every=20", "trainer.log_every=5", "eval.metrics=[mel_distance]", "eval.workers=0",

@@ -60,6 +60,8 @@ def read_audio(path: Path | str, sample_rate: int | None = None, start: int = 0,
     ``start`` and ``frames`` are in the file's own sample rate.
     """
     path = Path(path)
+    if not path.exists():
+        raise AudioFileError(f"{path}: no such file")
     try:
         data, rate = sf.read(str(path), start=start, frames=frames, dtype="float32", always_2d=True)
     except Exception as error:

@@ -19,7 +19,9 @@ def find_sweep_dir(sweep: str | None, runs_dir: Path) -> list[Path]:
     for candidate in candidates:
         if (candidate / "sweep.json").exists():
             return [candidate]
-    raise FileNotFoundError(f"no sweep at {' or '.join(str(c) for c in candidates)} (no sweep.json)")
+    known = sorted(p.parent.name for p in (runs_dir / "multirun").glob("*/sweep.json"))
+    listing = f"known sweeps under {runs_dir / 'multirun'}: {', '.join(known)}" if known else f"no sweeps under {runs_dir / 'multirun'} yet"
+    raise FileNotFoundError(f"no sweep named {sweep!r} ({listing})")
 
 
 def sweep_rows(sweep_dir: Path) -> tuple[Sweep, list[dict[str, Any]]]:
