@@ -163,3 +163,36 @@ def test_requeue_by_scontrol_and_by_time_limit_signal_resumes(tmp_path: Path) ->
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "train/loss_generator")]
     assert sorted(steps) == list(range(10, 161, 10))  # no step logged twice
+
+
+def test_an_array_slurm_can_never_start_fails_at_once_with_the_reason(tmp_path: Path) -> None:
+    """More CPUs per task than the node has: SLURM leaves the array PENDING (PartitionConfig)
+    forever; the launcher says so, cancels it and ends the sweep as failed."""
+    too_many = (os.cpu_count() or 2) + 2
+    result = sweep(["quantizer.groups=1,2", *TINY_RUN, f"hydra.launcher.cpus_per_task={too_many}"], cwd=tmp_path, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "SLURM will never start this array" in output and "PartitionConfig" in output and f"cpus_per_task={too_many}" in output
+    sweep_dir = tmp_path / "runs" / "multirun" / "smoke"
+    array = submitit_job_ids(sweep_dir)[0].split("_")[0]
+    assert subprocess.run(["squeue", "-h", "-j", array], capture_output=True, text=True).stdout.strip() == ""
+    record = json.loads((sweep_dir / "sweep.json").read_text())
+    assert record["history"][-1]["failed"] == 2
+
+
+def test_a_cancelled_array_is_reported_not_waited_on(tmp_path: Path) -> None:
+    """Held, then cancelled before it ever ran (so no job writes a result): the launcher reads
+    the queue, names scancel as the cause and ends the sweep as failed."""
+    process = subprocess.Popen([sys.executable, str(REPO_ROOT / "train.py"), "-m", *SLURM, "quantizer.groups=1,2", *TINY_RUN,
+                                "+hydra.launcher.additional_parameters.hold=true"], cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    sweep_dir = tmp_path / "runs" / "multirun" / "smoke"
+    deadline = time.time() + 300
+    while not ((sweep_dir / ".submitit").exists() and submitit_job_ids(sweep_dir)):
+        assert process.poll() is None and time.time() < deadline, process.stdout.read()[-3000:] if process.poll() is not None else "no submission"
+        time.sleep(0.5)
+    array = submitit_job_ids(sweep_dir)[0].split("_")[0]
+    subprocess.run(["scancel", array], check=True)
+    output = process.communicate(timeout=600)[0]
+    assert process.returncode != 0
+    assert output.count("cancelled (scancel) without a result") >= 2, output[-3000:]

@@ -8,6 +8,7 @@ On top of the stock launchers each one:
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,6 +20,7 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLaunche
 from omegaconf import OmegaConf
 
 from codec.sweep.registry import Sweep, failed_return, skipped_return
+from codec.sweep.slurm_queue import ENDED_STATES, array_states, cancel
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,12 @@ class LocalSweepLauncher(SweepAwareMixin, BasicLauncher):
 
     def _submit(self, job_overrides: list[list[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         return BasicLauncher.launch(self, job_overrides, initial_job_idx)
+
+
+# How often the launcher looks at the queue while it waits, and how long a task that left the
+# queue may take to show its result file (shared file systems can lag) before it counts as lost.
+QUEUE_POLL_SECONDS = 2.0
+RESULT_GRACE_SECONDS = 30.0
 
 
 class JobFailedError(RuntimeError):
@@ -102,13 +110,58 @@ class SubmititSweepMixin(SweepAwareMixin):
             arguments.append((list(overrides), "hydra.sweep.dir", index, f"job_id_for_{index}", Singleton.get_state()))
         jobs = executor.map_array(self, *zip(*arguments))
         log.info("submitted %d job(s) as %s array %s", len(jobs), self._EXECUTOR, jobs[0].job_id.split("_")[0] if jobs else "-")
-        returns = []
-        for job, overrides in zip(jobs, job_overrides):
-            try:
-                returns.append(job.results()[0])
-            except Exception as error:  # the job exited non-zero or died: record it, keep waiting for the rest
-                returns.append(failed_return(overrides, error))
-        return returns
+        return self._collect(jobs, job_overrides)
+
+    def _collect(self, jobs: list, job_overrides: list[list[str]]) -> list[JobReturn]:
+        """Every job's result, failed or not; on SLURM also what the queue says while waiting."""
+        returns: dict[int, JobReturn] = {}
+        left_queue_at: dict[int, float] = {}
+        while len(returns) < len(jobs):
+            for index, (job, overrides) in enumerate(zip(jobs, job_overrides)):
+                if index not in returns and (self._EXECUTOR != "slurm" or job.paths.result_pickle.exists()):
+                    try:
+                        returns[index] = job.results()[0]
+                    except Exception as error:  # the job exited non-zero or died: record it, keep waiting for the rest
+                        returns[index] = failed_return(overrides, error)
+            if len(returns) < len(jobs):
+                returns.update(self._queue_verdicts(jobs, job_overrides, returns, left_queue_at))
+            if len(returns) < len(jobs):
+                time.sleep(QUEUE_POLL_SECONDS)
+        return [returns[index] for index in range(len(jobs))]
+
+    def _queue_verdicts(self, jobs: list, job_overrides: list[list[str]], done: dict[int, JobReturn],
+                        left_queue_at: dict[int, float]) -> dict[int, JobReturn]:
+        """Failed returns for tasks SLURM will never start (the rest of the array is cancelled) and
+        for tasks that left the queue without writing a result."""
+        states = array_states(jobs[0].job_id.split("_")[0])
+        if states is None:
+            return {}
+        verdicts: dict[int, JobReturn] = {}
+        waiting = [i for i in range(len(jobs)) if i not in done]
+        blocked = next((states[jobs[i].job_id] for i in waiting if jobs[i].job_id in states and states[jobs[i].job_id].never_runs), None)
+        if blocked is not None:
+            asked = ", ".join(f"{k}={self.params.get(k)}" for k in ("partition", "cpus_per_task", "gpus_per_node", "mem_gb", "timeout_min")
+                              if self.params.get(k) is not None)
+            message = (f"SLURM will never start this array ({blocked.state}, reason {blocked.reason}): the request exceeds what the "
+                       f"partition offers ({asked}); cancelled. Ask for less (hydra.launcher.cpus_per_task=..., +cluster=...)")
+            log.error(message)
+            cancel(jobs[0].job_id.split("_")[0])
+            return {i: failed_return(job_overrides[i], RuntimeError(message)) for i in waiting}
+        now = time.monotonic()
+        for i in waiting:
+            task = states.get(jobs[i].job_id)
+            if task is not None and task.state not in ENDED_STATES:
+                left_queue_at.pop(i, None)
+                continue
+            # Ended (or gone) without a result file: give the file a moment to appear, then say why.
+            if now - left_queue_at.setdefault(i, now) < RESULT_GRACE_SECONDS or jobs[i].paths.result_pickle.exists():
+                continue
+            cause = ("cancelled (scancel)" if task is not None and task.state == "CANCELLED"
+                     else f"ended {task.state}" if task is not None else "left the SLURM queue")
+            message = f"SLURM job {jobs[i].job_id} {cause} without a result; its run directory keeps the last checkpoint"
+            log.error(message)
+            verdicts[i] = failed_return(job_overrides[i], RuntimeError(message))
+        return verdicts
 
 
 class SubmititLocalSweepLauncher(SubmititSweepMixin, LocalLauncher):
