@@ -44,6 +44,20 @@ def choose_axes(frame: pd.DataFrame) -> tuple[str, str] | None:
     return (axes[0], axes[1]) if len(axes) >= 2 else None
 
 
+def humanize(value: float) -> str:
+    """Numbers for people: 99.37 k / 16.12 M for counts, 4 significant digits otherwise."""
+    if value != value:  # NaN
+        return ""
+    if abs(value) >= 1e4 and float(value).is_integer():
+        return f"{value / 1e6:.2f} M" if abs(value) >= 1e6 else f"{value / 1e3:.2f} k"
+    return f"{value:.4g}"
+
+
+def _table(frame: pd.DataFrame, index: bool = False) -> str:
+    """An HTML table that scrolls sideways instead of overflowing the page."""
+    return f"<div class='scroll'>{frame.to_html(index=index, float_format=humanize)}</div>"
+
+
 def _image(path: Path) -> str:
     return f'<img src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
 
@@ -56,19 +70,20 @@ def build_report(sweep: str, out: Path, tracking_uri: str | None = None, runs_di
     frame = load_sweep(sweep, tracking_uri, runs_dir)
     frame.to_csv(out / "sweep.csv", index=False)
     quality, higher = quality_metric(frame)
-    sections = [f"<h1>Sweep {html.escape(str(frame.attrs['sweep_id']))}</h1>",
+    title = f"Sweep {Path(str(sweep)).name}"
+    sections = [f"<h1>{html.escape(title)}</h1><p class='id'>sweep id {html.escape(str(frame.attrs['sweep_id']))}</p>",
                 f"<p>{len(frame)} runs; varying: {html.escape(', '.join(varying_params(frame)) or 'nothing')}; "
                 f"quality metric: {quality}.</p>",
-                "<h2>Runs</h2>", summary_table(frame).to_html(index=False, float_format=lambda v: f"{v:.4g}")]
+                "<h2>Runs</h2>", _table(summary_table(frame))]
     if SEED_KEY in varying_params(frame):
         metrics = [m for m in (quality, "model/bitrate_kbps") if m in frame.columns]
-        sections += ["<h2>Seed replicates (mean ± std)</h2>", aggregate_seeds(frame, metrics).to_html(index=False, float_format=lambda v: f"{v:.4g}")]
+        sections += ["<h2>Seed replicates (mean ± std)</h2>", _table(aggregate_seeds(frame, metrics))]
     axes = (rows, columns) if rows and columns else choose_axes(frame)
     if axes:
         for metric in dict.fromkeys([value or quality, "model/bitrate_kbps"]):
             if metric in frame.columns:
                 table = pivot(frame, axes[0], axes[1], metric)
-                sections += [f"<h2>{html.escape(metric)}: {axes[0]} x {axes[1]}</h2>", table.to_html(float_format=lambda v: f"{v:.4g}")]
+                sections += [f"<h2>{html.escape(metric)}: {axes[0]} x {axes[1]}</h2>", _table(table, index=True)]
     plots = {"pareto.png": lambda p: plot_pareto(frame, p, "model/bitrate_kbps", quality, higher)}
     curve_metrics = [m for m in ("train/mel", "valid/mel_distance") if m]
     plots["curves.png"] = lambda p: plot_training_curves(frame, p, curve_metrics)
@@ -79,9 +94,10 @@ def build_report(sweep: str, out: Path, tracking_uri: str | None = None, runs_di
         sections += [f"<h2>{titles[name]}</h2>", _image(plot(out / name))]
     sections += ["<h2>Listen: the first test utterance</h2>", audio_comparison_html(frame)]
     style = ("<style>body{font-family:sans-serif;margin:2em} table{border-collapse:collapse;margin:1em 0}"
-             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right} img{max-width:100%}</style>")
+             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right} img{max-width:100%} .scroll{overflow-x:auto}"
+             ".id{color:#777}</style>")
     page = out / "report.html"
-    page.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>Sweep report</title>{style}</head><body>"
+    page.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>{style}</head><body>"
                     + "\n".join(sections) + "</body></html>")
     return page
 

@@ -34,8 +34,9 @@ class SweepAwareMixin:
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         sweep = Sweep.plan(self.config, self.hydra_context, job_overrides)
         pending = [job for job in sweep.jobs if not job.finished]
-        log.info("sweep %s in %s: %d runs, %d already finished, %d to launch", sweep.sweep_id, sweep.sweep_dir,
-                 len(sweep.jobs), len(sweep.jobs) - len(pending), len(pending))
+        name = Path(sweep.sweep_dir).name
+        log.info("sweep '%s' in %s: %d runs, %d already finished, %d to launch; watch it with: python -m codec.sweep status %s",
+                 name, sweep.sweep_dir, len(sweep.jobs), len(sweep.jobs) - len(pending), len(pending), name)
         extra = sweep.register(self.config) if pending else []
         sweep.save()
         returns: dict[int, JobReturn] = {job.index: skipped_return(job) for job in sweep.jobs if job.finished}
