@@ -247,3 +247,18 @@ def test_ema_codebooks_stay_identical_across_ranks() -> None:
         assert p.exitcode == 0
     for key in states[0]:
         assert (states[0][key] == states[1][key]).all(), key
+
+
+def test_codes_that_stay_unused_are_redrawn_spread_out_not_in_waves() -> None:
+    """The worst case for dead-code replacement: a collapsed latent (a few distinct vectors) that
+    can never use most codes. Each unused code is re-drawn at most once per grace period, at
+    random phases, so no step re-draws more than a few percent of the codebook after the first."""
+    torch.manual_seed(0)
+    codebook = VectorQuantizer(8, codebook_size=256, rule="ema", kmeans_init=True, dead_code_threshold=0.4).train()
+    centres = torch.randn(3, 8)
+    fractions = []
+    for _ in range(300):
+        batch = centres[torch.randint(0, 3, (100,))] + 0.01 * torch.randn(100, 8)
+        fractions.append(float(codebook(batch.T.unsqueeze(0)).replaced) / 256)
+    assert max(fractions[50:]) < 0.05, max(fractions[50:])
+    assert sum(fractions[50:]) > 0  # dead codes are still re-drawn, just not all at once

@@ -4,9 +4,9 @@ The same class covers EnCodec/SoundStream codebooks (EMA, k-means init, dead-cod
 replacement) and DAC's "improved VQ" (factorized low-dimensional lookup on L2-normalised
 vectors, learned by gradient).
 
-Dead codes are defined relative to the codebook's own mean usage, so the rule means the same
-at any batch size: a code whose usage EMA falls below ``dead_code_threshold`` times the mean
-usage EMA is re-drawn from the batch. (EnCodec's absolute "fewer than 2 assignments per step"
+Dead codes are defined relative to a code's fair share, so the rule means the same at any batch
+size: a code whose usage EMA falls below ``dead_code_threshold`` times (vectors per step /
+codebook size) is re-drawn from the batch. (EnCodec's absolute "fewer than 2 assignments per step"
 assumed about 4.7 expected assignments per code, i.e. a fraction of about 0.4; at a demo's 100
 frames per step for 256 codes that absolute rule re-drew nearly every code every step.)
 """
@@ -189,27 +189,31 @@ class VectorQuantizer(nn.Module):
             smoothed = (self.cluster_size + self.epsilon) / (total + self.codebook_size * self.epsilon) * total
             self.embed.copy_(self.embed_sum / smoothed.unsqueeze(1))
         if self.dead_code_threshold > 0:
-            return self._replace_dead_codes(vectors, weights)
+            return self._replace_dead_codes(vectors, weights, counts.sum() / self.codebook_size)
         return torch.zeros((), device=vectors.device)
 
     @torch.no_grad()
-    def _replace_dead_codes(self, vectors: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def _replace_dead_codes(self, vectors: torch.Tensor, weights: torch.Tensor, mean_usage: torch.Tensor) -> torch.Tensor:
         """Move codes whose usage EMA fell below ``dead_code_threshold`` x the mean usage onto
-        random batch vectors; a re-drawn code starts at the mean usage, so it has the EMA's
-        whole horizon to be picked before it can count as dead again.
+        random batch vectors. The mean usage is this step's fair share (vectors seen on all ranks
+        / codebook size), which re-drawn codes cannot inflate.
 
+        A re-drawn code restarts at a random point of its grace period (usage between the
+        threshold and the mean, log-uniform), so codes that stay unused are re-drawn spread out
+        in time, about 1 / (grace steps) of them per step, never in synchronized waves.
         Done with ``torch.where`` over the whole codebook so no host sync is needed.
         """
-        mean_usage = self.cluster_size.mean()
         dead_codes = self.cluster_size < self.dead_code_threshold * mean_usage
         dead = rearrange(dead_codes, "k -> k 1")
         # Dropped items get a tiny weight instead of zero so sampling never fails.
         picks = torch.multinomial(weights + 1e-6, self.codebook_size, replacement=True)
         samples = broadcast_(vectors[picks].contiguous())
+        phase = broadcast_(torch.rand(self.codebook_size, device=vectors.device))  # rank 0's draw on every rank
+        restart = mean_usage * self.dead_code_threshold ** (1.0 - phase)
         self.embed.data.copy_(torch.where(dead, samples, self.embed.data))
         if self.rule == "ema":
-            self.embed_sum.copy_(torch.where(dead, samples * mean_usage, self.embed_sum))
-        self.cluster_size.copy_(torch.where(dead_codes, mean_usage.expand_as(self.cluster_size), self.cluster_size))
+            self.embed_sum.copy_(torch.where(dead, samples * rearrange(restart, "k -> k 1"), self.embed_sum))
+        self.cluster_size.copy_(torch.where(dead_codes, restart, self.cluster_size))
         return dead_codes.sum().float()
 
     def churn_per_step(self, vectors_per_step: int) -> float:
