@@ -116,3 +116,16 @@ def test_loader_from_a_step_continues_the_same_stream(tmp_path: Path) -> None:
     assert len(full) == 6 and len(resumed) == 3
     for a, b in zip(full[3:], resumed):
         assert torch.equal(a, b)
+
+
+def test_folder_cache_paths_are_single(tmp_path: Path) -> None:
+    """data=folder as composed: manifests in <paths.cache>/manifests, copies in <paths.cache>/resampled
+    (they were doubled once: .cache/manifests/manifests and .cache/manifests/resampled)."""
+    from codec.config import build, compose_config
+
+    audio = alsa_folder(tmp_path)
+    cfg = compose_config(["data=folder", f"data.path={audio}", f"paths.cache={tmp_path / 'cache'}", "data.valid_count=1", "data.test_count=1"])
+    build(cfg.data, "data").prepare()
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["manifests", "resampled"]
+    assert list((tmp_path / "cache" / "manifests").glob("*.json")) and not (tmp_path / "cache" / "manifests" / "manifests").exists()
+    assert list((tmp_path / "cache" / "resampled").rglob("*.wav"))

@@ -176,3 +176,20 @@ def test_child_run_names_show_only_what_varies() -> None:
     clash = [PlannedJob(i, [f"discriminator.mpd.channels={c}", f"discriminator.msd.channels={c}"], f"/r/{i}", "id")
              for i, c in enumerate(["[4]", "[8]"])]
     assert Sweep("s", "/r", clash).child_run_names()[0] == "discriminator.mpd.channels=[4] discriminator.msd.channels=[4]"
+
+
+def test_quantizer_sweep_trains_four_different_models(tmp_path: Path) -> None:
+    """``-m quantizer=grvq,rvq,single_vq,fsq``: four quantizers, each as its option file says
+    (the first round trained the demo's 2x2 GRVQ four times under four names)."""
+    run(["-m", *TINY_RUN, "logger=none", "quantizer=grvq,rvq,single_vq,fsq"], cwd=tmp_path)
+    built = {}
+    for option in ("grvq", "rvq", "single_vq", "fsq"):
+        run_dir = tmp_path / "runs" / "multirun" / "smoke" / f"experiment=smoke,quantizer={option}"
+        state = torch.load(run_dir / "checkpoints" / "latest.pt", map_location="cpu", weights_only=True)
+        assert state["step"] == 4
+        quantizer = {k: tuple(v.shape) for k, v in state["codec"].items() if k.startswith("quantizer.") and k.endswith(("embed", "in_proj.weight"))}
+        built[option] = quantizer
+    assert len(built["grvq"]) == 4 and all(shape == (1024, 8) for shape in built["grvq"].values())  # 2 groups x 2 layers, 16/2 dims
+    assert len(built["rvq"]) == 8 and all(shape == (1024, 16) for shape in built["rvq"].values())
+    assert list(built["single_vq"].values()) == [(4096, 16)]
+    assert list(built["fsq"].values()) == [(4, 16, 1)]  # one group projected to the 4 FSQ levels
