@@ -16,10 +16,16 @@ def param_columns(frame: pd.DataFrame) -> list[str]:
 
 
 def varying_params(frame: pd.DataFrame, exclude: Sequence[str] = ()) -> list[str]:
-    """Param columns that take more than one value across the runs (the sweep's axes)."""
+    """Param columns that take more than one value across the runs (the sweep's axes).
+
+    Keys that do not change what is trained (run names, paths, step budget; see
+    ``codec.training.identity.UNTRAINED_KEYS``) are never axes.
+    """
+    from codec.training.identity import is_untrained_key
+
     varying = []
     for column in param_columns(frame):
-        if column in exclude:
+        if column in exclude or is_untrained_key(column):
             continue
         if frame[column].astype(str).nunique(dropna=False) > 1:
             varying.append(column)

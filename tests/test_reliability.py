@@ -204,7 +204,10 @@ def test_a_second_identical_command_is_refused_while_the_first_runs(tmp_path: Pa
 
 
 def test_a_killed_holder_leaves_no_stale_lock(tmp_path: Path) -> None:
-    args = [*SMOKE, "trainer.max_steps=400", "trainer.checkpoint_every=2", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"]
+    """SIGKILL, then the same command at once: the lock died with the trainer, even while its
+    forked loader workers are still winding down."""
+    args = [*SMOKE, "trainer.num_workers=2", "trainer.max_steps=400", "trainer.checkpoint_every=2", "logger=none",
+            f"hydra.run.dir={tmp_path / 'run'}"]
     holder = start(args, cwd=tmp_path)
     wait_for(lambda: (tmp_path / "run" / "checkpoints" / "latest.pt").exists(), "a first checkpoint", holder)
     holder.send_signal(signal.SIGKILL)

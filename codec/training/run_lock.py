@@ -1,8 +1,11 @@
-"""One writer per run directory: the training process holds an exclusive ``flock`` on
-``<run_dir>/.lock`` for its whole life. The kernel drops the lock when the process dies, so a
-killed run never leaves a stale lock; the file records who holds it, for the message."""
+"""One writer per run directory: the training process holds an exclusive POSIX record lock
+(``lockf``) on ``<run_dir>/.lock`` for its whole life. The kernel drops it when the process
+dies, so a killed run never leaves a stale lock. Unlike ``flock``, a record lock is not inherited
+by forked children, so data loader workers that outlive a killed trainer by a few seconds do not
+keep its run locked. The file records who holds the lock, for the message."""
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -24,8 +27,11 @@ class RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(self.path, "a+")
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno not in (errno.EACCES, errno.EAGAIN):
+                handle.close()
+                raise
             handle.seek(0)
             holder = handle.read().strip() or "{}"
             handle.close()
@@ -47,6 +53,6 @@ class RunLock:
 
     def release(self) -> None:
         if self._handle is not None:
-            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            fcntl.lockf(self._handle, fcntl.LOCK_UN)
             self._handle.close()
             self._handle = None
