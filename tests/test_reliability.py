@@ -145,7 +145,7 @@ def test_crafted_pickles_are_refused_and_nothing_runs(tmp_path: Path) -> None:
 
 
 # -- many processes --------------------------------------------------------------------------------
-def _concurrent_runs(tmp_path: Path, tracking_uri: str, count: int = 8) -> MlflowClient:
+def assert_concurrent_runs_all_finish(tmp_path: Path, tracking_uri: str, count: int = 8) -> MlflowClient:
     # One thread each: eight processes share two cores. A small corpus keeps the final evaluation short.
     small = ["trainer.max_steps=1", "trainer.log_every=1", "data.utterances=4", "data.valid_count=1", "data.test_count=1"]
     processes = [start([*SMOKE, *small, f"logger.tracking_uri={tracking_uri}", f"hydra.run.dir={tmp_path / f'run{i}'}", f"trainer.seed={i}"],
@@ -162,7 +162,7 @@ def _concurrent_runs(tmp_path: Path, tracking_uri: str, count: int = 8) -> Mlflo
 
 
 def test_eight_runs_start_at_once_on_a_fresh_sqlite_store(tmp_path: Path) -> None:
-    _concurrent_runs(tmp_path, f"sqlite:///{tmp_path / 'fresh.db'}")
+    assert_concurrent_runs_all_finish(tmp_path, f"sqlite:///{tmp_path / 'fresh.db'}")
 
 
 def test_eight_runs_start_at_once_against_an_mlflow_server(tmp_path: Path) -> None:
@@ -177,7 +177,7 @@ def test_eight_runs_start_at_once_against_an_mlflow_server(tmp_path: Path) -> No
             with socket.socket() as probe:
                 return probe.connect_ex(("127.0.0.1", port)) == 0
         wait_for(ready, "the mlflow server to listen", server, timeout=120)
-        _concurrent_runs(tmp_path, f"http://127.0.0.1:{port}")
+        assert_concurrent_runs_all_finish(tmp_path, f"http://127.0.0.1:{port}")
     finally:
         server.terminate()
         server.wait(timeout=60)
