@@ -42,9 +42,8 @@ def option_values(group: str, option: str) -> dict[str, Any]:
     """The option file's own literal values, as ``package.key`` (interpolations left out)."""
     node = OmegaConf.load(config_dir() / group / f"{option}.yaml")
     values = flatten(OmegaConf.to_container(node, resolve=False))
-    prefix = "" if group == "discriminator" else option_package(group, option) + "."
-    if group == "discriminator":
-        prefix = "discriminator."
+    # Discriminator files nest their node under their own name inside the multi-select group.
+    prefix = "discriminator." if group == "discriminator" else option_package(group, option) + "."
     return {prefix + k: v for k, v in values.items() if not k.endswith("_target_") and not (isinstance(v, str) and v.startswith("${"))}
 
 
