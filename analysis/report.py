@@ -25,7 +25,15 @@ SUMMARY_COLUMNS = ("status", "model/bitrate_kbps", "model/tokens_per_second", "m
                    "best/stoi", "best/mel_distance", "test/pesq_wb", "test/stoi", "test/mel_distance", "wall_time_s")
 
 
-def quality_metric(frame: pd.DataFrame) -> tuple[str, bool]:
+LOWER_IS_BETTER = ("mel_distance", "wer", "waveform_l1", "_loss")
+
+
+def quality_metric(frame: pd.DataFrame, chosen: str | None = None) -> tuple[str, bool]:
+    """The metric the report ranks by: ``chosen``, or the first of QUALITY_METRICS the sweep has."""
+    if chosen:
+        if chosen not in frame.columns or not frame[chosen].notna().any():
+            raise KeyError(f"--metric {chosen} is not a metric of this sweep")
+        return chosen, not any(marker in chosen for marker in LOWER_IS_BETTER)
     for metric, higher in QUALITY_METRICS:
         if metric in frame.columns and frame[metric].notna().any():
             return metric, higher
@@ -40,7 +48,10 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def choose_axes(frame: pd.DataFrame) -> tuple[str, str] | None:
+    """The two parameters with the most values; one parameter against the seed when only one varies."""
     axes = sorted(varying_params(frame, exclude=(SEED_KEY,)), key=lambda c: -frame[c].astype(str).nunique())
+    if len(axes) == 1 and SEED_KEY in varying_params(frame):
+        return axes[0], SEED_KEY
     return (axes[0], axes[1]) if len(axes) >= 2 else None
 
 
@@ -63,13 +74,13 @@ def _image(path: Path) -> str:
 
 
 def build_report(sweep: str, out: Path, tracking_uri: str | None = None, runs_dir: str | Path = "runs",
-                 rows: str | None = None, columns: str | None = None, value: str | None = None) -> Path:
+                 rows: str | None = None, columns: str | None = None, value: str | None = None, metric: str | None = None) -> Path:
     """Write ``report.html``, ``sweep.csv`` and the PNG plots into ``out``; returns the HTML path."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     frame = load_sweep(sweep, tracking_uri, runs_dir)
     frame.to_csv(out / "sweep.csv", index=False)
-    quality, higher = quality_metric(frame)
+    quality, higher = quality_metric(frame, metric)
     title = f"Sweep {Path(str(sweep)).name}"
     sections = [f"<h1>{html.escape(title)}</h1><p class='id'>sweep id {html.escape(str(frame.attrs['sweep_id']))}</p>",
                 f"<p>{len(frame)} runs; varying: {html.escape(', '.join(varying_params(frame)) or 'nothing')}; "
@@ -80,10 +91,10 @@ def build_report(sweep: str, out: Path, tracking_uri: str | None = None, runs_di
         sections += ["<h2>Seed replicates (mean ± std)</h2>", _table(aggregate_seeds(frame, metrics))]
     axes = (rows, columns) if rows and columns else choose_axes(frame)
     if axes:
-        for metric in dict.fromkeys([value or quality, "model/bitrate_kbps"]):
-            if metric in frame.columns:
-                table = pivot(frame, axes[0], axes[1], metric)
-                sections += [f"<h2>{html.escape(metric)}: {axes[0]} x {axes[1]}</h2>", _table(table, index=True)]
+        for shown in dict.fromkeys([value or quality, "model/bitrate_kbps"]):
+            if shown in frame.columns:
+                table = pivot(frame, axes[0], axes[1], shown)
+                sections += [f"<h2>{html.escape(shown)}: {axes[0]} x {axes[1]}</h2>", _table(table, index=True)]
     plots = {"pareto.png": lambda p: plot_pareto(frame, p, "model/bitrate_kbps", quality, higher)}
     curve_metrics = [m for m in ("train/mel", "valid/mel_distance") if m]
     plots["curves.png"] = lambda p: plot_training_curves(frame, p, curve_metrics)
@@ -111,9 +122,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rows", default=None, help="pivot rows, e.g. quantizer.groups")
     parser.add_argument("--cols", default=None, help="pivot columns, e.g. quantizer.layers")
     parser.add_argument("--value", default=None, help="pivot value, e.g. best/pesq_wb")
+    parser.add_argument("--metric", default=None, help="the quality metric to rank, aggregate and plot (default: best/pesq_wb, "
+                                                        "else best/stoi, ...), e.g. best/mel_distance")
     args = parser.parse_args(argv)
     try:
-        page = build_report(args.sweep, Path(args.out), args.tracking_uri, args.runs, args.rows, args.cols, args.value)
+        page = build_report(args.sweep, Path(args.out), args.tracking_uri, args.runs, args.rows, args.cols, args.value, args.metric)
     except (FileNotFoundError, LookupError, KeyError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

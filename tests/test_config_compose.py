@@ -189,3 +189,37 @@ def test_trainer_settings_reject_bad_values_by_name() -> None:
     # auto: the fast kernels on CUDA only; CPU runs stay eager unless asked
     assert enabled_on("auto", "cuda") and not enabled_on("auto", "cpu")
     assert enabled_on(True, "cpu") and not enabled_on(False, "cuda")
+
+
+def sweep_points(name: str) -> list[list[str]]:
+    """Every override list a ready sweep definition expands to (the sweeper's cross product)."""
+    import itertools
+
+    from omegaconf import OmegaConf
+
+    params = OmegaConf.load(REPO_ROOT / "sweeps" / f"{name}.yaml").hydra.sweeper.params
+    axes = [[f"{key}={value}" for value in str(values).split(",")] for key, values in params.items()]
+    return [[f"+sweep={name}", *point] for point in itertools.product(*axes)]
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO_ROOT / "sweeps").glob("*.yaml")))
+def test_every_ready_sweep_composes_and_builds_its_first_and_last_point(name: str) -> None:
+    points = sweep_points(name)
+    assert len(points) >= 2
+    for overrides in (points[0], points[-1]):
+        cfg = compose_config(overrides)
+        assert cfg.sweep_name == name
+        build_codec(cfg)
+
+
+def test_demo_bitrate_ladder_builds_one_two_and_four_kbps_codecs() -> None:
+    points = sweep_points("demo_bitrate_ladder")
+    assert len(points) == 9
+    built = {}
+    for overrides in points:
+        cfg = compose_config(overrides)
+        codec = build_codec(cfg)
+        built.setdefault(codec.bitrate_kbps(), set()).add(int(cfg.trainer.seed))
+        assert (codec.quantizer.groups, codec.quantizer.codebook_size, cfg.trainer.max_steps) == (2, 1024, 900)
+        assert len(codec.quantizer.codebooks) == 2 * codec.quantizer.layers
+    assert built == {1.0: {1, 2, 3}, 2.0: {1, 2, 3}, 4.0: {1, 2, 3}}

@@ -1,4 +1,4 @@
-"""Data: the demo corpus, folders with bad files, resampling and reproducible segments."""
+"""Data: the embedded speech and synthetic corpora, folders with bad files, resampling and reproducible segments."""
 from __future__ import annotations
 
 import logging
@@ -9,14 +9,14 @@ import pytest
 import soundfile as sf
 import torch
 
-from codec.data import AudioFileError, DataError, DemoDataModule, FolderDataModule, read_audio
+from codec.data import AudioFileError, DataError, SyntheticDataModule, FolderDataModule, read_audio
 from codec.data.datasets import SegmentDataset
 from tests.audio_fixtures import alsa_speech, espeak_corpus, write_corrupt_wav, write_empty_wav
 
 
-def test_demo_corpus_is_deterministic_and_cached(tmp_path: Path) -> None:
-    first = DemoDataModule(16000, str(tmp_path / "a"), utterances=6, utterance_seconds=1.0, valid_count=1, test_count=1)
-    second = DemoDataModule(16000, str(tmp_path / "b"), utterances=6, utterance_seconds=1.0, valid_count=1, test_count=1)
+def test_synthetic_corpus_is_deterministic_and_cached(tmp_path: Path) -> None:
+    first = SyntheticDataModule(16000, str(tmp_path / "a"), utterances=6, utterance_seconds=1.0, valid_count=1, test_count=1)
+    second = SyntheticDataModule(16000, str(tmp_path / "b"), utterances=6, utterance_seconds=1.0, valid_count=1, test_count=1)
     a, b = first.utterances("train"), second.utterances("train")
     assert len(a) == 4
     for (_, x), (_, y) in zip(a, b):
@@ -28,8 +28,50 @@ def test_demo_corpus_is_deterministic_and_cached(tmp_path: Path) -> None:
     assert (frames < 1e-8).any() and (frames > 1e-3).any()
     folder = first.root()
     stamp = (folder / "utt_0000.wav").stat().st_mtime_ns
-    DemoDataModule(16000, str(tmp_path / "a"), utterances=6, utterance_seconds=1.0, valid_count=1, test_count=1).prepare()
+    SyntheticDataModule(16000, str(tmp_path / "a"), utterances=6, utterance_seconds=1.0, valid_count=1, test_count=1).prepare()
     assert (folder / "utt_0000.wav").stat().st_mtime_ns == stamp
+
+
+def speech_corpus(cache: Path, sample_rate: int = 16000):
+    from codec.config import build, compose_config
+
+    return build(compose_config(["data=demo_small", f"paths.cache={cache}", f"sample_rate={sample_rate}"]).data, "data")
+
+
+def test_speech_corpus_holds_out_voices_and_sentences_and_keeps_transcripts(tmp_path: Path) -> None:
+    data = speech_corpus(tmp_path / "a")
+    splits = data.prepare()
+    assert {k: len(v) for k, v in splits.items()} == {"train": 12, "valid": 2, "test": 2}
+    voices, sentences = {}, {}
+    for split, entries in splits.items():
+        transcripts = data.transcripts(split)
+        assert set(transcripts) == {e.name for e in entries}  # every utterance has its text
+        voices[split] = {Path(e.name).stem.rsplit("_", 1)[0] for e in entries}
+        sentences[split] = set(transcripts.values())
+        for entry in entries:
+            assert entry.sample_rate == 16000 and 1.0 < entry.seconds < 6.0
+    for held_out in ("valid", "test"):
+        assert not voices[held_out] & voices["train"] and not sentences[held_out] & sentences["train"]
+        # held-out voices use espeak variants no training voice uses
+        assert not {v.split("_")[-1] for v in voices[held_out]} & {v.split("_")[-1] for v in voices["train"]}
+    assert len(voices["train"]) == 12 and len(sentences["train"]) == 12
+    assert data.asr_grammar() is not None and "public <sentence>" in data.asr_grammar().read_text()
+    # speech: loud voiced stretches and near-silent gaps between words
+    wav = data.utterances("valid")[0][1]
+    energy = wav.view(-1)[: wav.shape[-1] // 160 * 160].view(-1, 160).pow(2).mean(dim=1)
+    assert float(wav.abs().max()) == pytest.approx(0.7, abs=0.01)
+    assert (energy < 1e-5).any() and (energy > 1e-2).any()
+
+
+def test_speech_corpus_is_deterministic_cached_and_made_at_the_model_rate(tmp_path: Path) -> None:
+    first, second = speech_corpus(tmp_path / "a"), speech_corpus(tmp_path / "b")
+    for (name_a, a), (name_b, b) in zip(first.utterances("train"), second.utterances("train")):
+        assert Path(name_a).name == Path(name_b).name and torch.equal(a, b)
+    stamp = Path(first.split("train")[0].path).stat().st_mtime_ns
+    assert Path(speech_corpus(tmp_path / "a").split("train")[0].path).stat().st_mtime_ns == stamp
+    at_24k = speech_corpus(tmp_path / "a", sample_rate=24000)
+    assert {e.sample_rate for e in at_24k.split("all")} == {24000}
+    assert len(at_24k.split("all")) == 16
 
 
 def test_missing_path_is_an_error_naming_the_key(tmp_path: Path) -> None:
@@ -110,7 +152,7 @@ def test_resample_cache_holds_model_rate_copies(tmp_path: Path) -> None:
 
 
 def test_loader_from_a_step_continues_the_same_stream(tmp_path: Path) -> None:
-    module = DemoDataModule(16000, str(tmp_path), utterances=6, utterance_seconds=1.0, valid_count=1, test_count=1)
+    module = SyntheticDataModule(16000, str(tmp_path), utterances=6, utterance_seconds=1.0, valid_count=1, test_count=1)
     full = list(module.train_loader(2, 0.25, seed=5, start_step=0, max_steps=6))
     resumed = list(module.train_loader(2, 0.25, seed=5, start_step=3, max_steps=6, num_workers=2))
     assert len(full) == 6 and len(resumed) == 3

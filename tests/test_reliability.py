@@ -147,7 +147,7 @@ def test_crafted_pickles_are_refused_and_nothing_runs(tmp_path: Path) -> None:
 # -- many processes --------------------------------------------------------------------------------
 def assert_concurrent_runs_all_finish(tmp_path: Path, tracking_uri: str, count: int = 8) -> MlflowClient:
     # One thread each: eight processes share two cores. A small corpus keeps the final evaluation short.
-    small = ["trainer.max_steps=1", "trainer.log_every=1", "data.utterances=4", "data.valid_count=1", "data.test_count=1"]
+    small = ["trainer.max_steps=1", "trainer.log_every=1", "data.utterances.train=4", "data.utterances.valid=1", "data.utterances.test=1"]
     processes = [start([*SMOKE, *small, f"logger.tracking_uri={tracking_uri}", f"hydra.run.dir={tmp_path / f'run{i}'}", f"trainer.seed={i}"],
                        cwd=tmp_path, env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}) for i in range(count)]
     outputs = [p.communicate(timeout=900)[0] for p in processes]

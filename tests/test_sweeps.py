@@ -138,8 +138,8 @@ TINY_EVERY_PRESET = [
     "++discriminator.mrd.channels=4",
     "trainer.max_steps=2", "trainer.batch_size=1", "trainer.segment_seconds=0.25", "trainer.log_every=1",
     "trainer.eval_at_start=false", "trainer.num_workers=0", "trainer.checkpoint_every=2",
-    "eval.metrics=[mel_distance]", "eval.workers=0", "eval.max_utterances=1", "data.utterances=6", "data.valid_count=1",
-    "data.test_count=1", "logger=none",
+    "eval.metrics=[mel_distance]", "eval.workers=0", "eval.max_utterances=1", "data.utterances.train=6",
+    "data.utterances.valid=1", "data.utterances.test=1", "logger=none",
 ]
 
 

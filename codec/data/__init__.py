@@ -1,13 +1,14 @@
-"""Audio data: the embedded demo corpus, folders of wav/flac, segment and utterance datasets."""
+"""Audio data: the embedded speech and synthetic corpora, folders of wav/flac, segment and utterance datasets."""
 from codec.data.audio_io import AudioFileError, read_audio, write_audio
-from codec.data.modules import AudioDataModule, DataError, DemoDataModule, FolderDataModule
+from codec.data.modules import AudioDataModule, DataError, FolderDataModule, SpeechDataModule, SyntheticDataModule
 
 __all__ = [
     "AudioDataModule",
     "AudioFileError",
     "DataError",
-    "DemoDataModule",
     "FolderDataModule",
+    "SpeechDataModule",
+    "SyntheticDataModule",
     "read_audio",
     "write_audio",
 ]

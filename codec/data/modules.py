@@ -10,12 +10,14 @@ from torch.utils.data import DataLoader
 
 from codec.data.datasets import RangeSampler, SegmentDataset, load_utterances
 from codec.data.demo_corpus import ensure_demo_corpus
+from codec.data.speech_corpus import GRAMMAR_FILE, SPLIT_FOLDERS, TRANSCRIPT_SUFFIX, ensure_speech_corpus
 from codec.data.manifest import BAD_FILE_POLICIES, AudioEntry, Manifest, scan_folder
 from codec.data.resample_cache import cache_resampled
 from codec.signals import ignore_stop_signals
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")
+ALL_FILES = "all"  # every usable file of the data, whatever its split (for scoring whole folders)
 
 
 class DataError(ValueError):
@@ -58,20 +60,41 @@ class AudioDataModule:
             )
         if self.resample_cache:
             entries = cache_resampled(entries, self.sample_rate, self.cache_dir / "resampled", self.bad_files)
-        order = np.random.default_rng(self.split_seed).permutation(len(entries))
-        shuffled = [entries[i] for i in order]
-        self._splits = {
-            "test": sorted(shuffled[: self.test_count], key=lambda e: e.name),
-            "valid": sorted(shuffled[self.test_count : self.test_count + self.valid_count], key=lambda e: e.name),
-            "train": sorted(shuffled[self.test_count + self.valid_count :], key=lambda e: e.name),
-        }
+        self._splits = {name: sorted(split, key=lambda e: e.name) for name, split in self.assign_splits(entries).items()}
         log.info("data: %s", ", ".join(f"{k}={len(v)}" for k, v in self._splits.items()))
         return self._splits
 
+    def assign_splits(self, entries: list[AudioEntry]) -> dict[str, list[AudioEntry]]:
+        """A seeded random split of ``valid_count`` and ``test_count`` files; the rest trains."""
+        order = np.random.default_rng(self.split_seed).permutation(len(entries))
+        shuffled = [entries[i] for i in order]
+        return {
+            "test": shuffled[: self.test_count],
+            "valid": shuffled[self.test_count : self.test_count + self.valid_count],
+            "train": shuffled[self.test_count + self.valid_count :],
+        }
+
     def split(self, name: str) -> list[AudioEntry]:
+        """The files of a split, or of all splits for ``"all"``."""
+        if name == ALL_FILES:
+            return sorted((e for split in self.prepare().values() for e in split), key=lambda e: e.name)
         if name not in SPLITS:
-            raise ValueError(f"split={name!r} is unknown; choose one of {SPLITS}")
+            raise ValueError(f"split={name!r} is unknown; choose one of {(*SPLITS, ALL_FILES)}")
         return self.prepare()[name]
+
+    def transcripts(self, split: str) -> dict[str, str]:
+        """Known transcripts of a split's files: ``<file>.txt`` beside the audio, keyed by file name."""
+        found = {}
+        for entry in self.split(split):
+            sidecar = Path(entry.name).with_suffix(TRANSCRIPT_SUFFIX)
+            if sidecar.is_file():
+                found[entry.name] = sidecar.read_text().strip()
+        return found
+
+    def asr_grammar(self) -> Path | None:
+        """A JSGF grammar of the corpus' sentences (``grammar.jsgf`` at its root), if it has one."""
+        grammar = self.root() / GRAMMAR_FILE
+        return grammar if grammar.is_file() else None
 
     def train_loader(self, batch_size: int, segment_seconds: float, seed: int, start_step: int, max_steps: int,
                      num_workers: int = 0, pin_memory: bool = False, rank: int = 0, world_size: int = 1) -> DataLoader:
@@ -111,8 +134,11 @@ class FolderDataModule(AudioDataModule):
         return self.path
 
 
-class DemoDataModule(AudioDataModule):
-    """The embedded synthetic speech-like corpus, generated on first use."""
+class SyntheticDataModule(AudioDataModule):
+    """A synthetic speech-like corpus (harmonics, formants, noise bursts), generated on first use.
+
+    Cheaper than speech and free of any library; kept for tests of the data path.
+    """
 
     def __init__(self, sample_rate: int, cache_dir: str, utterances: int = 48, utterance_seconds: float = 2.0,
                  seed: int = 0, valid_count: int = 4, test_count: int = 4) -> None:
@@ -123,3 +149,31 @@ class DemoDataModule(AudioDataModule):
 
     def root(self) -> Path:
         return ensure_demo_corpus(self.cache_dir, self.sample_rate, self.utterance_count, self.utterance_seconds, self.seed)
+
+
+class SpeechDataModule(AudioDataModule):
+    """The embedded multi-speaker speech corpus (espeak-ng), synthesized on first use.
+
+    Splits are the corpus' own: held-out voices and sentences for valid and test.
+    """
+
+    def __init__(self, sample_rate: int, cache_dir: str, voices: dict[str, list[str]], utterances: dict[str, int], seed: int = 0) -> None:
+        counts = {split: int(utterances.get(split, 0)) for split in SPLIT_FOLDERS}
+        if counts["train"] < 1 or counts["valid"] < 1 or counts["test"] < 1:
+            raise DataError(f"data.utterances={counts} needs at least one utterance in each of train, valid and test")
+        super().__init__(sample_rate, cache_dir, counts["valid"], counts["test"], bad_files="error", min_seconds=0.0)
+        self.voices = {split: list(voices.get(split, [])) for split in SPLIT_FOLDERS}
+        self.utterance_counts = counts
+        self.seed = int(seed)
+        held_in = set(self.voices["train"])
+        for split in ("valid", "test"):
+            if held_in & set(self.voices[split]):
+                log.warning("data.voices.%s shares %s with training: its scores are not on unseen voices",
+                            split, sorted(held_in & set(self.voices[split])))
+
+    def root(self) -> Path:
+        return ensure_speech_corpus(self.cache_dir, self.sample_rate, self.voices, self.utterance_counts, self.seed)
+
+    def assign_splits(self, entries: list[AudioEntry]) -> dict[str, list[AudioEntry]]:
+        root = self.root().resolve()
+        return {split: [e for e in entries if Path(e.name).relative_to(root).parts[0] == split] for split in SPLIT_FOLDERS}

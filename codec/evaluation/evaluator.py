@@ -1,4 +1,4 @@
-"""Evaluates a codec on full utterances; PESQ/STOI run in a pool of worker processes."""
+"""Evaluates a codec on full utterances; perceptual metrics run in a pool of worker processes."""
 from __future__ import annotations
 
 import math
@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from codec.data.audio_io import resample
-from codec.evaluation.metrics import KNOWN_METRICS, PERCEPTUAL_METRICS, SignalMetrics
+from codec.evaluation.metrics import KNOWN_METRICS, PERCEPTUAL_METRICS, SignalMetrics, metric_packages
 from codec.evaluation.perceptual import init_worker, perceptual_metrics
 from codec.model import Codec
 from codec.quantization.stats import code_histogram, stats_from_histogram
@@ -25,6 +25,13 @@ class EvalResult:
     per_utterance: list[dict[str, float]]
     samples: list[tuple[str, torch.Tensor, torch.Tensor]] = field(default_factory=list)
     codebook: dict[str, list[float]] = field(default_factory=dict)
+    names: list[str] = field(default_factory=list)
+    # {distribution: version} of the packages that computed the metrics.
+    packages: dict[str, str] = field(default_factory=dict)
+
+    def per_utterance_records(self) -> list[dict]:
+        """Per-utterance scores with the file each came from."""
+        return [{"name": name, **scores} for name, scores in zip(self.names, self.per_utterance)]
 
 
 class Evaluator:
@@ -65,12 +72,18 @@ class Evaluator:
         self.close()
 
     # -- scoring -------------------------------------------------------------------------------
-    def perceptual_jobs(self, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> list[dict]:
-        """PESQ/STOI jobs with copies resampled by soxr (16 kHz wideband, 8 kHz narrowband), in float64."""
+    def packages(self) -> dict[str, str]:
+        """``{distribution: version}`` of the packages behind this evaluator's metrics."""
+        return metric_packages(self.metrics)
+
+    def perceptual_jobs(self, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], transcripts: Sequence[str | None] | None = None,
+                        grammar: str | None = None) -> list[dict]:
+        """Worker jobs with copies resampled by soxr (16 kHz wideband, 8 kHz narrowband), in float64."""
         wanted = tuple(m for m in self.metrics if m in PERCEPTUAL_METRICS)
+        transcripts = list(transcripts) if transcripts is not None else [None] * len(pairs)
         jobs = []
-        for reference, estimate in pairs:
-            job: dict = {"metrics": wanted, "rate": self.sample_rate,
+        for (reference, estimate), transcript in zip(pairs, transcripts):
+            job: dict = {"metrics": wanted, "rate": self.sample_rate, "transcript": transcript, "grammar": grammar,
                          "ref": reference.flatten().double().numpy(), "est": estimate.flatten().double().numpy()}
             for rate, key in ((16000, "16k"), (8000, "8k")):
                 job[f"ref_{key}"] = resample(reference.view(1, -1).double(), self.sample_rate, rate).flatten().numpy()
@@ -78,11 +91,15 @@ class Evaluator:
             jobs.append(job)
         return jobs
 
-    def score_pairs(self, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> list[dict[str, float]]:
-        """Per-utterance scores of (reference, estimate) pairs at the evaluator's sample rate."""
+    def score_pairs(self, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], transcripts: Sequence[str | None] | None = None,
+                    grammar: str | None = None) -> list[dict[str, float]]:
+        """Per-utterance scores of (reference, estimate) pairs at the evaluator's sample rate.
+
+        ``transcripts`` (one per pair, None where unknown) and a JSGF ``grammar`` serve the WER metric.
+        """
         scores = [self.signal_metrics(r.flatten(), e.flatten(), self.metrics) for r, e in pairs]
         if any(m in PERCEPTUAL_METRICS for m in self.metrics):
-            jobs = self.perceptual_jobs(pairs)
+            jobs = self.perceptual_jobs(pairs, transcripts, grammar)
             executor = self._executor()
             results = list(executor.map(perceptual_metrics, jobs)) if executor else [perceptual_metrics(j) for j in jobs]
             for score, extra in zip(scores, results):
@@ -90,8 +107,12 @@ class Evaluator:
         return scores
 
     @torch.no_grad()
-    def evaluate(self, codec: Codec, utterances: Sequence[tuple[str, torch.Tensor]], device: torch.device | str = "cpu") -> EvalResult:
-        """Reconstruct and score full utterances; codebook health over the whole set."""
+    def evaluate(self, codec: Codec, utterances: Sequence[tuple[str, torch.Tensor]], device: torch.device | str = "cpu",
+                 transcripts: dict[str, str] | None = None, grammar: str | None = None) -> EvalResult:
+        """Reconstruct and score full utterances; codebook health over the whole set.
+
+        ``transcripts`` maps utterance names to their text (for WER); ``grammar`` is a JSGF file.
+        """
         if not utterances:
             raise ValueError("no utterances to evaluate")
         was_training = codec.training
@@ -107,7 +128,8 @@ class Evaluator:
             if index < self.audio_samples:
                 samples.append((name, wav.view(1, -1).float(), estimate))
         codec.train(was_training)
-        per_utterance = self.score_pairs(pairs)
+        names = [name for name, _ in utterances]
+        per_utterance = self.score_pairs(pairs, [(transcripts or {}).get(name) for name in names], grammar)
         metrics = aggregate(per_utterance)
         metrics["bitrate_kbps"] = codec.bitrate_kbps()
         metrics["tokens_per_second"] = codec.tokens_per_second()
@@ -115,7 +137,7 @@ class Evaluator:
         for key, values in stats.items():
             metrics[f"codebook_{key}_mean"] = float(np.mean(values))
         metrics["effective_bitrate_kbps"] = codec.frame_rate * float(np.sum(stats["entropy_bits"])) / 1000.0
-        return EvalResult(metrics, per_utterance, samples, stats)
+        return EvalResult(metrics, per_utterance, samples, stats, names, self.packages())
 
 
 def aggregate(per_utterance: Sequence[dict[str, float]]) -> dict[str, float]:

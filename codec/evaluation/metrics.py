@@ -1,13 +1,36 @@
 """Metric definitions computed in the main process with torch (mel distance, SI-SDR)."""
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
 from codec.losses.reconstruction import MultiScaleMelLoss
 
-PERCEPTUAL_METRICS = ("pesq_wb", "pesq_nb", "stoi", "estoi")
+# Names accepted in eval.metrics. Perceptual ones run in worker processes; some report several keys.
+PERCEPTUAL_METRICS = ("pesq_wb", "pesq_nb", "stoi", "estoi", "visqol", "dnsmos", "wer")
 SIGNAL_METRICS = ("mel_distance", "si_sdr", "waveform_l1")
 KNOWN_METRICS = PERCEPTUAL_METRICS + SIGNAL_METRICS
+REPORTED_KEYS = {"dnsmos": ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl"), "wer": ("wer", "wer_reference")}
+# The distributions whose code computes each metric, recorded beside every number it produced.
+METRIC_PACKAGES = {
+    "pesq_wb": ("pesq", "soxr"), "pesq_nb": ("pesq", "soxr"), "stoi": ("pystoi",), "estoi": ("pystoi",),
+    "visqol": ("visqol-python", "soxr"), "dnsmos": ("speechmos", "onnxruntime", "librosa", "soxr"),
+    "wer": ("pocketsphinx", "soxr"), "mel_distance": ("torchaudio",), "si_sdr": ("torch",), "waveform_l1": ("torch",),
+}
+
+
+def metric_packages(metrics: Sequence[str]) -> dict[str, str]:
+    """``{distribution: version}`` of the packages that compute ``metrics``."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in sorted({package for metric in metrics for package in METRIC_PACKAGES.get(metric, ())}):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "missing"
+    return found
 
 
 def si_sdr(reference: torch.Tensor, estimate: torch.Tensor, eps: float = 1e-8) -> float:

@@ -1,7 +1,8 @@
-"""PESQ and STOI on numpy signals; runs inside worker processes, so it imports no torch.
+"""Perceptual metrics of one utterance on numpy signals; runs inside worker processes.
 
-Inputs arrive already resampled with a proper resampler: 16 kHz for wideband PESQ and
-8 kHz for narrowband. STOI resamples internally to 10 kHz from the signal's own rate.
+Inputs arrive already resampled with a proper resampler: 16 kHz for wideband PESQ, ViSQOL
+(speech mode), DNSMOS and the recognizer, 8 kHz for narrowband PESQ. STOI resamples
+internally to 10 kHz from the signal's own rate.
 """
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ def stoi_score(reference: np.ndarray, estimate: np.ndarray, rate: int, extended:
 
 
 def perceptual_metrics(job: dict) -> dict[str, float]:
-    """Compute the requested PESQ/STOI metrics of one utterance (a picklable job dict)."""
+    """Compute the requested perceptual metrics of one utterance (a picklable job dict)."""
     wanted = job["metrics"]
     scores: dict[str, float] = {}
     if "pesq_wb" in wanted:
@@ -64,4 +65,13 @@ def perceptual_metrics(job: dict) -> dict[str, float]:
         scores["stoi"] = stoi_score(job["ref"], job["est"], job["rate"], extended=False)
     if "estoi" in wanted:
         scores["estoi"] = stoi_score(job["ref"], job["est"], job["rate"], extended=True)
+    if {"visqol", "dnsmos", "wer"} & set(wanted):
+        from codec.evaluation import speech_quality
+
+        if "visqol" in wanted:
+            scores["visqol"] = speech_quality.visqol_score(job["ref_16k"], job["est_16k"])
+        if "dnsmos" in wanted:
+            scores.update(speech_quality.dnsmos_scores(job["est_16k"]))
+        if "wer" in wanted:
+            scores.update(speech_quality.wer_scores(job["ref_16k"], job["est_16k"], job.get("transcript"), job.get("grammar")))
     return scores

@@ -19,7 +19,7 @@ from codec.losses import CodecLoss
 from codec.model import Codec
 from codec.spectral import detach_bank, spectrum_bank, split_bank
 from codec.training.distributed import DistributedContext
-from codec.training.settings import TrainerSettings, enabled_on
+from codec.training.settings import TrainerSettings, adversarial_from, enabled_on
 from codec.training.timing import NO_TIMING
 
 log = logging.getLogger(__name__)
@@ -124,11 +124,15 @@ class GANStep:
         """One discriminator update then one generator update on ``batch`` [B, 1, T] at ``step``
         (steps done before this one). Returns device tensors; nothing here syncs with the host.
 
+        Before ``discriminator_start_step`` the discriminators are not run at all (reconstruction
+        only, at the generator's cost); adversarial terms start at :func:`adversarial_from`.
+
         Real and fake audio go through the discriminators in one batched pass, and each STFT
         window is computed once over both and shared by the discriminators and the mel loss.
         """
         size = batch.shape[0]
-        adversarial = step >= self.settings.discriminator_warmup_steps
+        train_discriminator = step >= self.settings.discriminator_start_step
+        adversarial = step >= adversarial_from(self.settings)
         with timer.phase("generator_forward"):
             with self._autocast():
                 out = self.codec_forward(batch)
@@ -136,17 +140,20 @@ class GANStep:
             joint = torch.cat([batch, fake])
             spectra = spectrum_bank(joint, self.stft_windows)
 
-        with timer.phase("discriminator_forward_backward"):
-            self.discriminator.requires_grad_(True)
-            with self._autocast():
-                real_d, fake_d = split_outputs(self.discriminator_forward(joint.detach(), detach_bank(spectra)), size)
-            loss_d = self.loss.discriminator(as_float(real_d, False), as_float(fake_d, False))
-            self.track_finite({"discriminator": loss_d}, step)
-            self.opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            grad_norm_d = self._clip(self.discriminator.parameters())
-        with timer.phase("optimizer"):
-            self.opt_d.step()
+        discriminator_metrics = {}
+        if train_discriminator:
+            with timer.phase("discriminator_forward_backward"):
+                self.discriminator.requires_grad_(True)
+                with self._autocast():
+                    real_d, fake_d = split_outputs(self.discriminator_forward(joint.detach(), detach_bank(spectra)), size)
+                loss_d = self.loss.discriminator(as_float(real_d, False), as_float(fake_d, False))
+                self.track_finite({"discriminator": loss_d}, step)
+                self.opt_d.zero_grad(set_to_none=True)
+                loss_d.backward()
+                grad_norm_d = self._clip(self.discriminator.parameters())
+            with timer.phase("optimizer"):
+                self.opt_d.step()
+            discriminator_metrics = {"train/loss_discriminator": loss_d.detach(), "train/grad_norm_discriminator": grad_norm_d.detach()}
 
         with timer.phase("generator_forward"):
             real_g = fake_g = None
@@ -166,7 +173,7 @@ class GANStep:
             grad_norm_g = self._clip(self.codec.parameters())
         with timer.phase("optimizer"):
             self.opt_g.step()
-            for scheduler in (self.sched_g, self.sched_d):
+            for scheduler in (self.sched_g, self.sched_d if train_discriminator else None):
                 if scheduler is not None:
                     scheduler.step()
             self._update_ema()
@@ -174,10 +181,9 @@ class GANStep:
         metrics = {f"train/{k}": v.detach() for k, v in terms.items()}
         metrics.update({
             "train/loss_generator": loss_g.detach(),
-            "train/loss_discriminator": loss_d.detach(),
             "train/grad_norm_generator": grad_norm_g.detach(),
-            "train/grad_norm_discriminator": grad_norm_d.detach(),
             "train/commitment": out.quantizer.losses["commitment"].detach(),
+            **discriminator_metrics,
         })
         for key, values in out.quantizer.stats.items():
             metrics[f"train/codebook_{key}_mean"] = values.float().mean()

@@ -26,6 +26,7 @@ class TrainerSettings:
     best_metric: str = "valid/mel_distance"
     best_mode: str = "min"
     discriminator_warmup_steps: int = 0
+    discriminator_start_step: int = 0
     grad_clip: float | None = 1000.0
     generator_optimizer: dict[str, Any] = field(default_factory=lambda: {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 3e-4})
     discriminator_optimizer: dict[str, Any] = field(default_factory=lambda: {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 3e-4})
@@ -54,6 +55,9 @@ class TrainerSettings:
         for name in ("max_steps", "batch_size", "log_every", "eval_every", "checkpoint_every", "keep_last"):
             if int(getattr(self, name)) < 1:
                 raise TrainerConfigError(f"trainer.{name}={getattr(self, name)} must be a positive integer")
+        for name in ("discriminator_warmup_steps", "discriminator_start_step"):
+            if int(getattr(self, name)) < 0:
+                raise TrainerConfigError(f"trainer.{name}={getattr(self, name)} must be 0 or more")
         if self.segment_seconds <= 0:
             raise TrainerConfigError(f"trainer.segment_seconds={self.segment_seconds} must be positive")
         if self.best_mode not in ("min", "max"):
@@ -69,6 +73,11 @@ class TrainerSettings:
                 raise TrainerConfigError(f"trainer.{name}={getattr(self, name)!r} must be true, false or auto")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise TrainerConfigError(f"trainer.device={self.device!r} must be auto, cpu, cuda or cuda:N")
+
+
+def adversarial_from(settings: TrainerSettings) -> int:
+    """The first step whose generator loss has adversarial terms: never before the discriminators train."""
+    return max(int(settings.discriminator_warmup_steps), int(settings.discriminator_start_step))
 
 
 def enabled_on(value: bool | str, device_type: str) -> bool:

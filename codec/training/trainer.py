@@ -256,7 +256,9 @@ class Trainer:
             if self._test_utterances is None:
                 self._test_utterances = self.data.utterances("test", None, self.evaluator.max_seconds)
             utterances = self._test_utterances
-        return self.evaluator.evaluate(self.gan.eval_model, utterances, self.device)
+        grammar = self.data.asr_grammar()
+        return self.evaluator.evaluate(self.gan.eval_model, utterances, self.device, self.data.transcripts(split),
+                                       str(grammar) if grammar else None)
 
     def _log_eval(self, split: str, result: EvalResult) -> dict[str, float]:
         metrics = {f"{split}/{k}": v for k, v in result.metrics.items()}
@@ -321,6 +323,7 @@ class Trainer:
             if self.dist.is_main:
                 self._start_logging()
                 log.info("run directory %s | %s | device %s", self.run_dir, self.logger.describe(), self.device)
+                self.logger.set_tags({f"metric_package.{name}": version for name, version in self.evaluator.packages().items()})
                 skipped = read_status(self.run_dir).get("skipped_checkpoints")
                 if skipped:
                     self.logger.set_tags({"skipped_checkpoints": "; ".join(f"{k}: {v}" for k, v in skipped.items())[:5000]})
@@ -399,8 +402,9 @@ class Trainer:
                 values["train/lr_generator"] = self.gan.opt_g.param_groups[0]["lr"]
                 self.logger.log_metrics(values, self.step)
                 eta = (now - loop_start) / (self.step - loop_first_step) * (s.max_steps - self.step)
-                log.info("step %d/%d (%d%%): loss_g=%.4f loss_d=%.4f mel=%.4f (%.1f audio-s/s) ETA %s", self.step, s.max_steps,
-                         100 * self.step // s.max_steps, values["train/loss_generator"], values["train/loss_discriminator"],
+                loss_d = values.get("train/loss_discriminator")
+                log.info("step %d/%d (%d%%): loss_g=%.4f loss_d=%s mel=%.4f (%.1f audio-s/s) ETA %s", self.step, s.max_steps,
+                         100 * self.step // s.max_steps, values["train/loss_generator"], "off" if loss_d is None else f"{loss_d:.4f}",
                          values["train/mel"], values["train/throughput_audio_seconds_per_second"], format_duration(eta))
                 if self.dist.is_main:
                     write_status(self.run_dir, step=self.step)  # heartbeat for the sweep status table
