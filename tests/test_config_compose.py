@@ -195,10 +195,12 @@ def sweep_points(name: str) -> list[list[str]]:
     """Every override list a ready sweep definition expands to (the sweeper's cross product)."""
     import itertools
 
+    from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
     params = OmegaConf.load(REPO_ROOT / "sweeps" / f"{name}.yaml").hydra.sweeper.params
-    axes = [[f"{key}={value}" for value in str(values).split(",")] for key, values in params.items()]
+    parsed = OverridesParser.create().parse_overrides([f"{key}={value}" for key, value in params.items()])
+    axes = [[f"{o.get_key_element()}={value}" for value in o.sweep_string_iterator()] for o in parsed]
     return [[f"+sweep={name}", *point] for point in itertools.product(*axes)]
 
 
