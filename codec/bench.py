@@ -58,7 +58,8 @@ def count_flops(trainer: Trainer, batch: torch.Tensor) -> float:
 
 
 def measure_path(path: str, overrides: Sequence[str], steps: int, warmup: int, breakdown_steps: int, workdir: Path) -> dict[str, Any]:
-    cfg = compose_config([*overrides, *PATH_OVERRIDES[path], "trainer.eval_at_start=false", "logger=none"])
+    # Whole GAN steps are measured, also for compositions (the demo) that start their discriminators late.
+    cfg = compose_config(["trainer.discriminator_start_step=0", *overrides, *PATH_OVERRIDES[path], "trainer.eval_at_start=false", "logger=none"])
     trainer = Trainer(cfg, workdir / path, logger=NullLogger())
     s = trainer.settings
     device = trainer.device

@@ -126,3 +126,24 @@ def test_detached_spectra_carry_no_gradient_to_the_generator() -> None:
     assert all(spec.requires_grad for spec in bank.values())
     assert not any(spec.requires_grad for spec in detach_bank(bank).values())
     assert sorted(bank) == [128, 256] and bank[256].shape == (1, 129, 2000 // 64 + 1)
+
+
+def test_discriminators_do_not_run_before_their_start_step(tmp_path) -> None:
+    """Before trainer.discriminator_start_step: no discriminator update and no adversarial term;
+    from it on, both (with a warm-up that ends at the same step)."""
+    from codec.config import compose_config
+    from codec.tracking import NullLogger
+    from codec.training.trainer import Trainer
+
+    cfg = compose_config(["experiment=smoke", "trainer.discriminator_start_step=2", "trainer.discriminator_warmup_steps=0",
+                          f"paths.cache={tmp_path / 'cache'}", "logger=none", "trainer.eval_at_start=false"])
+    trainer = Trainer(cfg, tmp_path / "run", logger=NullLogger())
+    batch = torch.randn(2, 1, 4000) * 0.1
+    before = [p.detach().clone() for p in trainer.discriminator.parameters()]
+    for step in (0, 1):
+        metrics = trainer.gan.train_step(batch, step)
+        assert "train/loss_discriminator" not in metrics and float(metrics.get("train/adversarial", 0.0)) == 0.0
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.discriminator.parameters()))
+    metrics = trainer.gan.train_step(batch, 2)
+    assert "train/loss_discriminator" in metrics and float(metrics.get("train/adversarial", 0.0)) != 0.0
+    assert not all(torch.equal(a, b) for a, b in zip(before, trainer.discriminator.parameters()))

@@ -218,8 +218,10 @@ def test_encode_and_decode_a_folder_of_ten_files(demo_run: dict, tmp_path: Path)
 
 
 def _resume_args(run_dir: Path, db: Path) -> list[str]:
-    return [*TINY_MODEL, "trainer.deterministic=true", "trainer.max_steps=40", "trainer.checkpoint_every=5",
-            "trainer.eval_every=20", "trainer.log_every=5", "eval.metrics=[mel_distance]", "eval.workers=0",
+    # The discriminators train from step 0, so their weights and optimizer state must resume too.
+    return [*TINY_MODEL, "data=demo_small", "trainer.discriminator_start_step=0", "trainer.discriminator_warmup_steps=10",
+            "trainer.deterministic=true", "trainer.max_steps=40", "trainer.checkpoint_every=5",
+            "trainer.eval_every=20", "trainer.log_every=5", "eval.metrics=[mel_distance]", "eval.workers=0", "eval.max_utterances=2",
             f"hydra.run.dir={run_dir}", f"logger.tracking_uri=sqlite:///{db}"]
 
 

@@ -5,13 +5,12 @@ formants), noise bursts (fricative-like) and silences.
 """
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from codec.data.audio_io import write_audio
+from codec.data.cached_folder import build_folder_once
 
 # (F1, F2, F3) targets in Hz of a few vowels; voiced segments glide between two of them.
 VOWEL_FORMANTS = np.array([[730, 1090, 2440], [270, 2290, 3010], [300, 870, 2240], [530, 1840, 2480], [570, 840, 2410]], dtype=np.float64)
@@ -65,17 +64,9 @@ def synthesize_utterance(rng: np.random.Generator, seconds: float, sample_rate: 
 
 def ensure_demo_corpus(cache_dir: Path, sample_rate: int, utterances: int, utterance_seconds: float, seed: int) -> Path:
     """Generate the corpus once into ``cache_dir`` (atomically) and return its folder."""
-    folder = Path(cache_dir) / f"sr{sample_rate}_n{utterances}_d{utterance_seconds:g}_seed{seed}"
-    if (folder / ".complete").exists():
-        return folder
-    staging = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    for index in range(utterances):
-        rng = np.random.default_rng([seed, index])
-        write_audio(staging / f"utt_{index:04d}.wav", synthesize_utterance(rng, utterance_seconds, sample_rate), sample_rate)
-    (staging / ".complete").touch()
-    try:
-        os.replace(staging, folder)
-    except OSError:  # another process finished first
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder
+    def write(staging: Path) -> None:
+        for index in range(utterances):
+            rng = np.random.default_rng([seed, index])
+            write_audio(staging / f"utt_{index:04d}.wav", synthesize_utterance(rng, utterance_seconds, sample_rate), sample_rate)
+
+    return build_folder_once(Path(cache_dir) / f"sr{sample_rate}_n{utterances}_d{utterance_seconds:g}_seed{seed}", write)

@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
-import os
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
@@ -19,6 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from codec.data.audio_io import write_audio
+from codec.data.cached_folder import build_folder_once
 from codec.data.espeak import EspeakSynthesizer, SpeechSynthesisError, Voice
 from codec.data.sentences import jsgf_grammar, sample_sentences
 
@@ -94,20 +93,13 @@ def ensure_speech_corpus(cache_dir: Path, sample_rate: int, voices: dict[str, Se
     plan = corpus_plan(voices, utterances, seed)
     digest = hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:10]
     folder = Path(cache_dir) / f"speech_sr{sample_rate}_{digest}"
-    if (folder / ".complete").exists():
-        return folder
-    staging = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    worker = multiprocessing.get_context("spawn").Process(target=synthesize_plan, args=(plan, sample_rate, seed, staging),
-                                                          name="speech-corpus")
-    worker.start()
-    worker.join()
-    if worker.exitcode != 0:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise SpeechSynthesisError(f"synthesizing the speech corpus into {folder} failed (exit code {worker.exitcode}); see the error above")
-    (staging / ".complete").touch()
-    try:
-        os.replace(staging, folder)
-    except OSError:  # another process finished first
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder
+
+    def write(staging: Path) -> None:
+        worker = multiprocessing.get_context("spawn").Process(target=synthesize_plan, args=(plan, sample_rate, seed, staging),
+                                                              name="speech-corpus")
+        worker.start()
+        worker.join()
+        if worker.exitcode != 0:
+            raise SpeechSynthesisError(f"synthesizing the speech corpus into {folder} failed (exit code {worker.exitcode}); see the error above")
+
+    return build_folder_once(folder, write)
