@@ -13,7 +13,8 @@ from pathlib import Path
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-META_COLUMNS = ("run_id", "run_name", "status", "experiment_id", "start_time", "wall_time_s", "run_dir", "overrides", "sweep_id", "error")
+META_COLUMNS = ("run_id", "run_name", "status", "experiment_id", "start_time", "wall_time_s", "run_dir", "overrides", "sweep_id", "error", "guard",
+                "stop_reason")
 
 
 @dataclass
@@ -76,6 +77,8 @@ def load_sweep(sweep: str, tracking_uri: str | None = None, runs_dir: str | Path
             "overrides": run.data.tags.get("overrides", ""),
             "sweep_id": ref.sweep_id,
             "error": run.data.tags.get("error", ""),
+            "guard": run.data.tags.get("guard", ""),
+            "stop_reason": run.data.tags.get("stop_reason", ""),
         }
         row.update({key: _parse(value) for key, value in run.data.params.items()})
         row.update(run.data.metrics)

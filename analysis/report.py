@@ -17,12 +17,14 @@ import pandas as pd
 from analysis.audio import audio_comparison_html
 from analysis.loading import load_sweep
 from analysis.plots import plot_codebook_usage, plot_pareto, plot_training_curves
+from analysis.stats import BOOTSTRAP_MIN_SEEDS, designs, paired_table, stopped_runs, winners_by_bitrate
 from analysis.tables import SEED_KEY, aggregate_seeds, pivot, run_labels, varying_params
 
 # Quality metrics in order of preference, with whether higher is better.
 QUALITY_METRICS = (("best/pesq_wb", True), ("best/stoi", True), ("test/pesq_wb", True), ("best/mel_distance", False), ("test/mel_distance", False))
-SUMMARY_COLUMNS = ("status", "model/bitrate_kbps", "model/tokens_per_second", "model/params_generator", "best/pesq_wb",
-                   "best/stoi", "best/mel_distance", "test/pesq_wb", "test/stoi", "test/mel_distance", "wall_time_s")
+SUMMARY_COLUMNS = ("status", "guard", "model/bitrate_kbps", "model/tokens_per_second", "model/params_generator", "best/pesq_wb",
+                   "best/stoi", "best/mel_distance", "test/pesq_wb", "test/stoi", "test/mel_distance", "wall_time_s",
+                   "cost/device_hours", "cost/audio_seconds", "cost/peak_host_memory_mb")
 
 
 LOWER_IS_BETTER = ("mel_distance", "wer", "waveform_l1", "_loss")
@@ -87,8 +89,13 @@ def build_report(sweep: str, out: Path, tracking_uri: str | None = None, runs_di
                 f"quality metric: {quality}.</p>",
                 "<h2>Runs</h2>", _table(summary_table(frame))]
     if SEED_KEY in varying_params(frame):
-        metrics = [m for m in (quality, "model/bitrate_kbps") if m in frame.columns]
+        metrics = [m for m in (quality, "model/bitrate_kbps", "cost/device_hours") if m in frame.columns]
         sections += ["<h2>Seed replicates (mean ± std)</h2>", _table(aggregate_seeds(frame, metrics))]
+        sections += comparison_sections(frame, quality, higher, out)
+    stopped = stopped_runs(frame)
+    if len(stopped):
+        sections += ["<h2>Stopped early by guardrails</h2><p>Their metrics are the best before the stop; they are left out "
+                     "of the paired statistics.</p>", _table(stopped)]
     axes = (rows, columns) if rows and columns else choose_axes(frame)
     if axes:
         for shown in dict.fromkeys([value or quality, "model/bitrate_kbps"]):
@@ -111,6 +118,23 @@ def build_report(sweep: str, out: Path, tracking_uri: str | None = None, runs_di
     page.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>{style}</head><body>"
                     + "\n".join(sections) + "</body></html>")
     return page
+
+
+def comparison_sections(frame: pd.DataFrame, quality: str, higher: bool, out: Path) -> list[str]:
+    """Paired comparisons over seeds and the winner at each bitrate (also written as CSV)."""
+    if designs(frame).nunique() < 2:
+        return []
+    paired = paired_table(frame, quality, higher)
+    paired.to_csv(out / "paired.csv", index=False)
+    sections = [f"<h2>Paired comparisons over seeds: {html.escape(quality)}</h2>",
+                f"<p>Difference A - B per shared seed, mean and 95% interval: paired t interval below {BOOTSTRAP_MIN_SEEDS} "
+                "seeds (assumes roughly normal differences), BCa bootstrap from there on; the method is in each row. "
+                "A verdict needs an interval that excludes 0. Cost: device-hours of both designs' runs.</p>", _table(paired)]
+    if "model/bitrate_kbps" in frame.columns:
+        winners = winners_by_bitrate(frame, quality, higher)
+        winners.to_csv(out / "winners.csv", index=False)
+        sections += ["<h2>Winner at each bitrate</h2>", _table(winners)]
+    return sections
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -60,6 +60,9 @@ class Sweep:
                 # Finished at a step budget at least this job's: a raised trainer.max_steps continues the run.
                 done = (status.get("state") == "finished" and status.get("identity") == identity
                         and int(status.get("step", 0)) >= int(task_cfg["trainer"]["max_steps"]))
+                # Stopped by a guardrail under the same guard settings: running it again would stop it again.
+                done = done or (status.get("state") == "stopped_early" and status.get("identity") == identity
+                                and status.get("guard_settings") == task_cfg.get("guard"))
                 jobs.append(PlannedJob(index, list(overrides), run_dir, identity, done))
         finally:
             HydraConfig.instance().set_config(master)

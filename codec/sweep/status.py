@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from codec.sweep.registry import Sweep
+from codec.training.timing import format_duration
 from codec.training.status import read_status
 
 BEST_COLUMNS = ("mel_distance", "pesq_wb", "stoi")
@@ -45,6 +46,9 @@ def sweep_rows(sweep_dir: Path) -> tuple[Sweep, list[dict[str, Any]]]:
             "updated": status.get("updated"),
             "run_dir": str(run_dir),
             "error": status.get("error", ""),
+            "guard": status.get("guard", ""),
+            "reason": status.get("reason", ""),
+            "cost": status.get("cost", {}),
         })
     return sweep, rows
 
@@ -79,4 +83,32 @@ def format_table(sweep: Sweep, rows: list[dict[str, Any]]) -> str:
     failures = [f"  {r['run']}: {r['error']}" for r in rows if r["state"] == "failed" and r["error"]]
     if failures:
         lines += ["failures:", *failures]
+    guarded = [f"  {r['run']}: {r['guard']} at step {r['step']}: {r['reason']}" for r in rows if r["state"] == "stopped_early"]
+    if guarded:
+        lines += ["stopped early by guardrails:", *guarded]
+    lines.append(progress_line(rows))
     return "\n".join(lines)
+
+
+DONE_STATES = ("finished", "failed", "stopped_early", "stale")
+
+
+def progress_line(rows: list[dict[str, Any]]) -> str:
+    """Steps done, device-hours spent, and the time the unfinished runs still need at their measured pace.
+
+    A run that has not reported a pace yet is assumed to go at the median pace of those that have.
+    The remaining time is for one run at a time (the local launcher); N parallel jobs need about 1/N.
+    """
+    done_steps = sum(int(r["step"] or 0) for r in rows)
+    total_steps = sum(int(r["max_steps"]) if str(r["max_steps"]).isdigit() else int(r["step"] or 0) for r in rows)
+    spent = sum(float(r["cost"].get("device_hours", 0.0)) for r in rows)
+    paces = sorted(float(r["cost"]["seconds_per_step"]) for r in rows if r["cost"].get("seconds_per_step"))
+    line = f"progress: {done_steps}/{total_steps} steps ({100 * done_steps // max(total_steps, 1)}%), {spent:.3g} device-hours spent"
+    pending = [r for r in rows if r["state"] not in DONE_STATES and str(r["max_steps"]).isdigit()]
+    if not pending:
+        return line + "; nothing left to run"
+    if not paces:
+        return line + "; ETA: unknown until a run reports its pace"
+    median = paces[len(paces) // 2]
+    remaining = sum((int(r["max_steps"]) - int(r["step"] or 0)) * float(r["cost"].get("seconds_per_step") or median) for r in pending)
+    return line + f"; ETA {format_duration(remaining)} for {len(pending)} unfinished runs at their measured pace, one at a time"

@@ -10,8 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-# preempted: stopped by the cluster (SIGTERM/SIGUSR2) and expected back; stopped: by the user (Ctrl-C).
-STATES = ("pending", "running", "finished", "failed", "preempted", "stopped")
+# preempted: stopped by the cluster (SIGTERM/SIGUSR2) and expected back; stopped: by the user (Ctrl-C);
+# stopped_early: by a guardrail (codec.training.guards), with the guard and reason beside it.
+STATES = ("pending", "running", "finished", "failed", "preempted", "stopped", "stopped_early")
 
 
 def read_status(run_dir: Path) -> dict[str, Any]:

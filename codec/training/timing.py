@@ -37,3 +37,11 @@ class _NoTiming:
 
 
 NO_TIMING = _NoTiming()
+
+
+def format_duration(seconds: float) -> str:
+    """1h02m, 3m05s, 42s: for ETAs in log lines."""
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"

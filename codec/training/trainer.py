@@ -26,13 +26,16 @@ from codec.evaluation import EvalResult, Evaluator
 from codec.tracking import NullLogger, RunLogger
 from codec.tracking.media import save_samples
 from codec.training.checkpoint import CheckpointManager
+from codec.training.cost import RunCost
 from codec.training.distributed import DistributedContext, any_rank, init_distributed, launch_rank
 from codec.training.gan_step import GANStep
+from codec.training.guards import GuardStop, Guardrails
 from codec.training.identity import identity_diff, run_identity
 from codec.training.run_lock import RunLock
 from codec.training.run_record import model_facts, start_run_record
 from codec.training.settings import TrainerConfigError, TrainerSettings
 from codec.training.status import read_status, write_status
+from codec.training.timing import format_duration
 
 log = logging.getLogger(__name__)
 # Per-codebook validation keys (valid/codebook_07_usage, ...): logged per evaluation, never as best/*.
@@ -45,6 +48,14 @@ class NonFiniteLossError(RuntimeError):
 
 class StopRequested(Exception):
     """Raised inside the loop after a preemption/time-limit signal once a checkpoint is saved."""
+
+
+class GuardStopped(Exception):
+    """Raised inside the loop when a guardrail (codec.training.guards) ends the run early."""
+
+    def __init__(self, stop: GuardStop) -> None:
+        super().__init__(stop.reason)
+        self.stop = stop
 
 
 def rng_state() -> dict[str, Any]:
@@ -68,14 +79,6 @@ def set_rng_state(rng: dict[str, Any]) -> None:
                          numpy_state["has_gauss"], numpy_state["gauss"]))
     version, internal, gauss_next = rng["python"]
     random.setstate((version, tuple(internal), gauss_next))
-
-
-def format_duration(seconds: float) -> str:
-    """1h02m, 3m05s, 42s: for ETAs in log lines."""
-    seconds = max(0, int(round(seconds)))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -123,6 +126,9 @@ class Trainer:
         self.data = build(cfg.data, "data")
         self.data.prepare()  # missing paths and unusable folders fail here, before training
         self.evaluator: Evaluator = build(cfg.eval, "eval")
+        # Guardrails that end a run which cannot succeed (guard=off: none).
+        self.guards: Guardrails | None = build(cfg.guard, "guard") if cfg.get("guard") else None
+        self.guard_stop: GuardStop | None = None
         if not self.dist.is_main:
             self.logger: RunLogger = NullLogger()  # only rank 0 talks to the tracker
         else:
@@ -131,6 +137,8 @@ class Trainer:
         self._check_segment()
 
         self.checkpoints = self._checkpoint_manager()
+        s = self.settings
+        self.cost = RunCost(self.device, self.dist.world_size, s.batch_size * s.segment_seconds * self.dist.world_size)
         self.step = 0
         self.best_value: float | None = None
         self.best_metrics: dict[str, float] = {}
@@ -186,6 +194,8 @@ class Trainer:
             "best_metrics": self.best_metrics,
             "run_id": self.run_id,
             "rng": rng_state(),
+            "guards": self.guards.state_dict() if self.guards is not None else {},
+            "cost": self.cost.state_dict(),
         }
         return state
 
@@ -203,6 +213,9 @@ class Trainer:
         self.best_value = state.get("best_value")
         self.best_metrics = state.get("best_metrics", {})
         self.run_id = state.get("run_id")
+        if self.guards is not None:
+            self.guards.load_state_dict(state.get("guards", {}))
+        self.cost.load_state_dict(state.get("cost", {}))
         set_rng_state(state["rng"])
 
     def save_checkpoint(self) -> Path | None:
@@ -284,7 +297,10 @@ class Trainer:
         self._raise_if_nonfinite(all_ranks=False)
         if not self.dist.is_main:
             return
-        metrics = self._log_eval("valid", self.evaluate("valid"))
+        result = self.evaluate("valid")
+        metrics = self._log_eval("valid", result)
+        if self.guards is not None and self.guard_stop is None:
+            self.guard_stop = self.guards.after_evaluation(self.step, result.metrics, result.codebook)
         key = self.settings.best_metric
         if key not in metrics:
             raise ConfigError(f"trainer.best_metric={key!r} is not among the validation metrics {sorted(metrics)[:12]}...")
@@ -316,9 +332,14 @@ class Trainer:
         """
         try:
             self._resume()
+            self.cost.start(self.step)
             status = read_status(self.run_dir)
             if status.get("state") == "finished" and self.step >= self.settings.max_steps:
                 log.info("run in %s already finished at step %d; nothing to do", self.run_dir, self.step)
+                return status
+            if status.get("state") == "stopped_early" and status.get("guard_settings") == self.config.get("guard"):
+                log.info("run in %s was stopped at step %d by a guardrail (%s); nothing to do. Loosen guard.* or pick "
+                         "guard=off to train it on", self.run_dir, self.step, status.get("reason"))
                 return status
             if self.dist.is_main:
                 self._start_logging()
@@ -328,9 +349,16 @@ class Trainer:
                 if skipped:
                     self.logger.set_tags({"skipped_checkpoints": "; ".join(f"{k}: {v}" for k, v in skipped.items())[:5000]})
             if self.step == 0 and self.settings.eval_at_start and self.dist.is_main:
-                self._log_eval("valid", self.evaluate("valid"))  # the untrained baseline
+                baseline = self.evaluate("valid")  # the untrained baseline
+                self._log_eval("valid", baseline)
+                if self.guards is not None:
+                    self.guards.after_evaluation(0, baseline.metrics, baseline.codebook)
             self._loop()
             return self._finish()
+        except GuardStopped as stopped:
+            if self.dist.is_main:
+                self._record_guard_stop(stopped.stop)
+            return read_status(self.run_dir)
         except StopRequested:
             if self.dist.is_main:
                 by_user = self.stop_signal == signal.SIGINT
@@ -366,6 +394,15 @@ class Trainer:
         except Exception as tracking_error:  # never hide the original failure behind a tracking one
             log.error("could not record the failure in the tracker: %s", tracking_error)
 
+    def _record_guard_stop(self, stop: GuardStop) -> None:
+        """A guardrail ended the run: status, tracker tag and status say which and why; the sweep goes on."""
+        write_status(self.run_dir, state="stopped_early", guard=stop.guard, reason=stop.reason, stopped_at_step=stop.step,
+                     guard_settings=self.config.get("guard"))
+        self.logger.set_tags({"guard": stop.guard, "stop_reason": stop.reason[:5000]})
+        self.logger.finish("KILLED")
+        log.warning("stopped early at step %d by guardrail %s: %s; checkpoint %s kept", stop.step, stop.guard, stop.reason,
+                    self.checkpoints.latest)
+
     def _save_rank_quantizer_state(self) -> None:
         """Each rank's codebooks, so their agreement across ranks can be checked."""
         path = self.run_dir / "ranks" / f"rank{self.dist.rank}_quantizer.pt"
@@ -400,20 +437,26 @@ class Trainer:
                 values = {k: float(v) for k, v in {**metrics, **window_max}.items()}
                 values["train/throughput_audio_seconds_per_second"] = window_steps * s.batch_size * s.segment_seconds / max(now - window_start, 1e-9)
                 values["train/lr_generator"] = self.gan.opt_g.param_groups[0]["lr"]
+                values.update(self.cost.metrics(self.step))
                 self.logger.log_metrics(values, self.step)
+                if self.guards is not None and self.guard_stop is None:
+                    self.guard_stop = self.guards.after_log(self.step, values)
                 eta = (now - loop_start) / (self.step - loop_first_step) * (s.max_steps - self.step)
                 loss_d = values.get("train/loss_discriminator")
                 log.info("step %d/%d (%d%%): loss_g=%.4f loss_d=%s mel=%.4f (%.1f audio-s/s) ETA %s", self.step, s.max_steps,
                          100 * self.step // s.max_steps, values["train/loss_generator"], "off" if loss_d is None else f"{loss_d:.4f}",
                          values["train/mel"], values["train/throughput_audio_seconds_per_second"], format_duration(eta))
-                if self.dist.is_main:
-                    write_status(self.run_dir, step=self.step)  # heartbeat for the sweep status table
+                if self.dist.is_main:  # heartbeat, cost and pace for the sweep status table
+                    write_status(self.run_dir, step=self.step, cost={k.split("/", 1)[1]: v for k, v in values.items() if k.startswith("cost/")})
                 window_start, window_steps, window_max = now, 0, {}
             if self.step % s.eval_every == 0 and self.step < s.max_steps:
                 self._validate_and_track_best()
             if self.step % s.checkpoint_every == 0:
                 self.save_checkpoint()
-            if any_rank(self.stop_requested, self.dist, self.device):
+            if any_rank(self.stop_requested or self.guard_stop is not None, self.dist, self.device):
+                if self.guard_stop is not None:
+                    self.save_checkpoint()
+                    raise GuardStopped(self.guard_stop)
                 self.stop_reason = self.stop_reason or "a stop request on another rank"
                 self.save_checkpoint()
                 log.warning("stopped at step %d after %s; checkpoint %s saved; the same command resumes",
@@ -430,7 +473,9 @@ class Trainer:
         test = self.evaluate("test")
         self._log_eval("test", test)
         self.save_checkpoint()
-        status = write_status(self.run_dir, state="finished", step=self.step,
+        cost = self.cost.metrics(self.step)
+        self.logger.log_metrics(cost, self.step)
+        status = write_status(self.run_dir, state="finished", step=self.step, cost={k.split("/", 1)[1]: v for k, v in cost.items()},
                               test={k: v for k, v in test.metrics.items() if not k.endswith("_std")})
         self.logger.finish("FINISHED")
         log.info("finished at step %d; run directory %s", self.step, self.run_dir)
