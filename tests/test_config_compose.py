@@ -225,3 +225,47 @@ def test_demo_bitrate_ladder_builds_one_two_and_four_kbps_codecs() -> None:
         assert (codec.quantizer.groups, codec.quantizer.codebook_size, cfg.trainer.max_steps) == (2, 1024, 900)
         assert len(codec.quantizer.codebooks) == 2 * codec.quantizer.layers
     assert built == {1.0: {1, 2, 3}, 2.0: {1, 2, 3}, 4.0: {1, 2, 3}}
+
+
+def test_equal_codebook_sweeps_build_the_same_budget_in_every_arrangement() -> None:
+    for name, shapes in (("equal_codebooks_4", {(1, 4), (2, 2), (4, 1)}), ("equal_codebooks_8", {(1, 8), (2, 4), (4, 2), (8, 1)})):
+        points = sweep_points(name)
+        assert len(points) == 3 * len(shapes)
+        built: dict[tuple[int, int], set[int]] = {}
+        for overrides in points:
+            cfg = compose_config(overrides)
+            codec = build_codec(cfg)
+            q = codec.quantizer
+            built.setdefault((q.groups, q.layers), set()).add(int(cfg.trainer.seed))
+            assert len(q.codebooks) == q.groups * q.layers == (4 if name.endswith("4") else 8)
+            assert codec.bitrate_kbps() == (2.0 if name.endswith("4") else 4.0)  # 1024 codes at 50 Hz
+        assert built == {shape: {1, 2, 3} for shape in shapes}
+
+
+def test_equal_bitrate_quantizers_build_four_quantizer_families_at_ten_bits_per_frame() -> None:
+    from codec.quantization import GroupResidualVQ
+    from codec.quantization.fsq import FiniteScalarQuantizer
+
+    seen = {}
+    for overrides in sweep_points("equal_bitrate_quantizers"):
+        cfg = compose_config(overrides)
+        codec = build_codec(cfg)
+        q = codec.quantizer
+        assert q.bits_per_frame() == pytest.approx(10.0) and codec.bitrate_kbps() == pytest.approx(0.5)
+        option = next(o.split("=", 1)[1] for o in overrides if o.startswith("quantizer="))
+        if isinstance(q, FiniteScalarQuantizer):
+            seen[option] = ("fsq", tuple(q.levels), q.groups)
+        else:
+            assert isinstance(q, GroupResidualVQ)
+            seen[option] = (q.rule, q.groups, q.layers, q.codebook_size)
+    assert seen == {"grvq_10bit": ("ema", 2, 1, 32), "rvq_10bit": ("ema", 1, 2, 32),
+                    "single_vq_10bit": ("ema", 1, 1, 1024), "fsq_10bit": ("fsq", (4, 4, 4, 4, 4), 1)}
+
+
+def test_every_ready_sweep_has_seeds_as_an_axis() -> None:
+    from omegaconf import OmegaConf
+
+    for path in sorted((REPO_ROOT / "sweeps").glob("*.yaml")):
+        params = OmegaConf.load(path).hydra.sweeper.params
+        assert "trainer.seed" in params, path.name
+        assert len(str(params["trainer.seed"]).split(",")) >= 3, path.name
