@@ -193,15 +193,9 @@ def test_trainer_settings_reject_bad_values_by_name() -> None:
 
 def sweep_points(name: str) -> list[list[str]]:
     """Every override list a ready sweep definition expands to (the sweeper's cross product)."""
-    import itertools
+    from codec.sweep.plan import expand_points
 
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import OmegaConf
-
-    params = OmegaConf.load(REPO_ROOT / "sweeps" / f"{name}.yaml").hydra.sweeper.params
-    parsed = OverridesParser.create().parse_overrides([f"{key}={value}" for key, value in params.items()])
-    axes = [[f"{o.get_key_element()}={value}" for value in o.sweep_string_iterator()] for o in parsed]
-    return [[f"+sweep={name}", *point] for point in itertools.product(*axes)]
+    return expand_points(name)
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (REPO_ROOT / "sweeps").glob("*.yaml")))

@@ -39,7 +39,7 @@ def guarded_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     group.mkdir(parents=True)
     for name, body in CASES.items():
         (group / f"{name}.yaml").write_text("# @package _global_\n" + body)
-    result = run(["-m", "experiment=smoke", "quantizer=grvq_ema", f"hydra.searchpath=[file://{root / 'configs'}]",
+    result = run(["-m", "experiment=smoke", "guard=default", "quantizer=grvq_ema", f"hydra.searchpath=[file://{root / 'configs'}]",
                   f"+guard_case={','.join(CASES)}", "trainer.max_steps=16", "trainer.eval_every=4", "trainer.log_every=1",
                   "trainer.eval_at_start=true", *GUARD_ARGS], cwd=root)
     assert result.returncode == 0  # guard stops are outcomes, not failures: the sweep completes
@@ -86,7 +86,7 @@ def test_guard_stops_reach_mlflow_and_the_status_table(guarded_sweep: Path) -> N
 
 
 def test_a_rerun_sweep_skips_guard_stopped_runs(guarded_sweep: Path) -> None:
-    result = run(["-m", "experiment=smoke", "quantizer=grvq_ema", f"hydra.searchpath=[file://{guarded_sweep / 'configs'}]",
+    result = run(["-m", "experiment=smoke", "guard=default", "quantizer=grvq_ema", f"hydra.searchpath=[file://{guarded_sweep / 'configs'}]",
                   f"+guard_case={','.join(CASES)}", "trainer.max_steps=16", "trainer.eval_every=4", "trainer.log_every=1",
                   "trainer.eval_at_start=true", *GUARD_ARGS], cwd=guarded_sweep)
     assert "4 already finished, 0 to launch" in result.stdout + result.stderr
@@ -132,7 +132,7 @@ def test_guard_off_and_bad_thresholds(tmp_path: Path) -> None:
         Guardrails(divergence_factor=0.5)
     with pytest.raises(ValueError, match="guard.collapse_patience=0 must be a positive integer"):
         Guardrails(collapse_patience=0)
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), "experiment=smoke", "logger=none",
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), "experiment=smoke", "guard=default", "logger=none",
                              "guard.collapse_patience=0"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert "invalid config 'guard': guard.collapse_patience=0 must be a positive integer" in result.stderr
