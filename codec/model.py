@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from codec.quantization.base import BaseQuantizer, QuantizedResult
+
+if TYPE_CHECKING:
+    from codec.streaming import StreamingCodec
 
 
 @dataclass
@@ -76,6 +80,12 @@ class Codec(nn.Module):
         """Waveform [B, 1, T] -> codes [B, groups * n_layers, ceil(T / hop_length)]."""
         padded, _ = self._pad(wav)
         return self.quantizer.encode(self.encoder(padded), n_layers)
+
+    def stream(self) -> "StreamingCodec":
+        """A chunk-by-chunk coder equal to offline coding (causal encoders only; see codec.streaming)."""
+        from codec.streaming import StreamingCodec
+
+        return StreamingCodec(self)
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor, length: int | None = None) -> torch.Tensor:

@@ -154,6 +154,7 @@ class SEANetDecoder(nn.Module):
 
     def __init__(self, settings: SEANetSettings) -> None:
         super().__init__()
+        self.settings = settings
         c = settings
         conv = dict(causal=c.causal, weight_norm=c.weight_norm)
         width = c.channels * 2 ** len(c.strides)
