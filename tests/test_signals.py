@@ -61,3 +61,34 @@ def test_signal_to_the_process_group_stops_once_with_a_checkpoint(signum: int, s
     assert json.loads(status_file.read_text())["state"] == "finished"
     weights = final_weights(run_dir)
     assert all(torch.equal(uninterrupted[k], weights[k]) for k in uninterrupted)
+
+
+PARENT_SCRIPT = """
+import concurrent.futures, multiprocessing, os, sys
+from codec.signals import ignore_stop_signals
+if __name__ == "__main__":
+    pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=ignore_stop_signals)
+    print(pool.submit(os.getpid).result(), flush=True)
+    sys.stdin.read()  # hold the pool open until killed
+"""
+
+
+def test_a_worker_that_ignores_stop_signals_dies_with_a_killed_parent(tmp_path: Path) -> None:
+    """Workers ignore SIGTERM (the main process owns the stop); a main process killed outright
+    must not leave them running forever (found: evaluation workers orphaned by a kill at pool start)."""
+    import select
+
+    script = tmp_path / "parent.py"
+    script.write_text(PARENT_SCRIPT)
+    parent = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+    worker = int(parent.stdout.readline())
+    watch = os.pidfd_open(worker)
+    try:
+        os.kill(worker, signal.SIGTERM)  # ignored: still alive
+        assert select.select([watch], [], [], 0)[0] == []
+        parent.kill()
+        parent.wait()
+        ready, _, _ = select.select([watch], [], [], 120)  # readable when the worker exits
+        assert ready == [watch], "the worker outlived its killed parent"
+    finally:
+        os.close(watch)
