@@ -9,6 +9,10 @@ import pytest
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# How long a test lets a training or sweep subprocess run before calling it hung: a guard against
+# hangs, not a speed check. Under two full test suites at once on 2 cores the README demo ran 10x
+# slower than alone (35 min instead of 4.5), so the guard is far above anything a loaded machine takes.
+HANG_GUARD_S = float(os.environ.get("TEST_HANG_GUARD_S", 3 * 3600))
 
 # Tiny model settings used wherever a test only needs *a* working codec.
 TINY_MODEL = [

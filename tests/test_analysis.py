@@ -16,14 +16,14 @@ from mlflow.tracking import MlflowClient
 
 from analysis import aggregate_seeds, load_sweep, pareto_front, pivot, plot_codebook_usage, plot_pareto, plot_training_curves
 from analysis.notebook import execute_notebook
-from tests.conftest import REPO_ROOT
+from tests.conftest import HANG_GUARD_S, REPO_ROOT
 
 
 @pytest.fixture(scope="module")
 def sweep_store(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("analysis_sweep")
     args = ["-m", "experiment=smoke", "quantizer.groups=1,2", "quantizer.layers=1,2", "trainer.seed=1,2", "trainer.max_steps=6"]
-    subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), *args], cwd=root, check=True, capture_output=True, timeout=900)
+    subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), *args], cwd=root, check=True, capture_output=True, timeout=HANG_GUARD_S)
     uri = f"sqlite:///{root / 'mlflow.db'}"
     return {"root": root, "uri": uri, "runs": root / "runs", "frame": load_sweep("smoke", runs_dir=root / "runs")}
 

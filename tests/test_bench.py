@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from codec.bench import compare_curves
-from tests.conftest import require_tool
+from tests.conftest import HANG_GUARD_S, require_tool
 
 
 PATH_FIELDS = {"step_time_s", "throughput_audio_s_per_s", "window_seconds", "breakdown_s", "first_step_losses", "loss_curves",
@@ -21,7 +21,7 @@ BREAKDOWN = {"data", "generator_forward", "discriminator_forward_backward", "gen
 def run_bench(tmp_path: Path, *args: str) -> dict:
     out = tmp_path / "bench.json"
     result = subprocess.run([sys.executable, "-m", "codec.bench", "experiment=smoke", *args, "--out", str(out)],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=900)
+                            cwd=tmp_path, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "throughput (audio-s / s)" in result.stdout and "loss curves" in result.stdout
     report = json.loads(out.read_text())

@@ -40,8 +40,13 @@ CASES = [(preset, group, option) for preset in PRESETS for group in MODEL_GROUPS
 
 def option_values(group: str, option: str) -> dict[str, Any]:
     """The option file's own literal values, as ``package.key`` (interpolations left out)."""
-    node = OmegaConf.load(config_dir() / group / f"{option}.yaml")
-    values = flatten(OmegaConf.to_container(node, resolve=False))
+    node = OmegaConf.to_container(OmegaConf.load(config_dir() / group / f"{option}.yaml"), resolve=False)
+    values: dict[str, Any] = {}
+    # An option built on another of its group (defaults: [seanet, _self_]) says what that one says, then its own keys.
+    for base in node.pop("defaults", []):
+        if isinstance(base, str) and base != "_self_":
+            values.update({k.split(".", 1)[1]: v for k, v in option_values(group, base).items()})
+    values.update(flatten(node))
     # Discriminator files nest their node under their own name inside the multi-select group.
     prefix = "discriminator." if group == "discriminator" else option_package(group, option) + "."
     return {prefix + k: v for k, v in values.items() if not k.endswith("_target_") and not (isinstance(v, str) and v.startswith("${"))}

@@ -24,7 +24,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from tests.audio_fixtures import espeak_corpus
-from tests.conftest import REPO_ROOT
+from tests.conftest import HANG_GUARD_S, REPO_ROOT
 
 TRAIN = str(REPO_ROOT / "train.py")
 SMOKE = ["experiment=smoke"]
@@ -36,7 +36,7 @@ def start(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subp
 
 
 def train(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, TRAIN, *args], cwd=cwd, capture_output=True, text=True, timeout=900)
+    result = subprocess.run([sys.executable, TRAIN, *args], cwd=cwd, capture_output=True, text=True, timeout=HANG_GUARD_S)
     if check and result.returncode != 0:
         raise AssertionError(f"train.py failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
     return result
@@ -150,7 +150,7 @@ def assert_concurrent_runs_all_finish(tmp_path: Path, tracking_uri: str, count: 
     small = ["trainer.max_steps=1", "trainer.log_every=1", "data.utterances.train=4", "data.utterances.valid=1", "data.utterances.test=1"]
     processes = [start([*SMOKE, *small, f"logger.tracking_uri={tracking_uri}", f"hydra.run.dir={tmp_path / f'run{i}'}", f"trainer.seed={i}"],
                        cwd=tmp_path, env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}) for i in range(count)]
-    outputs = [p.communicate(timeout=900)[0] for p in processes]
+    outputs = [p.communicate(timeout=HANG_GUARD_S)[0] for p in processes]
     for process, output in zip(processes, outputs):
         assert process.returncode == 0, output[-3000:]
     client = MlflowClient(tracking_uri=tracking_uri)
@@ -192,7 +192,7 @@ def test_a_second_identical_command_is_refused_while_the_first_runs(tmp_path: Pa
     assert second.returncode != 0
     assert f"is being trained by another process (pid {first.pid}" in second.stdout + second.stderr
     assert json.loads(status_file.read_text())["state"] == "running"  # the refused command wrote nothing
-    assert first.wait(timeout=900) == 0
+    assert first.wait(timeout=HANG_GUARD_S) == 0
     status = json.loads(status_file.read_text())
     assert status["state"] == "finished"
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import HANG_GUARD_S, REPO_ROOT
 
 TRAIN = str(REPO_ROOT / "train.py")
 STEPS = 24
@@ -29,7 +29,7 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> dict[str, torch.Tensor]:
     root = tmp_path_factory.mktemp("uninterrupted")
-    subprocess.run([sys.executable, TRAIN, *ARGS, f"hydra.run.dir={root / 'run'}"], cwd=root, check=True, capture_output=True, timeout=900)
+    subprocess.run([sys.executable, TRAIN, *ARGS, f"hydra.run.dir={root / 'run'}"], cwd=root, check=True, capture_output=True, timeout=HANG_GUARD_S)
     return final_weights(root / "run")
 
 
@@ -56,7 +56,7 @@ def test_signal_to_the_process_group_stops_once_with_a_checkpoint(signum: int, s
     saved = torch.load(run_dir / "checkpoints" / "latest.pt", map_location="cpu", weights_only=True)["step"]
     assert saved == status["step"] == status["checkpoint_step"] and 8 <= saved < STEPS
 
-    resumed = subprocess.run([sys.executable, TRAIN, *ARGS, f"hydra.run.dir={run_dir}"], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    resumed = subprocess.run([sys.executable, TRAIN, *ARGS, f"hydra.run.dir={run_dir}"], cwd=tmp_path, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert resumed.returncode == 0 and f"at step {saved}" in resumed.stdout + resumed.stderr
     assert json.loads(status_file.read_text())["state"] == "finished"
     weights = final_weights(run_dir)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import REPO_ROOT, require_tool
+from tests.conftest import HANG_GUARD_S, REPO_ROOT, require_tool
 from tests.test_sweeps import TINY_RUN
 
 pytestmark = pytest.mark.slurm
@@ -31,7 +31,7 @@ def slurm_cluster() -> None:
 
 def sweep(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), "-m", *SLURM, *args], cwd=cwd,
-                            capture_output=True, text=True, timeout=1200)
+                            capture_output=True, text=True, timeout=HANG_GUARD_S)
     if check and result.returncode != 0:
         raise AssertionError(f"sweep failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
     return result

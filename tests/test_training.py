@@ -20,12 +20,12 @@ from mlflow.tracking import MlflowClient
 from codec.data.datasets import SegmentDataset
 from codec.data.manifest import scan_folder
 from tests.audio_fixtures import espeak_corpus
-from tests.conftest import REPO_ROOT, TINY_MODEL
+from tests.conftest import HANG_GUARD_S, REPO_ROOT, TINY_MODEL
 
 TRAIN = str(REPO_ROOT / "train.py")
 
 
-def train(args: list[str], cwd: Path, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
+def train(args: list[str], cwd: Path, check: bool = True, timeout: float = HANG_GUARD_S) -> subprocess.CompletedProcess:
     result = subprocess.run([sys.executable, TRAIN, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"train.py failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
