@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import json
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -109,13 +110,11 @@ class PathRunner:
             torch.cuda.synchronize(self.device)
 
     def timed_window(self, batches: Sequence[torch.Tensor]) -> None:
-        with self.own_rng():
-            self.sync()
-            start = time.perf_counter()
-            for batch in batches:
-                self.step(batch)
-            self.sync()
-            self.window_seconds.append(time.perf_counter() - start)
+        self.sync()
+        start = time.perf_counter()
+        self.steps(batches)
+        self.sync()
+        self.window_seconds.append(time.perf_counter() - start)
 
 
 def draw_batches(trainer: Trainer, count: int) -> list[torch.Tensor]:
@@ -133,10 +132,7 @@ def same_weights(a: Trainer, b: Trainer) -> bool:
 def interleaved_ratios(reference: Sequence[float], candidate: Sequence[float]) -> dict[str, Any]:
     """Per window pair, reference time / candidate time (above 1: the candidate is faster)."""
     ratios = [r / c for r, c in zip(reference, candidate)]
-    ordered = sorted(ratios)
-    middle = len(ordered) // 2
-    median = ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-    return {"median": median, "min": ordered[0], "max": ordered[-1], "per_window_pair": ratios}
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios), "per_window_pair": ratios}
 
 
 def compare_curves(reference: dict[str, list[float]], candidate: dict[str, list[float]], window: int) -> dict[str, Any]:
@@ -223,7 +219,7 @@ def run(overrides: Sequence[str], windows: int, window_steps: int, warmup: int, 
         settings = {runner.label: runner.settings() for runner in runners}
         results = {}
         for runner in runners:
-            step_time = sorted(runner.window_seconds)[len(runner.window_seconds) // 2] / window_steps  # median window
+            step_time = statistics.median(runner.window_seconds) / window_steps
             results[runner.label] = {
                 "step_time_s": step_time,
                 "throughput_audio_s_per_s": audio_per_step / step_time,

@@ -32,6 +32,13 @@ EXPECTED = {"collapse": COLLAPSE, "diverge": DIVERGENCE, "overpower": OVERPOWERI
 GUARD_ARGS = ["guard.collapse_min_perplexity=1.1", "guard.overpowering_max_discriminator_loss=1.9", "guard.overpowering_patience=3"]
 
 
+def sweep_args(root: Path) -> list[str]:
+    """The guarded sweep: the four cases of CASES (a config group under ``root/configs``) on the smoke codec."""
+    return ["-m", "experiment=smoke", "guard=default", "quantizer=grvq_ema", f"hydra.searchpath=[file://{root / 'configs'}]",
+            f"+guard_case={','.join(CASES)}", "trainer.max_steps=16", "trainer.eval_every=4", "trainer.log_every=1",
+            "trainer.eval_at_start=true", *GUARD_ARGS]
+
+
 @pytest.fixture(scope="module")
 def guarded_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("guarded")
@@ -39,9 +46,7 @@ def guarded_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     group.mkdir(parents=True)
     for name, body in CASES.items():
         (group / f"{name}.yaml").write_text("# @package _global_\n" + body)
-    result = run(["-m", "experiment=smoke", "guard=default", "quantizer=grvq_ema", f"hydra.searchpath=[file://{root / 'configs'}]",
-                  f"+guard_case={','.join(CASES)}", "trainer.max_steps=16", "trainer.eval_every=4", "trainer.log_every=1",
-                  "trainer.eval_at_start=true", *GUARD_ARGS], cwd=root)
+    result = run(sweep_args(root), cwd=root)
     assert result.returncode == 0  # guard stops are outcomes, not failures: the sweep completes
     return root
 
@@ -86,9 +91,7 @@ def test_guard_stops_reach_mlflow_and_the_status_table(guarded_sweep: Path) -> N
 
 
 def test_a_rerun_sweep_skips_guard_stopped_runs(guarded_sweep: Path) -> None:
-    result = run(["-m", "experiment=smoke", "guard=default", "quantizer=grvq_ema", f"hydra.searchpath=[file://{guarded_sweep / 'configs'}]",
-                  f"+guard_case={','.join(CASES)}", "trainer.max_steps=16", "trainer.eval_every=4", "trainer.log_every=1",
-                  "trainer.eval_at_start=true", *GUARD_ARGS], cwd=guarded_sweep)
+    result = run(sweep_args(guarded_sweep), cwd=guarded_sweep)
     assert "4 already finished, 0 to launch" in result.stdout + result.stderr
 
 

@@ -22,7 +22,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
-from codec.config import build_codec, build_discriminator, build_loss, compose_config, config_dir
+from codec.config import build_codec, build_discriminator, build_loss, compose_config, config_dir, count_parameters
 from codec.training.distributed import DistributedContext
 from codec.training.gan_step import GANStep
 from codec.training.settings import TrainerSettings, adversarial_from
@@ -57,30 +57,38 @@ def training_flops_per_audio_second(cfg: Any) -> float:
 
 def plan(sweep: str, overrides: Sequence[str] = (), flops_per_second: float | None = None) -> list[dict[str, Any]]:
     """One row per run of the sweep, in launch order."""
-    rows, flops_cache = [], {}
+    rows, designs = [], {}
     for point in expand_points(sweep, overrides):
         cfg = compose_config(point)
-        design = tuple(o for o in point if not o.startswith("trainer.seed="))  # seeds share a design's compute
-        if design not in flops_cache:
-            flops_cache[design] = training_flops_per_audio_second(cfg)
-        codec = build_codec(cfg)
+        design = tuple(o for o in point if not o.startswith("trainer.seed="))  # seeds share a design's model and compute
+        if design not in designs:
+            designs[design] = design_facts(cfg)
+        facts = designs[design]
         s = cfg.trainer
         audio_seconds = float(s.batch_size) * float(s.segment_seconds) * int(s.max_steps)
-        total = flops_cache[design] * audio_seconds
+        total = facts["training_flops_per_audio_second"] * audio_seconds
         rows.append({
             "run": " ".join(o for o in point[1:] if o not in overrides),
-            "sample_rate": codec.sample_rate,
-            "bitrate_kbps": codec.bitrate_kbps(),
-            "tokens_per_second": codec.tokens_per_second(),
-            "params_generator": sum(p.numel() for p in codec.parameters()),
-            "params_discriminator": sum(p.numel() for p in build_discriminator(cfg).parameters()),
-            "training_flops_per_audio_second": flops_cache[design],
+            **facts,
             "steps": int(s.max_steps),
             "audio_seconds_seen": audio_seconds,
             "training_pflops": total / 1e15,
             "gpu_hours": total / flops_per_second / 3600.0 if flops_per_second else None,
         })
     return rows
+
+
+def design_facts(cfg: Any) -> dict[str, Any]:
+    """What a design costs and delivers, from the objects it builds."""
+    codec = build_codec(cfg)
+    return {
+        "sample_rate": codec.sample_rate,
+        "bitrate_kbps": codec.bitrate_kbps(),
+        "tokens_per_second": codec.tokens_per_second(),
+        "params_generator": count_parameters(codec),
+        "params_discriminator": count_parameters(build_discriminator(cfg)),
+        "training_flops_per_audio_second": training_flops_per_audio_second(cfg),
+    }
 
 
 def throughput_from_bench(path: Path) -> float:
