@@ -1,9 +1,10 @@
 """``python -m codec.bench [hydra overrides] [--windows N] [--window-steps K] [--paths A,B] [--out FILE]``
 
-Measures the training step of any composition, eager fp32 against the fast path, in one run,
-interleaved (A B, B A, ... in windows of K steps on the same initial weights and batches) so a
-change in machine speed during the run cancels out of each ratio: the speedup is reported per
-window pair with its median, minimum and maximum. Also: throughput (audio-seconds per second),
+Measures the training step of any composition, eager fp32 against the fast path (or any two
+paths of ``PATH_OVERRIDES``), in one run, interleaved (A B, B A, ... in windows of K steps on the
+same initial weights and batches, each path in its own process) so a change in machine speed
+during the run cancels out of each ratio: the speedup is reported per window pair with its
+median, minimum and maximum. Also: throughput (audio-seconds per second),
 the step split into generator forward,
 discriminator forward+backward, generator backward and optimizer, peak host and device memory,
 model FLOPs per audio-second (and on GPU the achieved fraction of peak), whether both paths give
@@ -15,19 +16,24 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
+import multiprocessing
 import platform
 import statistics
 import sys
 import tempfile
 import time
+import traceback
+from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from codec.config import compose_config
+from codec.signals import die_with_parent
 from codec.tracking import NullLogger
 from codec.training.cost import peak_host_memory_mb
 from codec.training.timing import NO_TIMING, PhaseTimer
@@ -39,9 +45,13 @@ MIN_CURVE_STEPS = 60
 PHASES = ("data", "generator_forward", "discriminator_forward_backward", "generator_backward", "optimizer")
 # Dense bf16 tensor-core peaks (FLOP/s) by device-name fragment, for the achieved fraction.
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "V100": 125e12}
+EAGER = ["trainer.bf16=false", "trainer.compile=false", "trainer.fused_optimizer=false"]
 PATH_OVERRIDES = {
-    "eager": ["trainer.bf16=false", "trainer.compile=false", "trainer.fused_optimizer=false"],
+    "eager": EAGER,
     "fast": ["trainer.bf16=true", "trainer.fused_optimizer=auto"],
+    # eager as the step ran before the CPU work of issue 16: the allocator hands freed memory back
+    # to the kernel, and real audio goes through the generator's discriminator pass with autograd
+    "plain": [*EAGER, "trainer.retain_host_memory=false", "trainer.real_features_without_grad=false"],
 }
 
 
@@ -61,44 +71,34 @@ def count_flops(trainer: Trainer, batch: torch.Tensor) -> float:
 
 
 class PathRunner:
-    """One configured path (its own trainer, weights and optimizer state) stepping through shared batches."""
+    """One configured path (its own trainer, weights and optimizer state) stepping through the
+    benchmark's batches. It lives in its own process (:class:`PathProcess`), so process-wide
+    settings such as the host allocator (``trainer.retain_host_memory``) and the random stream
+    belong to the path alone."""
 
-    def __init__(self, label: str, path: str, overrides: Sequence[str], workdir: Path) -> None:
+    def __init__(self, label: str, path: str, overrides: Sequence[str], workdir: Path, batch_count: int) -> None:
         # Whole GAN steps are measured, also for compositions (the demo) that start their discriminators late.
         cfg = compose_config(["trainer.discriminator_start_step=0", *overrides, *PATH_OVERRIDES[path], "trainer.eval_at_start=false",
                               "logger=none"])
         self.label, self.path = label, path
-        self.trainer = Trainer(cfg, workdir / label.replace(" ", "_"), logger=NullLogger())
+        self.trainer = Trainer(cfg, workdir / label.replace(" ", "_").replace("(", "").replace(")", ""), logger=NullLogger())
         self.device = self.trainer.device
+        self.batches = draw_batches(self.trainer, batch_count)
         self.curve: list[torch.Tensor] = []  # per-step losses, kept on the device: recording them never syncs
         self.window_seconds: list[float] = []
         self.timer = PhaseTimer(self.device, synchronize=True)
-        # Its own random stream (dead-code draws, dropout), as if it ran alone: interleaving must not
-        # make one path's draws depend on the other's.
-        self.rng = torch.get_rng_state()
-        self.cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
 
-    @contextlib.contextmanager
-    def own_rng(self) -> Iterator[None]:
-        torch.set_rng_state(self.rng)
-        if self.cuda_rng is not None:
-            torch.cuda.set_rng_state(self.cuda_rng, self.device)
-        try:
-            yield
-        finally:
-            self.rng = torch.get_rng_state()
-            if self.cuda_rng is not None:
-                self.cuda_rng = torch.cuda.get_rng_state(self.device)
+    def fingerprint(self) -> dict[str, str]:
+        """Digests of the initial weights and of the batches, to check both paths start alike."""
+        weights = hashlib.sha256()
+        for key, value in sorted(self.trainer.codec.state_dict().items()):
+            weights.update(key.encode() + value.detach().cpu().contiguous().numpy().tobytes())
+        batches = hashlib.sha256(b"".join(batch.numpy().tobytes() for batch in self.batches))
+        return {"weights": weights.hexdigest(), "batches": batches.hexdigest()}
 
-    def steps(self, batches: Sequence[torch.Tensor], timer=NO_TIMING) -> None:
-        with self.own_rng():
-            for batch in batches:
-                self.step(batch, timer)
-
-    def settings(self) -> dict[str, Any]:
-        s, gan = self.trainer.settings, self.trainer.gan
-        return {"bf16": gan.autocast_enabled, "compile": gan.compile_enabled, "fused_optimizer": gan.opt_g.defaults.get("fused"),
-                "batch_size": s.batch_size, "segment_seconds": s.segment_seconds, "num_workers": s.num_workers}
+    def steps(self, start: int, end: int, timed_phases: bool = False) -> None:
+        for batch in self.batches[start:end]:
+            self.step(batch, self.timer if timed_phases else NO_TIMING)
 
     def step(self, batch: torch.Tensor, timer=NO_TIMING) -> None:
         metrics = self.trainer.gan.train_step(batch.to(self.device, non_blocking=True), self.trainer.step, timer)
@@ -109,24 +109,104 @@ class PathRunner:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def timed_window(self, batches: Sequence[torch.Tensor]) -> None:
+    def timed_window(self, start: int, end: int) -> float:
+        if not self.window_seconds and self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
         self.sync()
-        start = time.perf_counter()
-        self.steps(batches)
+        begin = time.perf_counter()
+        self.steps(start, end)
         self.sync()
-        self.window_seconds.append(time.perf_counter() - start)
+        self.window_seconds.append(time.perf_counter() - begin)
+        return self.window_seconds[-1]
+
+    def count_flops(self) -> float:
+        return count_flops(self.trainer, self.batches[0].to(self.device))
+
+    def report(self, breakdown_steps: int) -> dict[str, Any]:
+        s, gan = self.trainer.settings, self.trainer.gan
+        return {
+            "window_seconds": self.window_seconds,
+            "breakdown_s": {phase: self.timer.totals.get(phase, 0.0) / max(breakdown_steps, 1) for phase in PHASES},
+            "first_step_losses": {k: float(v) for k, v in zip(CURVE_KEYS, self.curve[0])},
+            "loss_curves": {k: values.tolist() for k, values in zip(CURVE_KEYS, torch.stack(self.curve).cpu().unbind(1))},
+            "host_peak_mb": peak_host_memory_mb(),
+            "device_peak_mb": torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda" else None,
+            "settings": {"bf16": gan.autocast_enabled, "compile": gan.compile_enabled, "fused_optimizer": gan.opt_g.defaults.get("fused"),
+                         "retain_host_memory": s.retain_host_memory, "real_features_without_grad": s.real_features_without_grad,
+                         "batch_size": s.batch_size, "segment_seconds": s.segment_seconds, "num_workers": s.num_workers},
+            "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda"
+            else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+            "audio_seconds_per_step": s.batch_size * s.segment_seconds,
+            "peak_flops_bf16": peak_flops(self.device),
+        }
+
+
+def serve_path(connection: Connection, label: str, path: str, overrides: Sequence[str], workdir: str, batch_count: int) -> None:
+    """The body of a path's process: build the runner, then answer (method, args) requests in turn."""
+    die_with_parent()
+    try:
+        runner = PathRunner(label, path, overrides, Path(workdir), batch_count)
+        connection.send((True, runner.fingerprint()))
+        while True:
+            method, args = connection.recv()
+            if method == "close":
+                return
+            connection.send((True, getattr(runner, method)(*args)))
+    except BaseException as error:  # noqa: BLE001 - reported to the parent, which raises it
+        connection.send((False, f"{type(error).__name__}: {error}\n{traceback.format_exc()}"))
+
+
+class PathProcess:
+    """A :class:`PathRunner` in a process of its own. While one path runs its window, the other
+    waits on its pipe and uses no CPU, so interleaving still compares the two on the same machine
+    state; unlike two runners in one process, a process-wide setting cannot leak between them."""
+
+    def __init__(self, label: str, path: str, overrides: Sequence[str], workdir: Path, batch_count: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.label = label
+        self.connection, child = context.Pipe()
+        self.process = context.Process(target=serve_path, args=(child, label, path, list(overrides), str(workdir), batch_count),
+                                       name=f"bench-{path}")
+        self.process.start()
+        child.close()
+        self._fingerprint: dict[str, str] | None = None
+
+    def _answer(self) -> Any:
+        try:
+            ok, value = self.connection.recv()
+        except EOFError:
+            raise RuntimeError(f"benchmark path {self.label!r}: its process ended without answering "
+                               f"(exit code {self.process.exitcode}; killed for memory?)") from None
+        if not ok:
+            raise RuntimeError(f"benchmark path {self.label!r} failed:\n{value}")
+        return value
+
+    def fingerprint(self) -> dict[str, str]:
+        if self._fingerprint is None:
+            self._fingerprint = self._answer()
+        return self._fingerprint
+
+    def call(self, method: str, *args: Any) -> Any:
+        self.fingerprint()
+        self.connection.send((method, args))
+        return self._answer()
+
+    def close(self) -> None:
+        if self.process.is_alive():
+            with contextlib.suppress(OSError):
+                self.connection.send(("close", ()))
+            self.process.join(timeout=60)
+            if self.process.is_alive():
+                self.process.kill()
+        self.connection.close()
 
 
 def draw_batches(trainer: Trainer, count: int) -> list[torch.Tensor]:
-    """The training stream's first ``count`` batches, drawn once so every path sees the same ones."""
+    """The training stream's first ``count`` batches: the same ones in every path (the stream is a
+    pure function of the seed and the sample index)."""
     s = trainer.settings
     loader = iter(trainer.data.train_loader(s.batch_size, s.segment_seconds, s.seed, 0, count + 1, num_workers=0))
     return [next(loader) for _ in range(count)]
-
-
-def same_weights(a: Trainer, b: Trainer) -> bool:
-    first, second = a.codec.state_dict(), b.codec.state_dict()
-    return first.keys() == second.keys() and all(torch.equal(first[k].cpu(), second[k].cpu()) for k in first)
 
 
 def interleaved_ratios(reference: Sequence[float], candidate: Sequence[float]) -> dict[str, Any]:
@@ -197,41 +277,36 @@ def run(overrides: Sequence[str], windows: int, window_steps: int, warmup: int, 
     thermal throttling) hits both sides of a ratio alike; the report gives their median and range.
     """
     labels = path_labels(paths)
+    measured = windows * window_steps
+    total = warmup + measured + breakdown_steps
     with tempfile.TemporaryDirectory() as tmp:
-        runners = [PathRunner(label, path, overrides, Path(tmp)) for label, path in zip(labels, paths)]
-        first, second = runners
-        measured = windows * window_steps
-        batches = draw_batches(first.trainer, warmup + measured + breakdown_steps)
-        initial_weights_equal = same_weights(first.trainer, second.trainer)
-        for runner in runners:
-            runner.steps(batches[:warmup])  # compilation and allocator warm-up, outside the timing
-        if first.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(first.device)
-        for window in range(windows):
-            chunk = batches[warmup + window * window_steps: warmup + (window + 1) * window_steps]
-            for runner in (runners if window % 2 == 0 else runners[::-1]):
-                runner.timed_window(chunk)
-        for runner in runners:
-            runner.steps(batches[warmup + measured:], runner.timer)
-        flops = count_flops(first.trainer, batches[0].to(first.device))
-        device = first.device
-        audio_per_step = first.trainer.settings.batch_size * first.trainer.settings.segment_seconds
-        settings = {runner.label: runner.settings() for runner in runners}
-        results = {}
-        for runner in runners:
-            step_time = statistics.median(runner.window_seconds) / window_steps
-            results[runner.label] = {
-                "step_time_s": step_time,
-                "throughput_audio_s_per_s": audio_per_step / step_time,
-                "window_seconds": runner.window_seconds,
-                "breakdown_s": {phase: runner.timer.totals.get(phase, 0.0) / max(breakdown_steps, 1) for phase in PHASES},
-                "first_step_losses": {k: float(v) for k, v in zip(CURVE_KEYS, runner.curve[0])},
-                "loss_curves": {k: values.tolist() for k, values in zip(CURVE_KEYS, torch.stack(runner.curve).cpu().unbind(1))},
-                "host_peak_mb": peak_host_memory_mb(),
-                "device_peak_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
-                "settings": settings[runner.label],
-            }
-    peak = peak_flops(device)
+        runners = [PathProcess(label, path, overrides, Path(tmp), total) for label, path in zip(labels, paths)]
+        try:
+            first, second = (runner.fingerprint() for runner in runners)
+            initial_weights_equal = first["weights"] == second["weights"]
+            if first["batches"] != second["batches"]:
+                raise RuntimeError("the two paths drew different batches; the comparison would mean nothing")
+            for runner in runners:
+                runner.call("steps", 0, warmup)  # compilation and allocator warm-up, outside the timing
+            for window in range(windows):
+                start = warmup + window * window_steps
+                for runner in (runners if window % 2 == 0 else runners[::-1]):
+                    runner.call("timed_window", start, start + window_steps)
+            for runner in runners:
+                runner.call("steps", warmup + measured, total, True)
+            flops = runners[0].call("count_flops")
+            reports = {runner.label: runner.call("report", breakdown_steps) for runner in runners}
+        finally:
+            for runner in runners:
+                runner.close()
+    reference_report = reports[labels[0]]
+    device_name, audio_per_step, peak = (reference_report[k] for k in ("device", "audio_seconds_per_step", "peak_flops_bf16"))
+    settings = {label: report["settings"] for label, report in reports.items()}
+    results = {}
+    for label, report in reports.items():
+        step_time = statistics.median(report["window_seconds"]) / window_steps
+        results[label] = {"step_time_s": step_time, "throughput_audio_s_per_s": audio_per_step / step_time,
+                          **{k: v for k, v in report.items() if k not in ("device", "audio_seconds_per_step", "peak_flops_bf16")}}
     for result in results.values():
         achieved = flops / result["step_time_s"]
         result["achieved_flops_per_s"] = achieved
@@ -249,10 +324,10 @@ def run(overrides: Sequence[str], windows: int, window_steps: int, warmup: int, 
                   "reason": f"{curve_steps} steps are too few to compare loss curves (at least {MIN_CURVE_STEPS}); only the first step is compared"}
     return {
         "overrides": list(overrides),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "device": device_name,
         "torch": torch.__version__,
-        "method": f"interleaved: {windows} windows of {window_steps} steps per path, order alternating per pair, same initial weights "
-                  f"and batches; ratio per window pair ({labels[0]} time / {labels[1]} time)",
+        "method": f"interleaved: {windows} windows of {window_steps} steps per path, order alternating per pair, each path in its own "
+                  f"process, same initial weights and batches; ratio per window pair ({labels[0]} time / {labels[1]} time)",
         "windows": windows,
         "window_steps": window_steps,
         "initial_weights_equal": initial_weights_equal,
@@ -319,7 +394,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--eval-utterances", type=int, default=8, help="utterances for the evaluation speed test (0: skip)")
     parser.add_argument("--curve-window", type=int, default=20, help="steps per window when comparing the two loss curves")
     parser.add_argument("--paths", default="eager,fast", help=f"the two paths to compare, A,B from {sorted(PATH_OVERRIDES)} "
-                                                               "(eager,eager measures the machine's noise)")
+                                                               "(eager,eager measures the machine's noise; plain,eager what the CPU "
+                                                               "optimizations of the step give)")
     parser.add_argument("--out", default="bench.json", help="where to write the JSON report")
     args = parser.parse_args(argv)
     paths = args.paths.split(",")

@@ -147,3 +147,47 @@ def test_discriminators_do_not_run_before_their_start_step(tmp_path) -> None:
     metrics = trainer.gan.train_step(batch, 2)
     assert "train/loss_discriminator" in metrics and float(metrics.get("train/adversarial", 0.0)) != 0.0
     assert not all(torch.equal(a, b) for a, b in zip(before, trainer.discriminator.parameters()))
+
+
+def test_step_speedups_keep_every_loss_and_update(tmp_path) -> None:
+    """The CPU speed-ups of the training step change no number beyond float rounding: real audio
+    through the generator's discriminator pass without autograd, in-place activations in the
+    discriminators, and the retained host allocator, against the step as it ran before them
+    (one batched pass with autograd, out-of-place activations, default allocator), over three
+    steps of every discriminator from the same weights and batches."""
+    from torch import nn
+
+    from codec.config import compose_config
+    from codec.tracking import NullLogger
+    from codec.training.trainer import Trainer
+
+    def trainer(name: str, optimized: bool) -> Trainer:
+        overrides = ["experiment=smoke", "discriminator=[msstft,mpd,msd,mrd]", "discriminator.mrd.channels=4",
+                     "discriminator.msd.channels=[4,8,8,8,8,8,8]", "discriminator.mpd.channels=[4,8,8,8,8]",
+                     "trainer.discriminator_warmup_steps=0", f"paths.cache={tmp_path / 'cache'}", "logger=none",
+                     f"trainer.real_features_without_grad={optimized}", f"trainer.retain_host_memory={optimized}"]
+        built = Trainer(compose_config(overrides), tmp_path / name, logger=NullLogger())
+        for module in built.discriminator.modules():
+            if isinstance(module, nn.LeakyReLU):
+                assert module.inplace  # the default now
+                module.inplace = optimized
+        return built
+
+    before, after = trainer("before", optimized=False), trainer("after", optimized=True)
+    assert after.gan.settings.real_features_without_grad and not before.gan.settings.real_features_without_grad
+    generator = torch.Generator().manual_seed(0)
+    for step in range(3):
+        batch = 0.1 * torch.randn(2, 1, 4000, generator=generator)
+        torch.manual_seed(step)  # the same dead-code draws on both sides
+        old = before.gan.train_step(batch, step)
+        torch.manual_seed(step)
+        new = after.gan.train_step(batch, step)
+        assert old.keys() == new.keys() and "train/feature" in new and "train/loss_discriminator" in new
+        for key in old:
+            assert torch.allclose(old[key], new[key], rtol=1e-5, atol=1e-6), (step, key, old[key], new[key])
+        if step:
+            continue
+        # from the same weights, the same gradients (after it Adam magnifies rounding in near-zero ones)
+        for model in ("codec", "discriminator"):
+            for (name, a), b in zip(getattr(before, model).named_parameters(), getattr(after, model).parameters()):
+                assert a.grad is not None and torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-6), (step, model, name)

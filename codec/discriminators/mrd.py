@@ -32,7 +32,7 @@ class BandSplitSTFTDiscriminator(nn.Module):
 
         self.band_convs = nn.ModuleList(stack() for _ in self.band_edges)
         self.post = maybe_weight_norm(nn.Conv2d(channels, 1, (3, 3), padding=(1, 1)), weight_norm)
-        self.activation = nn.LeakyReLU(0.1)
+        self.activation = nn.LeakyReLU(0.1, inplace=True)  # on a fresh conv output: no copy, same gradient
 
     def forward(self, wav: torch.Tensor, spectra: SpectrumBank | None = None) -> DiscriminatorOutput:
         spec = spectrogram_image(wav, self.n_fft, spectra)

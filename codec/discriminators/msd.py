@@ -26,7 +26,7 @@ class ScaleDiscriminator(nn.Module):
             width = out
         self.convs = nn.ModuleList(layers)
         self.post = maybe_weight_norm(nn.Conv1d(width, 1, 3, padding=1), weight_norm)
-        self.activation = nn.LeakyReLU(0.1)
+        self.activation = nn.LeakyReLU(0.1, inplace=True)  # on a fresh conv output: no copy, same gradient
 
     def forward(self, wav: torch.Tensor) -> DiscriminatorOutput:
         x = wav

@@ -27,7 +27,7 @@ class STFTDiscriminator(nn.Module):
         layers.append(maybe_weight_norm(nn.Conv2d(width, width, (3, 3), padding=(1, 1)), weight_norm))
         self.convs = nn.ModuleList(layers)
         self.post = maybe_weight_norm(nn.Conv2d(width, 1, (3, 3), padding=(1, 1)), weight_norm)
-        self.activation = nn.LeakyReLU(0.2)
+        self.activation = nn.LeakyReLU(0.2, inplace=True)  # on a fresh conv output: no copy, same gradient
 
     def forward(self, wav: torch.Tensor, spectra: SpectrumBank | None = None) -> DiscriminatorOutput:
         x = spectrogram_image(wav, self.n_fft, spectra)

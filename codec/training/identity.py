@@ -28,6 +28,7 @@ UNTRAINED_KEYS = (
     "trainer.max_steps", "trainer.checkpoint_every", "trainer.keep_last", "trainer.max_requeues",
     # how fast, not what (same losses within float tolerance)
     "trainer.num_workers", "trainer.device", "trainer.compile", "trainer.fused_optimizer",
+    "trainer.retain_host_memory", "trainer.real_features_without_grad",
 )
 
 

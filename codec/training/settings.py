@@ -36,6 +36,8 @@ class TrainerSettings:
     bf16: bool = True
     compile: bool | str = "auto"
     fused_optimizer: bool | str = "auto"
+    retain_host_memory: bool | str = "auto"
+    real_features_without_grad: bool = True
     num_workers: int = 2
     deterministic: bool = False
     max_requeues: int = 3
@@ -68,7 +70,7 @@ class TrainerSettings:
             lr = (getattr(self, name) or {}).get("lr")
             if lr is not None and not float(lr) > 0:
                 raise TrainerConfigError(f"trainer.{name}.lr={lr} must be positive")
-        for name in ("fused_optimizer", "compile"):
+        for name in ("fused_optimizer", "compile", "retain_host_memory"):
             if getattr(self, name) not in (True, False, "auto"):
                 raise TrainerConfigError(f"trainer.{name}={getattr(self, name)!r} must be true, false or auto")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -80,6 +82,6 @@ def adversarial_from(settings: TrainerSettings) -> int:
     return max(int(settings.discriminator_warmup_steps), int(settings.discriminator_start_step))
 
 
-def enabled_on(value: bool | str, device_type: str) -> bool:
-    """A true/false/``auto`` switch resolved for a device: ``auto`` means on CUDA only."""
-    return device_type == "cuda" if value == "auto" else bool(value)
+def enabled_on(value: bool | str, device_type: str, auto_on: str = "cuda") -> bool:
+    """A true/false/``auto`` switch resolved for a device: ``auto`` means on ``auto_on`` only."""
+    return device_type == auto_on if value == "auto" else bool(value)

@@ -30,10 +30,11 @@ from codec.training.cost import RunCost
 from codec.training.distributed import DistributedContext, any_rank, init_distributed, launch_rank
 from codec.training.gan_step import GANStep
 from codec.training.guards import GuardStop, Guardrails
+from codec.training.host_memory import retain_freed_host_memory
 from codec.training.identity import identity_diff, run_identity
 from codec.training.run_lock import RunLock
 from codec.training.run_record import model_facts, start_run_record
-from codec.training.settings import TrainerConfigError, TrainerSettings
+from codec.training.settings import TrainerConfigError, TrainerSettings, enabled_on
 from codec.training.status import read_status, write_status
 from codec.training.timing import format_duration
 
@@ -115,6 +116,8 @@ class Trainer:
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
             torch.cuda.set_device(self.device)
+        if enabled_on(self.settings.retain_host_memory, self.device.type, auto_on="cpu"):
+            retain_freed_host_memory()
         self.stop_requested = False
         self.stop_reason = ""
         self.stop_signal: int | None = None
