@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+from typing import Sequence
 
 import numpy as np
 
@@ -60,18 +61,23 @@ def normalize_words(text: str) -> list[str]:
     return re.sub(r"[^a-z' ]+", " ", text.lower()).split()
 
 
+def edit_distance(reference: Sequence, hypothesis: Sequence) -> int:
+    """Levenshtein distance: substitutions, insertions and deletions turning one into the other."""
+    previous = list(range(len(hypothesis) + 1))
+    for i, item in enumerate(reference, start=1):
+        current = [i] + [0] * len(hypothesis)
+        for j, other in enumerate(hypothesis, start=1):
+            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (item != other))
+        previous = current
+    return previous[-1]
+
+
 def word_error_rate(truth: str, hypothesis: str) -> float:
     """Word-level Levenshtein distance over the number of true words."""
     reference, hyp = normalize_words(truth), normalize_words(hypothesis)
     if not reference:
         return math.nan
-    previous = list(range(len(hyp) + 1))
-    for i, word in enumerate(reference, start=1):
-        current = [i] + [0] * len(hyp)
-        for j, other in enumerate(hyp, start=1):
-            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (word != other))
-        previous = current
-    return previous[-1] / len(reference)
+    return edit_distance(reference, hyp) / len(reference)
 
 
 def wer_scores(reference: np.ndarray, estimate: np.ndarray, transcript: str | None, grammar: str | None) -> dict[str, float]:

@@ -23,7 +23,7 @@ UNTRAINED_KEYS = (
     # where it runs, logs and writes, and the names it goes by
     "hydra", "logger", "paths", "name", "sweep_name", "sweep", "cluster", "data.cache_dir",
     # how it is evaluated and reported, and when a doomed run is stopped
-    "eval", "guard", "trainer.log_every", "trainer.eval_every", "trainer.eval_at_start", "trainer.best_metric", "trainer.best_mode",
+    "eval", "guard", "probe", "trainer.log_every", "trainer.eval_every", "trainer.eval_at_start", "trainer.best_metric", "trainer.best_mode",
     # how long it runs and how it is kept
     "trainer.max_steps", "trainer.checkpoint_every", "trainer.keep_last", "trainer.max_requeues",
     # how fast, not what (same losses within float tolerance)

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from codec.config import ConfigError, build, build_codec, build_discriminator, build_loss, validate
 from codec.evaluation import EvalResult, Evaluator
+from codec.probe import TokenProbes
 from codec.tracking import NullLogger, RunLogger
 from codec.tracking.media import save_samples
 from codec.training.checkpoint import CheckpointManager
@@ -132,6 +133,8 @@ class Trainer:
         # Guardrails that end a run which cannot succeed (guard=off: none).
         self.guards: Guardrails | None = build(cfg.guard, "guard") if cfg.get("guard") else None
         self.guard_stop: GuardStop | None = None
+        # Token probes on the frozen codes once training ends (probe=none: none).
+        self.probes: TokenProbes | None = build(cfg.probe, "probe") if cfg.get("probe") else None
         if not self.dist.is_main:
             self.logger: RunLogger = NullLogger()  # only rank 0 talks to the tracker
         else:
@@ -466,6 +469,17 @@ class Trainer:
                             self.step, self.stop_reason, self.checkpoints.latest)
                 raise StopRequested(self.stop_reason)
 
+    def _run_probes(self) -> dict[str, float]:
+        """The token probes on the final (EMA when kept) codec, logged as ``probe/*``."""
+        if self.probes is None:
+            return {}
+        start = time.monotonic()
+        metrics = self.probes.run(self.gan.eval_model, self.data)
+        self.logger.log_metrics(metrics, self.step)
+        log.info("token probes in %s: %s", format_duration(time.monotonic() - start),
+                 ", ".join(f"{k.split('/', 1)[1]}={v:.3g}" for k, v in metrics.items() if not k.startswith("probe/utterances")))
+        return metrics
+
     def _finish(self) -> dict[str, Any]:
         self._raise_if_nonfinite()
         if self.dist.enabled:
@@ -475,11 +489,12 @@ class Trainer:
         self._validate_and_track_best()
         test = self.evaluate("test")
         self._log_eval("test", test)
+        probes = self._run_probes()
         self.save_checkpoint()
         cost = self.cost.metrics(self.step)
         self.logger.log_metrics(cost, self.step)
         status = write_status(self.run_dir, state="finished", step=self.step, cost={k.split("/", 1)[1]: v for k, v in cost.items()},
-                              test={k: v for k, v in test.metrics.items() if not k.endswith("_std")})
+                              test={k: v for k, v in test.metrics.items() if not k.endswith("_std")}, probe=probes)
         self.logger.finish("FINISHED")
         log.info("finished at step %d; run directory %s", self.step, self.run_dir)
         for line in self.logger.where_to_look():

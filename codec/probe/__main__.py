@@ -1,0 +1,85 @@
+"""``python -m codec.probe CHECKPOINT [key=value ...] [--out FILE.json] [--no-log]``
+
+Token probes on any training checkpoint: encode the labelled split with the frozen codec, train
+the speaker and content probes (and their masked variants), print the table, write JSON and add
+the ``probe/*`` metrics to the run's MLflow run (found through ``status.json`` beside the run's
+``checkpoints/``). ``key=value`` overrides ``probe.*`` (defaults: ``conf/probe/default.yaml``)
+and ``data.*``, e.g. ``probe.steps=400`` or ``data.cache_dir=/abs/cache``. Relative data paths
+in the checkpoint are relative to where train.py ran: run this from there.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from omegaconf import OmegaConf
+
+from codec.config import ConfigError, build, compose_config
+from codec.inference import load_codec
+from codec.probe.labels import ProbeDataError
+from codec.training.checkpoint import safe_load
+from codec.training.status import read_status
+
+
+def probe_config(checkpoint_config: dict, overrides: Sequence[str]) -> OmegaConf:
+    """The checkpoint's config with a probe node (its own, else the default one) and the overrides."""
+    cfg = OmegaConf.create(checkpoint_config)
+    if not cfg.get("probe"):
+        cfg.probe = compose_config(["probe=default"]).probe
+    bad = [o for o in overrides if "=" not in o or not o.split("=", 1)[0].startswith(("probe.", "data."))]
+    if bad:
+        raise ConfigError(f"overrides {bad} must read probe.KEY=VALUE or data.KEY=VALUE")
+    return OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+
+
+def log_to_run(run_dir: Path, tracking_uri: str | None, metrics: dict[str, float], step: int) -> str | None:
+    """Add ``metrics`` to the MLflow run that trained ``run_dir``; the run id, or None when there is none."""
+    run_id = read_status(run_dir).get("run_id")
+    if not run_id or not tracking_uri:
+        return None
+    import time
+
+    from mlflow.entities import Metric
+
+    from codec.tracking.loggers import open_client
+
+    now = int(time.time() * 1000)
+    open_client(tracking_uri).log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+    return run_id
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m codec.probe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", type=Path, help="a checkpoint written by train.py (runs/.../checkpoints/best.pt)")
+    parser.add_argument("overrides", nargs="*", help="probe.KEY=VALUE or data.KEY=VALUE")
+    parser.add_argument("--out", type=Path, help="write the metrics as JSON here")
+    parser.add_argument("--no-log", action="store_true", help="do not add the metrics to the run's MLflow run")
+    args = parser.parse_args(argv)
+    try:
+        if not args.checkpoint.is_file():
+            raise FileNotFoundError(f"checkpoint {args.checkpoint} does not exist")
+        state = safe_load(args.checkpoint)
+        cfg = probe_config(state.get("config") or {}, args.overrides)
+        codec = load_codec(args.checkpoint)
+        metrics = build(cfg.probe, "probe").run(codec, build(cfg.data, "data"))
+    except (ConfigError, ProbeDataError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    width = max(len(k) for k in metrics)
+    for key, value in metrics.items():
+        print(f"{key:<{width}}  {value:.4g}")
+    if args.out:
+        args.out.write_text(json.dumps(metrics, indent=2))
+    if not args.no_log:
+        run_dir = args.checkpoint.resolve().parent.parent
+        tracking_uri = (cfg.get("logger") or {}).get("tracking_uri")
+        run_id = log_to_run(run_dir, tracking_uri, metrics, int(state.get("step", 0)))
+        print(f"logged to MLflow run {run_id}" if run_id else f"no MLflow run recorded for {run_dir}; metrics not logged")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
