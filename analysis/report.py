@@ -27,7 +27,7 @@ SUMMARY_COLUMNS = ("status", "guard", "model/bitrate_kbps", "model/tokens_per_se
                    "cost/device_hours", "cost/audio_seconds", "cost/peak_host_memory_mb")
 
 
-LOWER_IS_BETTER = ("mel_distance", "wer", "waveform_l1", "_loss")
+LOWER_IS_BETTER = ("mel_distance", "wer", "cer", "waveform_l1", "_loss")
 
 
 def quality_metric(frame: pd.DataFrame, chosen: str | None = None) -> tuple[str, bool]:
@@ -92,6 +92,7 @@ def build_report(sweep: str, out: Path, tracking_uri: str | None = None, runs_di
         metrics = [m for m in (quality, "model/bitrate_kbps", "cost/device_hours") if m in frame.columns]
         sections += ["<h2>Seed replicates (mean ± std)</h2>", _table(aggregate_seeds(frame, metrics))]
         sections += comparison_sections(frame, quality, higher, out)
+    sections += probe_sections(frame)
     stopped = stopped_runs(frame)
     if len(stopped):
         sections += ["<h2>Stopped early by guardrails</h2><p>Their metrics are the best before the stop; they are left out "
@@ -118,6 +119,17 @@ def build_report(sweep: str, out: Path, tracking_uri: str | None = None, runs_di
     page.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>{style}</head><body>"
                     + "\n".join(sections) + "</body></html>")
     return page
+
+
+def probe_sections(frame: pd.DataFrame) -> list[str]:
+    """The token probes' metrics per design (mean ± std over seeds when seeds vary), if the sweep ran them."""
+    columns = sorted(c for c in frame.columns if c.startswith("probe/") and not c.startswith("probe/utterances") and frame[c].notna().any())
+    if not columns:
+        return []
+    table = aggregate_seeds(frame, columns) if SEED_KEY in varying_params(frame) else summary_table(frame)[["run"]].join(frame[columns])
+    return ["<h2>Token probes (frozen codes)</h2><p>Speaker accuracy (higher is better; against <code>speaker_chance</code>) and "
+            "content character error rate (lower is better; against <code>content_cer_shuffled</code>, the same probe on "
+            "time-shuffled codes); <code>_without_X</code>: the same probe with that group or layer masked.</p>", _table(table)]
 
 
 def comparison_sections(frame: pd.DataFrame, quality: str, higher: bool, out: Path) -> list[str]:

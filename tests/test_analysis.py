@@ -22,7 +22,10 @@ from tests.conftest import HANG_GUARD_S, REPO_ROOT
 @pytest.fixture(scope="module")
 def sweep_store(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("analysis_sweep")
-    args = ["-m", "experiment=smoke", "quantizer.groups=1,2", "quantizer.layers=1,2", "trainer.seed=1,2", "trainer.max_steps=6"]
+    args = ["-m", "experiment=smoke", "quantizer.groups=1,2", "quantizer.layers=1,2", "trainer.seed=1,2", "trainer.max_steps=6",
+            # a quick speaker probe on 2 utterances per voice, so probe/* reaches the DataFrame and the report
+            "probe=default", "probe.tasks=[speaker]", "probe.steps=5", "probe.held_out_every=2", "probe.mask_codebooks=false",
+            "data.utterances.train=24"]
     subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), *args], cwd=root, check=True, capture_output=True, timeout=HANG_GUARD_S)
     uri = f"sqlite:///{root / 'mlflow.db'}"
     return {"root": root, "uri": uri, "runs": root / "runs", "frame": load_sweep("smoke", runs_dir=root / "runs")}
@@ -40,7 +43,7 @@ def test_dataframe_holds_params_metrics_and_facts(sweep_store: dict) -> None:
     assert len(frame) == 8 and set(frame["status"]) == {"FINISHED"}
     assert sorted(frame["quantizer.groups"].unique()) == [1, 2] and frame["quantizer.groups"].dtype.kind == "i"
     for column in ("best/mel_distance", "test/mel_distance", "model/bitrate_kbps", "model/tokens_per_second",
-                   "model/params_generator", "wall_time_s", "run_dir", "overrides"):
+                   "model/params_generator", "wall_time_s", "run_dir", "overrides", "probe/speaker_accuracy", "probe/speaker_chance"):
         assert column in frame.columns and frame[column].notna().all(), column
     expected = 50 * frame["quantizer.groups"] * frame["quantizer.layers"] * 10 / 1000  # 50 Hz x codebooks x log2(1024)
     assert np.allclose(frame["model/bitrate_kbps"], expected)
@@ -98,6 +101,7 @@ def test_report_command_writes_html_and_csv(sweep_store: dict, tmp_path: Path) -
     assert page.count("data:image/png;base64") >= 3 and "<table" in page and "Seed replicates" in page and "±" in page
     assert "quantizer.groups x quantizer.layers" in page or "quantizer.layers x quantizer.groups" in page
     assert "<h1>Sweep smoke</h1>" in page and "<title>Sweep smoke</title>" in page  # named, not a hash
+    assert "Token probes (frozen codes)" in page and "probe/speaker_accuracy" in page
     text = re.sub(r"data:[^\"']+", "", page)  # without the embedded images and audio
     assert "e+0" not in text and "<div class='scroll'><table" in page  # humanized numbers; wide tables scroll
     csv = pd.read_csv(out / "sweep.csv")

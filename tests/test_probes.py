@@ -106,3 +106,12 @@ def test_ctc_text_round_trip_and_greedy_decoding() -> None:
     for frame, cls in enumerate([h, h, 0, e, 0, e]):  # h h _ e _ e -> "hee"
         path[frame, cls] = 0.0
     assert ids_to_text(greedy_ctc(path, 6)) == "hee"
+
+
+def test_data_that_cannot_label_the_probes_is_refused_before_training(tmp_path: Path) -> None:
+    """demo_small has one training utterance per voice: nothing can be held out per speaker."""
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), "experiment=smoke", "probe=default"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=HANG_GUARD_S)
+    assert result.returncode != 0
+    assert "probe.held_out_every" in result.stderr and "12 utterance(s) of 12 speaker(s)" in result.stderr, result.stderr[-2000:]
+    assert not list(tmp_path.glob("runs/**/checkpoints/*.pt"))

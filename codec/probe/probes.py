@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -11,7 +12,7 @@ from torch.nn import functional as F
 from codec.evaluation.speech_quality import edit_distance
 from codec.model import Codec
 from codec.probe.heads import CHARACTERS, TokenProbe, greedy_ctc, text_to_ids
-from codec.probe.labels import LabelledCodes, ProbeDataError, encode_labelled
+from codec.probe.labels import LabelledCodes, ProbeDataError, encode_labelled, speaker_of
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +59,35 @@ class TokenProbes:
         self.mask_codebooks, self.max_utterances, self.seed = bool(mask_codebooks), max_utterances, int(seed)
 
     # -- the labelled set ------------------------------------------------------------------------
-    def split_held_out(self, labelled: LabelledCodes) -> tuple[LabelledCodes, LabelledCodes]:
+    def held_out_indices(self, speakers: Sequence) -> tuple[list[int], list[int]]:
+        """Indices that train and that are held out: every ``held_out_every``-th utterance of each speaker."""
         train, test, seen = [], [], {}
-        for index, speaker in enumerate(labelled.speakers):
+        for index, speaker in enumerate(speakers):
             seen[speaker] = seen.get(speaker, 0) + 1
             (test if seen[speaker] % self.held_out_every == 0 else train).append(index)
         if not test or not train:
-            raise ProbeDataError(f"probe: too few utterances per speaker to hold every {self.held_out_every}th out")
+            raise ProbeDataError(f"probe: {len(speakers)} utterance(s) of {len(seen)} speaker(s) in split {self.split!r} are too few "
+                                 f"to hold every {self.held_out_every}th utterance of a speaker out (probe.held_out_every)")
+        return train, test
+
+    def split_held_out(self, labelled: LabelledCodes) -> tuple[LabelledCodes, LabelledCodes]:
+        train, test = self.held_out_indices(labelled.speakers)
         return labelled.subset(train), labelled.subset(test)
+
+    def check(self, data) -> None:
+        """Refuse, before any training, data that cannot label these probes (speakers, transcripts, sizes)."""
+        entries = data.split(self.split)[: self.max_utterances or None]
+        root = data.root().resolve()
+        speakers = [speaker_of(Path(e.name).resolve().relative_to(root).as_posix(), self.speaker_pattern) for e in entries]
+        self.held_out_indices(speakers)
+        if "speaker" in self.tasks and len(set(speakers)) < 2:
+            raise ProbeDataError(f"probe: the speaker probe needs at least 2 speakers; probe.speaker_pattern={self.speaker_pattern!r} "
+                                 f"finds {sorted(set(speakers))}")
+        if "content" in self.tasks:
+            missing = len(entries) - len(data.transcripts(self.split))
+            if missing:
+                raise ProbeDataError(f"probe: the content probe needs a transcript (<file>.txt beside the audio) for every utterance of "
+                                     f"split {self.split!r}; {missing} have none. Drop it with probe.tasks=[speaker]")
 
     def masks(self, labelled: LabelledCodes) -> dict[str, list[int]]:
         """Name -> codebook indices to mask; codes are group-major (group * layers + layer)."""

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from codec.config import ConfigError, build, build_codec, build_discriminator, build_loss, validate
 from codec.evaluation import EvalResult, Evaluator
-from codec.probe import TokenProbes
+from codec.probe import ProbeDataError, TokenProbes
 from codec.tracking import NullLogger, RunLogger
 from codec.tracking.media import save_samples
 from codec.training.checkpoint import CheckpointManager
@@ -135,6 +135,11 @@ class Trainer:
         self.guard_stop: GuardStop | None = None
         # Token probes on the frozen codes once training ends (probe=none: none).
         self.probes: TokenProbes | None = build(cfg.probe, "probe") if cfg.get("probe") else None
+        if self.probes is not None:
+            try:
+                self.probes.check(self.data)
+            except ProbeDataError as error:
+                raise ConfigError(str(error)) from error
         if not self.dist.is_main:
             self.logger: RunLogger = NullLogger()  # only rank 0 talks to the tracker
         else:
@@ -489,8 +494,8 @@ class Trainer:
         self._validate_and_track_best()
         test = self.evaluate("test")
         self._log_eval("test", test)
-        probes = self._run_probes()
         self.save_checkpoint()
+        probes = self._run_probes()
         cost = self.cost.metrics(self.step)
         self.logger.log_metrics(cost, self.step)
         status = write_status(self.run_dir, state="finished", step=self.step, cost={k.split("/", 1)[1]: v for k, v in cost.items()},
