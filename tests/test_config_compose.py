@@ -208,7 +208,7 @@ def test_every_ready_sweep_composes_and_builds_its_first_and_last_point(name: st
         build_codec(cfg)
 
 
-def test_demo_bitrate_ladder_builds_one_two_and_four_kbps_codecs() -> None:
+def test_demo_bitrate_ladder_builds_point_two_to_point_eight_kbps_codecs_from_the_demo() -> None:
     points = sweep_points("demo_bitrate_ladder")
     assert len(points) == 9
     built = {}
@@ -216,9 +216,10 @@ def test_demo_bitrate_ladder_builds_one_two_and_four_kbps_codecs() -> None:
         cfg = compose_config(overrides)
         codec = build_codec(cfg)
         built.setdefault(codec.bitrate_kbps(), set()).add(int(cfg.trainer.seed))
-        assert (codec.quantizer.groups, codec.quantizer.codebook_size, cfg.trainer.max_steps) == (2, 1024, 900)
+        assert (codec.quantizer.groups, codec.quantizer.codebook_size, cfg.trainer.max_steps) == (2, 4, 300)
         assert len(codec.quantizer.codebooks) == 2 * codec.quantizer.layers
-    assert built == {1.0: {1, 2, 3}, 2.0: {1, 2, 3}, 4.0: {1, 2, 3}}
+        assert cfg.trainer.init_from == "runs/demo/default" and list(cfg.trainer.init_parts) == ["encoder", "decoder"]
+    assert built == {0.2: {1, 2, 3}, 0.4: {1, 2, 3}, 0.8: {1, 2, 3}}
 
 
 def test_equal_codebook_sweeps_build_the_same_budget_in_every_arrangement() -> None:

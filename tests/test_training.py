@@ -126,6 +126,32 @@ def test_demo_learns_on_held_out_voices(demo_run: dict) -> None:
 
 
 @pytest.mark.slow
+def test_demo_bitrate_ladder_starts_from_the_demo_and_more_codebooks_reconstruct_better(demo_run: dict) -> None:
+    """The README's ladder, cut to its ends (0.2 and 0.8 kbps, one seed, 150 steps), through the
+    sweep command in the demo's own directory: each point warm-starts from runs/demo/default and
+    builds its own quantizer; four residual layers reconstruct clearly better than one."""
+    root = demo_run["root"]
+    train(["-m", "+sweep=demo_bitrate_ladder", "quantizer.layers=1,4", "trainer.seed=1", "trainer.max_steps=150",
+           "eval.metrics=[mel_distance]"], cwd=root)
+    sweep = root / "runs" / "multirun" / "demo_bitrate_ladder"
+    best = {}
+    for layers in (1, 4):
+        run_dir = sweep / f"quantizer.layers={layers},trainer.seed=1"
+        status = json.loads((run_dir / "status.json").read_text())
+        assert status["state"] == "finished" and status["step"] == 150, status
+        assert "warm start: encoder, decoder from " in (run_dir / "train.log").read_text()
+        tags = demo_run["client"].get_run(status["run_id"]).data.tags
+        assert tags["warm_start"].startswith("encoder,decoder from ") and "(step 1800)" in tags["warm_start"]
+        from codec.inference import load_codec
+
+        quantizer = load_codec(run_dir / "checkpoints" / "latest.pt").quantizer
+        assert (quantizer.groups, quantizer.layers, quantizer.codebook_size) == (2, layers, 4)
+        best[layers] = status["best"]["mel_distance"]
+    # measured: 0.94 (0.2 kbps) against 0.75 (0.8 kbps) at step 150 on 2 idle cores
+    assert best[4] < best[1] - 0.08, best
+
+
+@pytest.mark.slow
 def test_evaluate_script_scores_a_checkpoint_on_every_file(demo_run: dict) -> None:
     checkpoint = demo_run["run_dir"] / "checkpoints" / "best.pt"
     out = demo_run["root"] / "eval.json"
@@ -365,3 +391,58 @@ def test_generator_weight_ema_is_kept_checkpointed_and_used_for_inference(tmp_pa
     key = decoder_keys[0]
     assert torch.equal(ema.state_dict()[key], state["ema_codec"][key])
     assert torch.equal(raw.state_dict()[key], state["codec"][key])
+
+
+# -- warm start (trainer.init_from) -------------------------------------------------------------------
+def test_warm_start_copies_encoder_and_decoder_and_builds_the_asked_quantizer(tmp_path: Path) -> None:
+    """A 2-layer run starts from a 1-layer run's encoder and decoder: those weights arrive exactly,
+    the quantizer is the configured one (fresh, k-means on the copied encoder's latents), the step
+    starts at 0, MLflow records where the weights came from, and a resume ignores the warm start."""
+    source = tmp_path / "source"
+    train(["experiment=smoke", "quantizer.layers=1", "trainer.max_steps=4", "logger=none", f"hydra.run.dir={source}"], cwd=tmp_path)
+    source_state = torch.load(source / "checkpoints" / "latest.pt", weights_only=True)
+
+    target = tmp_path / "target"
+    common = ["experiment=smoke", "quantizer.layers=2", f"trainer.init_from={source}", f"hydra.run.dir={target}",
+              f"logger.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"]
+    # Step 1 of 1 with checkpoint_every=1, so the step-1 checkpoint can be compared with the source
+    # and a learning rate of zero keeps the copied weights as they arrived.
+    result = train([*common, "trainer.max_steps=1", "trainer.checkpoint_every=1", "trainer.generator_optimizer.lr=1e-30"], cwd=tmp_path)
+    assert f"warm start: encoder, decoder from {source / 'checkpoints' / 'best.pt'}" in result.stdout + result.stderr
+    state = torch.load(target / "checkpoints" / "latest.pt", weights_only=True)
+    assert state["step"] == 1
+    for key, value in source_state["codec"].items():
+        if key.startswith(("encoder.", "decoder.")) and value.is_floating_point():
+            assert torch.allclose(state["codec"][key], value, atol=1e-12), key
+
+    from codec.inference import load_codec
+
+    codec = load_codec(target / "checkpoints" / "latest.pt", use_ema=False)
+    assert codec.quantizer.layers == 2 and codec.quantizer.groups == 2 and len(codec.quantizer.codebooks) == 4
+    assert all(bool(book.initialized) for book in codec.quantizer.codebooks)
+    status = json.loads((target / "status.json").read_text())
+    tags = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(status["run_id"]).data.tags
+    assert tags["warm_start"].startswith("encoder,decoder from ") and "(step 4)" in tags["warm_start"]
+
+    # Resuming: its own checkpoint wins (identity unchanged), the warm start is not applied again.
+    again = train([*common, "trainer.max_steps=3", "trainer.checkpoint_every=1", "trainer.generator_optimizer.lr=1e-30"], cwd=tmp_path)
+    assert "resumed from" in again.stdout + again.stderr and "warm start:" not in again.stdout + again.stderr
+    assert "trainer.init_from not applied" in again.stdout + again.stderr
+    assert torch.load(target / "checkpoints" / "latest.pt", weights_only=True)["step"] == 3
+
+
+@pytest.mark.parametrize("case", ["missing", "shape", "part"])
+def test_a_warm_start_that_cannot_work_stops_before_training(case: str, tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    if case != "missing":
+        train(["experiment=smoke", "trainer.max_steps=2", "logger=none", f"hydra.run.dir={source}"], cwd=tmp_path)
+    extra = {"missing": [], "shape": ["encoder.channels=8"], "part": ["trainer.init_parts=[encoder,mixer]"]}[case]
+    result = train(["experiment=smoke", f"trainer.init_from={source}", *extra, "logger=none", f"hydra.run.dir={tmp_path / 'run'}"],
+                   cwd=tmp_path, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    expected = {"missing": f"trainer.init_from={str(source)!r} does not exist",
+                "shape": "its encoder does not fit this run's encoder",
+                "part": "trainer.init_parts=['encoder', 'mixer'] must name one or more of"}[case]
+    assert expected in output, output[-2000:]
+    assert not (tmp_path / "run" / "checkpoints").exists()

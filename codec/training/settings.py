@@ -7,6 +7,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from codec.training.warm_start import PARTS as WARM_START_PARTS
+
 
 class TrainerConfigError(ValueError):
     pass
@@ -41,6 +43,8 @@ class TrainerSettings:
     num_workers: int = 2
     deterministic: bool = False
     max_requeues: int = 3
+    init_from: str | None = None
+    init_parts: list[str] = field(default_factory=lambda: ["encoder", "decoder"])
 
     @classmethod
     def from_config(cls, node: DictConfig | dict) -> "TrainerSettings":
@@ -73,6 +77,9 @@ class TrainerSettings:
         for name in ("fused_optimizer", "compile", "retain_host_memory"):
             if getattr(self, name) not in (True, False, "auto"):
                 raise TrainerConfigError(f"trainer.{name}={getattr(self, name)!r} must be true, false or auto")
+        unknown_parts = sorted(set(self.init_parts or []) - set(WARM_START_PARTS))
+        if unknown_parts or not self.init_parts:
+            raise TrainerConfigError(f"trainer.init_parts={self.init_parts} must name one or more of {list(WARM_START_PARTS)}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise TrainerConfigError(f"trainer.device={self.device!r} must be auto, cpu, cuda or cuda:N")
 

@@ -38,6 +38,7 @@ from codec.training.run_record import model_facts, start_run_record
 from codec.training.settings import TrainerConfigError, TrainerSettings, enabled_on
 from codec.training.status import read_status, write_status
 from codec.training.timing import format_duration
+from codec.training.warm_start import WarmStartError, warm_start
 
 log = logging.getLogger(__name__)
 # Per-codebook validation keys (valid/codebook_07_usage, ...): logged per evaluation, never as best/*.
@@ -126,6 +127,7 @@ class Trainer:
         self.codec = build_codec(cfg).to(self.device)
         self._check_training_scale()
         self.discriminator = build_discriminator(cfg).to(self.device)
+        self.warm_start: dict[str, Any] | None = self._warm_start()
         self.loss = build_loss(cfg).to(self.device)
         self.data = build(cfg.data, "data")
         self.data.prepare()  # missing paths and unusable folders fail here, before training
@@ -180,6 +182,22 @@ class Trainer:
                 f"trainer.segment_seconds={s.segment_seconds} gives {samples} samples at {self.codec.sample_rate} Hz; at least "
                 f"{needed} are needed (two hops of {self.codec.hop_length} samples and the longest STFT window, "
                 f"{max(self.gan.stft_windows)}): raise trainer.segment_seconds to {needed / self.codec.sample_rate:.3f} or more")
+
+    def _warm_start(self) -> dict[str, Any] | None:
+        """Copy ``trainer.init_parts`` from ``trainer.init_from`` (before the optimizers and the
+        weight EMA are built from these modules). A run with checkpoints of its own resumes from
+        them instead, so a requeued or continued run never goes back to the source weights."""
+        if not self.settings.init_from:
+            return None
+        if any((self.run_dir / "checkpoints").glob("*.pt")):
+            log.info("trainer.init_from not applied: %s has checkpoints of its own to resume from", self.run_dir)
+            return None
+        try:
+            done = warm_start(self.codec, self.discriminator, self.settings.init_from, self.settings.init_parts)
+        except WarmStartError as error:
+            raise ConfigError(str(error)) from error
+        log.info("warm start: %s from %s (its step %d)", ", ".join(done["parts"]), done["file"], done["step"])
+        return done
 
     def _check_training_scale(self) -> None:
         """Refuse, before training, a quantizer setting that cannot work at this batch."""
@@ -356,6 +374,9 @@ class Trainer:
                 self._start_logging()
                 log.info("run directory %s | %s | device %s", self.run_dir, self.logger.describe(), self.device)
                 self.logger.set_tags({f"metric_package.{name}": version for name, version in self.evaluator.packages().items()})
+                if self.warm_start is not None:
+                    self.logger.set_tags({"warm_start": f"{','.join(self.warm_start['parts'])} from {self.warm_start['file']} "
+                                                        f"(step {self.warm_start['step']})"})
                 skipped = read_status(self.run_dir).get("skipped_checkpoints")
                 if skipped:
                     self.logger.set_tags({"skipped_checkpoints": "; ".join(f"{k}: {v}" for k, v in skipped.items())[:5000]})
