@@ -37,7 +37,8 @@ def checkpoint_file(path: str | Path) -> Path:
                 return candidate
         raise WarmStartError(f"trainer.init_from={str(path)!r} is a directory with no checkpoints/best.pt or checkpoints/latest.pt")
     if not path.is_file():
-        raise WarmStartError(f"trainer.init_from={str(path)!r} does not exist; give a checkpoint file or a run directory")
+        raise WarmStartError(f"trainer.init_from={str(path)!r} does not exist: train that run first (the demo bitrate ladder starts from `python train.py`'s "
+                             "runs/demo/default), or give another checkpoint file or run directory")
     return path
 
 
