@@ -446,3 +446,21 @@ def test_a_warm_start_that_cannot_work_stops_before_training(case: str, tmp_path
                 "part": "trainer.init_parts=['encoder', 'mixer'] must name one or more of"}[case]
     assert expected in output, output[-2000:]
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_warm_start_takes_the_weight_ema_when_the_source_kept_one(tmp_path: Path) -> None:
+    """The source's evaluations (and its best.pt) measured its weight EMA, so that is what is copied."""
+    source = tmp_path / "source"
+    train(["experiment=smoke", "trainer.ema_decay=0.5", "trainer.max_steps=4", "logger=none", f"hydra.run.dir={source}"], cwd=tmp_path)
+    source_state = torch.load(source / "checkpoints" / "latest.pt", weights_only=True)
+    target = tmp_path / "target"
+    result = train(["experiment=smoke", f"trainer.init_from={source / 'checkpoints' / 'latest.pt'}", "trainer.max_steps=1",
+                    "trainer.checkpoint_every=1", "trainer.generator_optimizer.lr=1e-30", "logger=none", f"hydra.run.dir={target}"],
+                   cwd=tmp_path)
+    assert "(its step 4, ema weights)" in result.stdout + result.stderr
+    state = torch.load(target / "checkpoints" / "latest.pt", weights_only=True)
+    keys = [k for k, v in source_state["codec"].items() if k.startswith("decoder.") and v.is_floating_point()
+            and not torch.equal(v, source_state["ema_codec"][k])]
+    assert keys  # the EMA differs from the raw weights, so the check below can tell them apart
+    for key in keys:
+        assert torch.allclose(state["codec"][key], source_state["ema_codec"][key], atol=1e-12), key

@@ -196,7 +196,7 @@ class Trainer:
             done = warm_start(self.codec, self.discriminator, self.settings.init_from, self.settings.init_parts)
         except WarmStartError as error:
             raise ConfigError(str(error)) from error
-        log.info("warm start: %s from %s (its step %d)", ", ".join(done["parts"]), done["file"], done["step"])
+        log.info("warm start: %s from %s (its step %d, %s weights)", ", ".join(done["parts"]), done["file"], done["step"], done["weights"])
         return done
 
     def _check_training_scale(self) -> None:

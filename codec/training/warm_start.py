@@ -43,16 +43,19 @@ def checkpoint_file(path: str | Path) -> Path:
 
 
 def _part_state(state: dict[str, Any], part: str) -> dict[str, Any]:
+    """A part's weights; for codec parts the weight EMA where the source kept one, since that is
+    what its evaluations (and so its best.pt) measured."""
     if part == "discriminator":
         return state["discriminator"]
+    codec_state = state.get("ema_codec") or state["codec"]
     prefix = f"{part}."
-    return {key[len(prefix):]: value for key, value in state["codec"].items() if key.startswith(prefix)}
+    return {key[len(prefix):]: value for key, value in codec_state.items() if key.startswith(prefix)}
 
 
 def warm_start(codec: nn.Module, discriminator: nn.Module, path: str | Path, parts: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """Copy ``parts`` from the checkpoint at ``path`` into ``codec``/``discriminator``.
 
-    Returns what was done (file, the source run's step, parts) for the run record. Every part
+    Returns what was done (file, the source run's step, parts, ema or raw weights) for the run record. Every part
     must match exactly (names and shapes); a mismatch names the part and its first differences.
     """
     file = checkpoint_file(path)
@@ -78,4 +81,5 @@ def warm_start(codec: nn.Module, discriminator: nn.Module, path: str | Path, par
                 f"trainer.init_from={str(file)!r}: its {part} does not fit this run's {part} ({details}). "
                 f"Build the same {part} as the source run, or leave {part} out of trainer.init_parts")
         target.load_state_dict(source)
-    return {"file": str(file), "step": int(state.get("step", -1)), "parts": list(parts)}
+    return {"file": str(file), "step": int(state.get("step", -1)), "parts": list(parts),
+            "weights": "ema" if state.get("ema_codec") else "raw"}
