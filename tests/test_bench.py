@@ -63,6 +63,19 @@ def test_compiled_fast_path_reaches_the_eager_losses(tmp_path: Path) -> None:
     assert curves["steps"] == 62 and curves["within_noise"], curves
 
 
+def test_cpu_bf16_discriminators_path_trains_like_fp32(tmp_path: Path) -> None:
+    """The CPU path with the discriminators under bf16 autocast (``--paths eager,cpu_bf16``):
+    first-step losses within the bf16 tolerance and loss curves within noise of fp32 over 62 steps."""
+    report = run_bench(tmp_path, "--paths", "eager,cpu_bf16", "--windows", "2", "--window-steps", "30", "--warmup", "1",
+                       "--breakdown-steps", "1", "--eval-utterances", "0")
+    assert report["paths"]["cpu_bf16"]["settings"]["bf16_discriminators"] is True
+    assert report["paths"]["eager"]["settings"]["bf16_discriminators"] is False
+    assert not report["identical_paths"]
+    assert report["loss_match"]["within_tolerance"], report["loss_match"]
+    curves = report["loss_curves_match"]
+    assert curves["steps"] == 62 and curves["within_noise"], curves
+
+
 def test_identical_paths_interleaved_give_a_ratio_of_one_within_the_reported_spread(tmp_path: Path) -> None:
     """The finding this guards against: timed one after the other, two identically configured paths
     once read as a 4.30x speedup while the machine's load fell. Interleaved, they must not."""

@@ -191,3 +191,48 @@ def test_step_speedups_keep_every_loss_and_update(tmp_path) -> None:
         for model in ("codec", "discriminator"):
             for (name, a), b in zip(getattr(before, model).named_parameters(), getattr(after, model).parameters()):
                 assert a.grad is not None and torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-6), (step, model, name)
+
+
+def test_cpu_bf16_discriminators_run_only_the_discriminators_in_bf16(tmp_path) -> None:
+    """``trainer.cpu_bf16_discriminators``: every discriminator conv runs in bf16 on CPU, while
+    every generator conv, the mel loss and the quantizer stay float32 (bit-identical to the fp32
+    step); the discriminators' losses move only by bf16 rounding. Off by default."""
+    from torch import nn
+
+    from codec.config import compose_config
+    from codec.tracking import NullLogger
+    from codec.training.trainer import Trainer
+
+    def trainer(name: str, bf16: bool | None) -> Trainer:
+        overrides = ["experiment=smoke", "discriminator=[msstft,mpd,msd]", "discriminator.msd.channels=[4,8,8,8,8,8,8]",
+                     "discriminator.mpd.channels=[4,8,8,8,8]", "trainer.discriminator_warmup_steps=0",
+                     f"paths.cache={tmp_path / 'cache'}", "logger=none"]
+        if bf16 is not None:
+            overrides.append(f"trainer.cpu_bf16_discriminators={bf16}")
+        return Trainer(compose_config(overrides), tmp_path / name, logger=NullLogger())
+
+    def conv_dtypes(module: nn.Module) -> tuple[list[torch.dtype], list]:
+        seen: list[torch.dtype] = []
+        hooks = [m.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+                 for m in module.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d))]
+        return seen, hooks
+
+    default, fp32, bf16 = trainer("default", None), trainer("fp32", False), trainer("bf16", True)
+    assert not default.gan.discriminator_autocast_enabled and not fp32.gan.discriminator_autocast_enabled
+    assert bf16.gan.discriminator_autocast_enabled and not bf16.gan.autocast_enabled
+    batch = 0.1 * torch.randn(2, 1, 4000, generator=torch.Generator().manual_seed(0))
+    results = {}
+    for label, built in (("fp32", fp32), ("bf16", bf16)):
+        disc_dtypes, disc_hooks = conv_dtypes(built.discriminator)
+        codec_dtypes, codec_hooks = conv_dtypes(built.codec)
+        torch.manual_seed(0)
+        results[label] = built.gan.train_step(batch, 0)
+        for hook in disc_hooks + codec_hooks:
+            hook.remove()
+        assert disc_dtypes and set(disc_dtypes) == {torch.bfloat16 if label == "bf16" else torch.float32}, label
+        assert codec_dtypes and set(codec_dtypes) == {torch.float32}, label
+    old, new = results["fp32"], results["bf16"]
+    for key in ("train/mel", "train/commitment"):
+        assert torch.equal(old[key], new[key]), key
+    for key in ("train/loss_discriminator", "train/adversarial", "train/feature"):
+        assert torch.isfinite(new[key]) and torch.allclose(old[key], new[key], rtol=5e-2, atol=1e-3), (key, old[key], new[key])

@@ -89,6 +89,35 @@ def test_missing_latest_resumes_from_newest_step_file(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "run" / "status.json").read_text())["step"] == 6
 
 
+def test_a_checkpoint_older_than_an_added_option_resumes_unless_the_option_moves(tmp_path: Path) -> None:
+    """Upgrading mid-run: a checkpoint saved before trained options existed (its config lacks them,
+    and its identity was hashed without them) resumes while they sit at their former behaviour, and
+    is refused, naming the key, when a command moves one of them."""
+    from codec.training.identity import ADDED_OPTION_DEFAULTS, run_identity
+
+    run_dir = tmp_path / "run"
+    common = [*SMOKE, "trainer.checkpoint_every=2", "logger=none", f"hydra.run.dir={run_dir}"]
+    train([*common, "trainer.max_steps=2"], cwd=tmp_path)
+    checkpoints = sorted((run_dir / "checkpoints").glob("*.pt"))
+    for path in checkpoints:  # rewrite them as the version before those options saved them
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        for key in ADDED_OPTION_DEFAULTS:
+            del state["config"]["trainer"][key.split(".", 1)[1]]
+        state["identity"] = run_identity(state["config"])
+        torch.save(state, path)
+    saved = {path: path.read_bytes() for path in checkpoints}
+
+    refused = train([*common, "trainer.max_steps=4", "trainer.cpu_bf16_discriminators=true"], cwd=tmp_path, check=False)
+    assert refused.returncode != 0
+    assert "trainer.cpu_bf16_discriminators: None -> True" in refused.stdout + refused.stderr
+    assert all(path.read_bytes() == data for path, data in saved.items())  # nothing saved was touched
+
+    result = train([*common, "trainer.max_steps=4"], cwd=tmp_path)
+    log = result.stdout + result.stderr
+    assert "predates options added since" in log and "trainer.cpu_bf16_discriminators" in log and "at step 2" in log
+    assert json.loads((run_dir / "status.json").read_text())["step"] == 4
+
+
 def test_all_checkpoints_corrupt_fails_named_and_a_rerun_reuses_the_mlflow_run(tmp_path: Path) -> None:
     common = [*SMOKE, "trainer.checkpoint_every=2", f"hydra.run.dir={tmp_path / 'run'}"]
     train([*common, "trainer.max_steps=4"], cwd=tmp_path)

@@ -39,6 +39,17 @@ def as_float(outputs: list[DiscriminatorOutput], with_features: bool = True) -> 
     return [DiscriminatorOutput(o.logits.float(), [f.float() for f in o.features] if with_features else []) for o in outputs]
 
 
+def log_cpu_bf16_discriminators() -> None:
+    """Say that the discriminators run in bf16 on CPU, and warn where the CPU has no bf16 units
+    (there autocast emulates bf16 and is slower than float32)."""
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        log.info("trainer.cpu_bf16_discriminators: the discriminators run under bf16 autocast on CPU; "
+                 "the generator, quantizer, STFTs and losses stay float32")
+    else:
+        log.warning("trainer.cpu_bf16_discriminators is on, but this CPU has no native bf16 (AVX512-BF16/AMX): "
+                    "the discriminators will run slower than in float32; set it false here")
+
+
 class GANStep:
     """One discriminator update then one generator update per batch."""
 
@@ -58,6 +69,9 @@ class GANStep:
         if self.ema_codec is not None:
             self.ema_codec.requires_grad_(False)
         self.autocast_enabled = s.bf16 and device.type == "cuda"
+        self.discriminator_autocast_enabled = self.autocast_enabled or (s.cpu_bf16_discriminators and device.type == "cpu")
+        if self.discriminator_autocast_enabled and device.type == "cpu":
+            log_cpu_bf16_discriminators()
         self.stft_windows = sorted(discriminator.stft_windows() | set(loss.mel.windows))
         self.first_nonfinite_step: torch.Tensor | None = None
 
@@ -113,8 +127,10 @@ class GANStep:
             self.ema_codec.load_state_dict(state["ema_codec"])
 
     # -- one step --------------------------------------------------------------------------------
-    def _autocast(self):
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.autocast_enabled)
+    def _autocast(self, enabled: bool | None = None):
+        """bf16 autocast: the generator's switch by default, ``enabled`` for the discriminators'."""
+        enabled = self.autocast_enabled if enabled is None else enabled
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
     def _clip(self, parameters) -> torch.Tensor:
         max_norm = self.settings.grad_clip if self.settings.grad_clip else float("inf")
@@ -144,7 +160,7 @@ class GANStep:
         if train_discriminator:
             with timer.phase("discriminator_forward_backward"):
                 self.discriminator.requires_grad_(True)
-                with self._autocast():
+                with self._autocast(self.discriminator_autocast_enabled):
                     real_d, fake_d = split_outputs(self.discriminator_forward(joint.detach(), detach_bank(spectra)), size)
                 loss_d = self.loss.discriminator(as_float(real_d, False), as_float(fake_d, False))
                 self.track_finite({"discriminator": loss_d}, step)
@@ -160,7 +176,7 @@ class GANStep:
             real_spectra, fake_spectra = split_bank(spectra, size)
             if adversarial:
                 self.discriminator.requires_grad_(False)
-                with self._autocast():
+                with self._autocast(self.discriminator_autocast_enabled):
                     real_g, fake_g = self._generator_pass(batch, fake, joint, spectra, real_spectra, fake_spectra)
                 real_g, fake_g = as_float(real_g), as_float(fake_g)
             terms = self.loss.generator_terms(batch, fake, out.quantizer.losses["total"], real_g, fake_g, real_spectra, fake_spectra)

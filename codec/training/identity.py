@@ -32,6 +32,16 @@ UNTRAINED_KEYS = (
 )
 
 
+# Trained options added after runs were first made, each with the value that keeps the behaviour
+# from before it existed. A checkpoint saved before an option existed resumes when the option sits
+# at this value (the saved config lacks the key; nothing it trained differs).
+ADDED_OPTION_DEFAULTS: dict[str, Any] = {
+    "trainer.init_from": None,
+    "trainer.init_parts": ["encoder", "decoder"],
+    "trainer.cpu_bf16_discriminators": False,
+}
+
+
 def is_untrained_key(key: str) -> bool:
     """Whether a dotted config key (or a command-line override's key, e.g. ``+cluster`` or
     ``hydra/launcher``) is, or lies under, one of :data:`UNTRAINED_KEYS`."""
@@ -55,5 +65,13 @@ def run_identity(config: Mapping[str, Any]) -> str:
 
 
 def identity_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """The trained keys that differ between a saved config and a new one, as "key: old -> new".
+    An option the saved config predates (see :data:`ADDED_OPTION_DEFAULTS`) counts only when
+    the new config moves it off its former behaviour."""
     a, b = identity_items(old), identity_items(new)
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    changes = []
+    for key in sorted(set(a) | set(b)):
+        predates = key not in a and key in ADDED_OPTION_DEFAULTS and b.get(key) == ADDED_OPTION_DEFAULTS[key]
+        if a.get(key) != b.get(key) and not predates:
+            changes.append(f"{key}: {a.get(key)!r} -> {b.get(key)!r}")
+    return changes

@@ -36,6 +36,7 @@ class TrainerSettings:
     ema_decay: float | None = None
     device: str = "auto"
     bf16: bool = True
+    cpu_bf16_discriminators: bool = False
     compile: bool | str = "auto"
     fused_optimizer: bool | str = "auto"
     retain_host_memory: bool | str = "auto"
