@@ -46,7 +46,7 @@ def training_flops_per_audio_second(cfg: Any) -> float:
     torch.manual_seed(0)
     codec, discriminator, loss = build_codec(cfg), build_discriminator(cfg), build_loss(cfg)
     settings = TrainerSettings.from_config(cfg.trainer)
-    settings.bf16, settings.compile, settings.fused_optimizer = False, False, False
+    settings.bf16, settings.compile, settings.fused_optimizer, settings.cpu_bf16_discriminators = False, False, False, False
     step = GANStep(codec, discriminator, loss, settings, torch.device("cpu"), DistributedContext())
     batch = 0.1 * torch.randn(1, 1, codec.sample_rate, generator=torch.Generator().manual_seed(0))
     counter = FlopCounterMode(display=False)
