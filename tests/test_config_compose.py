@@ -264,3 +264,18 @@ def test_every_ready_sweep_has_seeds_as_an_axis() -> None:
         params = OmegaConf.load(path).hydra.sweeper.params
         assert "trainer.seed" in params, path.name
         assert len(str(params["trainer.seed"]).split(",")) >= 3, path.name
+
+
+def test_added_option_defaults_are_the_configured_defaults() -> None:
+    """An option listed as added (a checkpoint older than it resumes while it sits at this value)
+    must default to that value, or an old checkpoint would resume under a changed behaviour."""
+    from omegaconf import OmegaConf
+
+    from codec.training.identity import ADDED_OPTION_DEFAULTS, is_untrained_key
+
+    cfg = compose_config([])
+    for key, value in ADDED_OPTION_DEFAULTS.items():
+        assert not is_untrained_key(key), key
+        default = OmegaConf.select(cfg, key, default="missing")
+        default = OmegaConf.to_container(default) if OmegaConf.is_config(default) else default
+        assert default == value, (key, default, value)
