@@ -69,9 +69,12 @@ def identity_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     An option the saved config predates (see :data:`ADDED_OPTION_DEFAULTS`) counts only when
     the new config moves it off its former behaviour."""
     a, b = identity_items(old), identity_items(new)
-    changes = []
-    for key in sorted(set(a) | set(b)):
-        predates = key not in a and key in ADDED_OPTION_DEFAULTS and b.get(key) == ADDED_OPTION_DEFAULTS[key]
-        if a.get(key) != b.get(key) and not predates:
-            changes.append(f"{key}: {a.get(key)!r} -> {b.get(key)!r}")
-    return changes
+    predated = {key for key in predated_options(old) if b.get(key) == ADDED_OPTION_DEFAULTS[key]}
+    return [f"{key}: {a.get(key)!r} -> {b.get(key)!r}" for key in sorted(set(a) | set(b))
+            if a.get(key) != b.get(key) and key not in predated]
+
+
+def predated_options(old: Mapping[str, Any]) -> list[str]:
+    """The options of :data:`ADDED_OPTION_DEFAULTS` that a saved config predates (lacks)."""
+    saved = identity_items(old)
+    return [key for key in ADDED_OPTION_DEFAULTS if key not in saved]

@@ -32,7 +32,7 @@ from codec.training.distributed import DistributedContext, any_rank, init_distri
 from codec.training.gan_step import GANStep
 from codec.training.guards import GuardStop, Guardrails
 from codec.training.host_memory import retain_freed_host_memory
-from codec.training.identity import ADDED_OPTION_DEFAULTS, identity_diff, identity_items, run_identity
+from codec.training.identity import identity_diff, predated_options, run_identity
 from codec.training.run_lock import RunLock
 from codec.training.run_record import model_facts, start_run_record
 from codec.training.settings import TrainerConfigError, TrainerSettings, enabled_on
@@ -237,7 +237,7 @@ class Trainer:
                     f"Changed keys: {changes[:10]}. Use another run directory (hydra.run.dir=...) to start afresh."
                 )
             log.info("the checkpoint predates options added since (%s); they keep its behaviour, resuming",
-                     ", ".join(k for k in ADDED_OPTION_DEFAULTS if k not in identity_items(state.get("config", {}))))
+                     ", ".join(predated_options(state.get("config", {}))))
         self.step = int(state["step"])
         self.codec.load_state_dict(state["codec"])
         self.discriminator.load_state_dict(state["discriminator"])

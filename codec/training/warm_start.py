@@ -19,8 +19,7 @@ from torch import nn
 
 from codec.training.checkpoint import safe_load
 
-CODEC_PARTS = ("encoder", "quantizer", "decoder")
-PARTS = (*CODEC_PARTS, "discriminator")
+PARTS = ("encoder", "quantizer", "decoder", "discriminator")
 
 
 class WarmStartError(ValueError):
