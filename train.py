@@ -3,6 +3,7 @@
 The run directory (runs/<name>/<overrides>) is deterministic, so running the same command
 again resumes from its last checkpoint, and a sweep re-run skips the runs that finished.
 """
+
 from __future__ import annotations
 
 import logging
@@ -18,14 +19,30 @@ from omegaconf import DictConfig
 
 from codec.config import ConfigError, describe_preset_overrides, preset_overrides_of_choices, register_resolvers
 from codec.data import AudioFileError, DataError
+from codec.sweep.job import (
+    TIME_LIMIT_SIGNAL,
+    in_slurm_job,
+    in_submitit_job,
+    record_failure,
+    requeue_after_time_limit,
+    slurm_will_rerun,
+    stop_signals,
+)
 from codec.tracking.loggers import TrackingStoreError
-from codec.sweep.job import TIME_LIMIT_SIGNAL, in_slurm_job, in_submitit_job, record_failure, requeue_after_time_limit, slurm_will_rerun, stop_signals
 from codec.training.checkpoint import CheckpointError
 from codec.training.run_lock import RunDirectoryBusy
 from codec.training.trainer import NonFiniteLossError, StopRequested, Trainer
 
 log = logging.getLogger("train")
-USER_ERRORS = (ConfigError, DataError, AudioFileError, NonFiniteLossError, CheckpointError, RunDirectoryBusy, TrackingStoreError)
+USER_ERRORS = (
+    ConfigError,
+    DataError,
+    AudioFileError,
+    NonFiniteLossError,
+    CheckpointError,
+    RunDirectoryBusy,
+    TrackingStoreError,
+)
 
 register_resolvers()
 # Our conf/hydra/launcher/submitit_*.yaml extend the plugin's schema of the same name on purpose.
@@ -47,15 +64,17 @@ def main(cfg: DictConfig) -> dict | None:
             return trainer.fit()
     except StopRequested:
         if trainer.stop_signal == signal.SIGINT:
-            raise SystemExit(130)  # Ctrl-C: stopped with a checkpoint; the same command resumes
+            raise SystemExit(130) from None  # Ctrl-C: stopped with a checkpoint; the same command resumes
         if in_slurm_job():
-            requeued = trainer.stop_signal == TIME_LIMIT_SIGNAL and requeue_after_time_limit(trainer.settings.max_requeues, run_dir)
+            requeued = trainer.stop_signal == TIME_LIMIT_SIGNAL and requeue_after_time_limit(
+                trainer.settings.max_requeues, run_dir
+            )
             if requeued or slurm_will_rerun():
                 # Exit without a result: the same job runs again in this run directory and resumes.
-                raise SystemExit(143)
+                raise SystemExit(143) from None
         if in_submitit_job():
             raise  # stopped for good: the sweep records the stop as this job's outcome
-        raise SystemExit(143)  # a local run or local sweep that was told to stop stops as a whole
+        raise SystemExit(143) from None  # a local run or local sweep that was told to stop stops as a whole
     except KeyboardInterrupt:
         raise SystemExit(f"aborted; the last checkpoint in {run_dir / 'checkpoints'} is kept") from None
     except Exception as error:

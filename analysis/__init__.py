@@ -1,4 +1,5 @@
 """From a sweep in MLflow to ablation tables, plots, audio comparisons and reports."""
+
 from analysis.audio import audio_comparison_html
 from analysis.loading import find_sweep, load_sweep
 from analysis.plots import plot_codebook_usage, plot_pareto, plot_training_curves

@@ -1,4 +1,5 @@
 """The same utterance, original and as reconstructed by each run, as HTML audio players."""
+
 from __future__ import annotations
 
 import base64
@@ -45,6 +46,12 @@ def audio_comparison_html(frame: pd.DataFrame, utterance: int = 0, tracking_uri:
             audio = f'<audio controls src="{_data_uri(wav, "audio/wav")}"></audio>' if wav.exists() else "-"
             image = f'<img src="{_data_uri(png, "image/png")}" width="480">' if png.exists() else "-"
             rows.append(f"<tr><td>{html.escape(label)}</td><td>{audio}</td><td>{image}</td></tr>")
-    head = f'<tr><td><b>original</b></td><td><audio controls src="{original}"></audio></td><td></td></tr>' if original else ""
-    return ("<table class='audio'><tr><th>run</th><th>reconstruction</th><th>spectrogram (original | reconstruction)</th></tr>"
-            + head + "".join(rows) + "</table>")
+    head = (
+        f'<tr><td><b>original</b></td><td><audio controls src="{original}"></audio></td><td></td></tr>'
+        if original
+        else ""
+    )
+    return (
+        "<table class='audio'><tr><th>run</th><th>reconstruction</th><th>spectrogram (original | "
+        "reconstruction)</th></tr>" + head + "".join(rows) + "</table>"
+    )

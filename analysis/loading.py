@@ -4,17 +4,31 @@ Columns: run metadata (``run_id``, ``status``, ``wall_time_s``, ``run_dir``, ``o
 every param under its dotted config key (``quantizer.groups``, numbers parsed), and every
 metric's last value under its MLflow key (``best/pesq_wb``, ``model/bitrate_kbps``, ...).
 """
+
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-META_COLUMNS = ("run_id", "run_name", "status", "experiment_id", "start_time", "wall_time_s", "run_dir", "overrides", "sweep_id", "error", "guard",
-                "stop_reason")
+META_COLUMNS = (
+    "run_id",
+    "run_name",
+    "status",
+    "experiment_id",
+    "start_time",
+    "wall_time_s",
+    "run_dir",
+    "overrides",
+    "sweep_id",
+    "error",
+    "guard",
+    "stop_reason",
+)
 
 
 @dataclass
@@ -52,10 +66,12 @@ def load_sweep(sweep: str, tracking_uri: str | None = None, runs_dir: str | Path
         raise ValueError(f"sweep {ref.sweep_id} was not tracked in MLflow (logger=none); nothing to load")
     client = MlflowClient(tracking_uri=ref.tracking_uri)
     experiment_ids = [e.experiment_id for e in client.search_experiments()]
-    runs = []
+    runs: list[Any] = []
     page_token = None
     while True:
-        page = client.search_runs(experiment_ids, f"tags.sweep_id = '{ref.sweep_id}'", max_results=1000, page_token=page_token)
+        page = client.search_runs(
+            experiment_ids, f"tags.sweep_id = '{ref.sweep_id}'", max_results=1000, page_token=page_token
+        )
         runs.extend(page)
         page_token = page.token
         if not page_token:

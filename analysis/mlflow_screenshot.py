@@ -3,9 +3,11 @@
     python -m analysis.mlflow_screenshot --store sqlite:///mlflow.db --experiment demo --out docs.png
 
 Starts ``mlflow server`` on a free local port against the store, waits until it answers, opens
-the experiment's runs page (``--compare``: the comparison of its newest sweep's runs) in headless Chromium (``--browser``, Debian's ``chromium``) and
-writes a PNG. Nothing leaves the machine: Chromium runs with its background networking off.
+the experiment's runs page (``--compare``: the comparison of its newest sweep's runs) in headless
+Chromium (``--browser``, Debian's ``chromium``) and writes a PNG.
+Nothing leaves the machine: Chromium runs with its background networking off.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,11 +19,20 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars")
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+)
 
 
 def free_port() -> int:
@@ -48,7 +59,9 @@ def wait_for_server(url: str, server: subprocess.Popen, timeout: float) -> None:
 def experiment_id(url: str, name: str) -> str:
     import json
 
-    query = urllib.request.Request(f"{url}/api/2.0/mlflow/experiments/get-by-name?experiment_name={urllib.parse.quote(name)}")
+    query = urllib.request.Request(
+        f"{url}/api/2.0/mlflow/experiments/get-by-name?experiment_name={urllib.parse.quote(name)}"
+    )
     with urllib.request.urlopen(query, timeout=10) as response:
         return json.loads(response.read())["experiment"]["experiment_id"]
 
@@ -69,19 +82,48 @@ def compare_page(url: str, experiment_key: str, store: str) -> str:
     return f"{url}/#/compare-runs?{query}"
 
 
-def screenshot(store: str, experiment: str, out: Path, browser: str, size: str, wait_ms: int, compare: bool = False) -> Path:
+def screenshot(
+    store: str, experiment: str, out: Path, browser: str, size: str, wait_ms: int, compare: bool = False
+) -> Path:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as profile:
-        server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store, "--host", "127.0.0.1",
-                                   "--port", str(port), "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--backend-store-uri",
+                store,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             wait_for_server(url, server, timeout=120)
             key = experiment_id(url, experiment)
             page = compare_page(url, key, store) if compare else f"{url}/#/experiments/{key}/runs"
-            subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={size}",
-                            f"--virtual-time-budget={wait_ms}", f"--screenshot={out.resolve()}", page],
-                           check=True, capture_output=True, timeout=180)
+            subprocess.run(
+                [
+                    browser,
+                    *CHROMIUM_FLAGS,
+                    f"--user-data-dir={profile}",
+                    f"--window-size={size}",
+                    f"--virtual-time-budget={wait_ms}",
+                    f"--screenshot={out.resolve()}",
+                    page,
+                ],
+                check=True,
+                capture_output=True,
+                timeout=180,
+            )
         finally:
             server.terminate()
             server.wait(timeout=30)
@@ -89,8 +131,11 @@ def screenshot(store: str, experiment: str, out: Path, browser: str, size: str, 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m analysis.mlflow_screenshot", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m analysis.mlflow_screenshot",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--store", default="sqlite:///mlflow.db", help="MLflow backend store URI")
     parser.add_argument("--experiment", required=True, help="experiment name, e.g. demo")
     parser.add_argument("--out", default="mlflow_runs.png")

@@ -1,5 +1,6 @@
 """Headless execution of the analysis notebooks with a sweep name injected (papermill-style:
 the cell tagged ``parameters`` is followed by one that sets the given values)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,14 +10,19 @@ import nbformat
 from nbclient import NotebookClient
 
 
-def execute_notebook(source: Path, output: Path, parameters: dict[str, Any], cwd: Path | None = None, timeout: int = 600) -> Path:
+def execute_notebook(
+    source: Path, output: Path, parameters: dict[str, Any], cwd: Path | None = None, timeout: int = 600
+) -> Path:
     notebook = nbformat.read(str(source), as_version=4)
-    index = next((i for i, cell in enumerate(notebook.cells) if "parameters" in cell.get("metadata", {}).get("tags", [])), -1)
+    index = next(
+        (i for i, cell in enumerate(notebook.cells) if "parameters" in cell.get("metadata", {}).get("tags", [])), -1
+    )
     injected = nbformat.v4.new_code_cell("\n".join(f"{k} = {v!r}" for k, v in parameters.items()))
     injected.metadata["tags"] = ["injected-parameters"]
     notebook.cells.insert(index + 1, injected)
-    NotebookClient(notebook, timeout=timeout, kernel_name="python3",
-                   resources={"metadata": {"path": str(cwd or source.parent)}}).execute()
+    NotebookClient(
+        notebook, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(cwd or source.parent)}}
+    ).execute()
     nbformat.write(notebook, str(output))
     return output
 

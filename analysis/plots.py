@@ -1,9 +1,10 @@
 """PNG plots of a sweep: quality vs bitrate with its Pareto front, codebook usage, curves."""
+
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 
@@ -15,6 +16,13 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from analysis.tables import pareto_front, run_labels  # noqa: E402
 
 
+def _index(pattern: re.Pattern[str], column: str) -> int:
+    """The codebook index captured by ``pattern`` in a column it matched."""
+    match = pattern.match(column)
+    assert match is not None
+    return int(match.group(1))
+
+
 def _save(fig, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -24,8 +32,13 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def plot_pareto(frame: pd.DataFrame, path: Path, cost: str = "model/bitrate_kbps", quality: str = "best/pesq_wb",
-                higher_is_better: bool = True) -> Path:
+def plot_pareto(
+    frame: pd.DataFrame,
+    path: Path,
+    cost: str = "model/bitrate_kbps",
+    quality: str = "best/pesq_wb",
+    higher_is_better: bool = True,
+) -> Path:
     """Every run as a point, the non-dominated ones joined into the front."""
     labels = run_labels(frame)
     fig, axis = plt.subplots(figsize=(7, 4.5))
@@ -44,7 +57,7 @@ def plot_pareto(frame: pd.DataFrame, path: Path, cost: str = "model/bitrate_kbps
 def plot_codebook_usage(frame: pd.DataFrame, path: Path, split: str = "test", stat: str = "usage") -> Path:
     """Per-codebook usage (or perplexity, dead codes) of each run, as grouped bars."""
     pattern = re.compile(rf"^{split}/codebook_(\d+)_{stat}$")
-    columns = sorted((c for c in frame.columns if pattern.match(c)), key=lambda c: int(pattern.match(c).group(1)))
+    columns = sorted((c for c in frame.columns if pattern.match(c)), key=lambda c: _index(pattern, c))
     if not columns:
         raise KeyError(f"no {split}/codebook_NN_{stat} metrics in the sweep")
     labels = run_labels(frame)
@@ -54,15 +67,19 @@ def plot_codebook_usage(frame: pd.DataFrame, path: Path, split: str = "test", st
         values = [row[c] for c in columns]
         axis.bar([k + i * width for k in range(len(columns))], values, width=width, label=label)
     axis.set_xticks([k + 0.4 - width / 2 for k in range(len(columns))])
-    axis.set_xticklabels([str(int(pattern.match(c).group(1))) for c in columns])
+    axis.set_xticklabels([str(_index(pattern, c)) for c in columns])
     axis.set_xlabel("codebook (group-major index)")
     axis.set_ylabel(f"{split} {stat}")
     axis.legend(fontsize=7, ncol=2)
     return _save(fig, path)
 
 
-def plot_training_curves(frame: pd.DataFrame, path: Path, metrics: Sequence[str] = ("train/mel", "valid/mel_distance"),
-                         tracking_uri: str | None = None) -> Path:
+def plot_training_curves(
+    frame: pd.DataFrame,
+    path: Path,
+    metrics: Sequence[str] = ("train/mel", "valid/mel_distance"),
+    tracking_uri: str | None = None,
+) -> Path:
     """One panel per metric, one line per run, from the full MLflow history."""
     client = MlflowClient(tracking_uri=tracking_uri or frame.attrs.get("tracking_uri"))
     labels = run_labels(frame)

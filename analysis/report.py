@@ -3,14 +3,15 @@
 The report holds the summary table, seed aggregates, a two-axis pivot, the Pareto plot of
 quality vs bitrate, training curves, codebook usage and audio players for one utterance.
 """
+
 from __future__ import annotations
 
 import argparse
 import base64
 import html
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 
@@ -21,10 +22,30 @@ from analysis.stats import BOOTSTRAP_MIN_SEEDS, designs, paired_table, stopped_r
 from analysis.tables import SEED_KEY, aggregate_seeds, pivot, run_labels, varying_params
 
 # Quality metrics in order of preference, with whether higher is better.
-QUALITY_METRICS = (("best/pesq_wb", True), ("best/stoi", True), ("test/pesq_wb", True), ("best/mel_distance", False), ("test/mel_distance", False))
-SUMMARY_COLUMNS = ("status", "guard", "model/bitrate_kbps", "model/tokens_per_second", "model/params_generator", "best/pesq_wb",
-                   "best/stoi", "best/mel_distance", "test/pesq_wb", "test/stoi", "test/mel_distance", "wall_time_s",
-                   "cost/device_hours", "cost/audio_seconds", "cost/peak_host_memory_mb")
+QUALITY_METRICS = (
+    ("best/pesq_wb", True),
+    ("best/stoi", True),
+    ("test/pesq_wb", True),
+    ("best/mel_distance", False),
+    ("test/mel_distance", False),
+)
+SUMMARY_COLUMNS = (
+    "status",
+    "guard",
+    "model/bitrate_kbps",
+    "model/tokens_per_second",
+    "model/params_generator",
+    "best/pesq_wb",
+    "best/stoi",
+    "best/mel_distance",
+    "test/pesq_wb",
+    "test/stoi",
+    "test/mel_distance",
+    "wall_time_s",
+    "cost/device_hours",
+    "cost/audio_seconds",
+    "cost/peak_host_memory_mb",
+)
 
 
 LOWER_IS_BETTER = ("mel_distance", "wer", "cer", "waveform_l1", "_loss")
@@ -75,8 +96,16 @@ def _image(path: Path) -> str:
     return f'<img src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
 
 
-def build_report(sweep: str, out: Path, tracking_uri: str | None = None, runs_dir: str | Path = "runs",
-                 rows: str | None = None, columns: str | None = None, value: str | None = None, metric: str | None = None) -> Path:
+def build_report(
+    sweep: str,
+    out: Path,
+    tracking_uri: str | None = None,
+    runs_dir: str | Path = "runs",
+    rows: str | None = None,
+    columns: str | None = None,
+    value: str | None = None,
+    metric: str | None = None,
+) -> Path:
     """Write ``report.html``, ``sweep.csv`` and the PNG plots into ``out``; returns the HTML path."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -84,10 +113,13 @@ def build_report(sweep: str, out: Path, tracking_uri: str | None = None, runs_di
     frame.to_csv(out / "sweep.csv", index=False)
     quality, higher = quality_metric(frame, metric)
     title = f"Sweep {Path(str(sweep)).name}"
-    sections = [f"<h1>{html.escape(title)}</h1><p class='id'>sweep id {html.escape(str(frame.attrs['sweep_id']))}</p>",
-                f"<p>{len(frame)} runs; varying: {html.escape(', '.join(varying_params(frame)) or 'nothing')}; "
-                f"quality metric: {quality}.</p>",
-                "<h2>Runs</h2>", _table(summary_table(frame))]
+    sections = [
+        f"<h1>{html.escape(title)}</h1><p class='id'>sweep id {html.escape(str(frame.attrs['sweep_id']))}</p>",
+        f"<p>{len(frame)} runs; varying: {html.escape(', '.join(varying_params(frame)) or 'nothing')}; "
+        f"quality metric: {quality}.</p>",
+        "<h2>Runs</h2>",
+        _table(summary_table(frame)),
+    ]
     if SEED_KEY in varying_params(frame):
         metrics = [m for m in (quality, "model/bitrate_kbps", "cost/device_hours") if m in frame.columns]
         sections += ["<h2>Seed replicates (mean ± std)</h2>", _table(aggregate_seeds(frame, metrics))]
@@ -95,8 +127,11 @@ def build_report(sweep: str, out: Path, tracking_uri: str | None = None, runs_di
     sections += probe_sections(frame)
     stopped = stopped_runs(frame)
     if len(stopped):
-        sections += ["<h2>Stopped early by guardrails</h2><p>Their metrics are the best before the stop; they are left out "
-                     "of the paired statistics.</p>", _table(stopped)]
+        sections += [
+            "<h2>Stopped early by guardrails</h2><p>Their metrics are the best before the stop; they are left out "
+            "of the paired statistics.</p>",
+            _table(stopped),
+        ]
     axes = (rows, columns) if rows and columns else choose_axes(frame)
     if axes:
         for shown in dict.fromkeys([value or quality, "model/bitrate_kbps"]):
@@ -108,28 +143,49 @@ def build_report(sweep: str, out: Path, tracking_uri: str | None = None, runs_di
     plots["curves.png"] = lambda p: plot_training_curves(frame, p, curve_metrics)
     if any(c.startswith("test/codebook_") and c.endswith("_usage") for c in frame.columns):
         plots["codebook_usage.png"] = lambda p: plot_codebook_usage(frame, p)
-    titles = {"pareto.png": f"{quality} vs bitrate", "curves.png": "Training curves", "codebook_usage.png": "Codebook usage (test set)"}
+    titles = {
+        "pareto.png": f"{quality} vs bitrate",
+        "curves.png": "Training curves",
+        "codebook_usage.png": "Codebook usage (test set)",
+    }
     for name, plot in plots.items():
         sections += [f"<h2>{titles[name]}</h2>", _image(plot(out / name))]
     sections += ["<h2>Listen: the first test utterance</h2>", audio_comparison_html(frame)]
-    style = ("<style>body{font-family:sans-serif;margin:2em} table{border-collapse:collapse;margin:1em 0}"
-             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right} img{max-width:100%} .scroll{overflow-x:auto}"
-             ".id{color:#777}</style>")
+    style = (
+        "<style>body{font-family:sans-serif;margin:2em} table{border-collapse:collapse;margin:1em 0}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right} img{max-width:100%} .scroll{overflow-x:auto}"
+        ".id{color:#777}</style>"
+    )
     page = out / "report.html"
-    page.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>{style}</head><body>"
-                    + "\n".join(sections) + "</body></html>")
+    page.write_text(
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>{style}</head><body>"
+        + "\n".join(sections)
+        + "</body></html>"
+    )
     return page
 
 
 def probe_sections(frame: pd.DataFrame) -> list[str]:
     """The token probes' metrics per design (mean ± std over seeds when seeds vary), if the sweep ran them."""
-    columns = sorted(c for c in frame.columns if c.startswith("probe/") and not c.startswith("probe/utterances") and frame[c].notna().any())
+    columns = sorted(
+        c
+        for c in frame.columns
+        if c.startswith("probe/") and not c.startswith("probe/utterances") and frame[c].notna().any()
+    )
     if not columns:
         return []
-    table = aggregate_seeds(frame, columns) if SEED_KEY in varying_params(frame) else summary_table(frame)[["run"]].join(frame[columns])
-    return ["<h2>Token probes (frozen codes)</h2><p>Speaker accuracy (higher is better; against <code>speaker_chance</code>) and "
-            "content character error rate (lower is better; against <code>content_cer_shuffled</code>, the same probe on "
-            "time-shuffled codes); <code>_without_X</code>: the same probe with that group or layer masked.</p>", _table(table)]
+    table = (
+        aggregate_seeds(frame, columns)
+        if SEED_KEY in varying_params(frame)
+        else summary_table(frame)[["run"]].join(frame[columns])
+    )
+    return [
+        "<h2>Token probes (frozen codes)</h2><p>Speaker accuracy (higher is better; against "
+        "<code>speaker_chance</code>) and "
+        "content character error rate (lower is better; against <code>content_cer_shuffled</code>, the same probe on "
+        "time-shuffled codes); <code>_without_X</code>: the same probe with that group or layer masked.</p>",
+        _table(table),
+    ]
 
 
 def comparison_sections(frame: pd.DataFrame, quality: str, higher: bool, out: Path) -> list[str]:
@@ -138,10 +194,13 @@ def comparison_sections(frame: pd.DataFrame, quality: str, higher: bool, out: Pa
         return []
     paired = paired_table(frame, quality, higher)
     paired.to_csv(out / "paired.csv", index=False)
-    sections = [f"<h2>Paired comparisons over seeds: {html.escape(quality)}</h2>",
-                f"<p>Difference A - B per shared seed, mean and 95% interval: paired t interval below {BOOTSTRAP_MIN_SEEDS} "
-                "seeds (assumes roughly normal differences), BCa bootstrap from there on; the method is in each row. "
-                "A verdict needs an interval that excludes 0. Cost: device-hours of both designs' runs.</p>", _table(paired)]
+    sections = [
+        f"<h2>Paired comparisons over seeds: {html.escape(quality)}</h2>",
+        f"<p>Difference A - B per shared seed, mean and 95% interval: paired t interval below {BOOTSTRAP_MIN_SEEDS} "
+        "seeds (assumes roughly normal differences), BCa bootstrap from there on; the method is in each row. "
+        "A verdict needs an interval that excludes 0. Cost: device-hours of both designs' runs.</p>",
+        _table(paired),
+    ]
     if "model/bitrate_kbps" in frame.columns:
         winners = winners_by_bitrate(frame, quality, higher)
         winners.to_csv(out / "winners.csv", index=False)
@@ -151,18 +210,26 @@ def comparison_sections(frame: pd.DataFrame, quality: str, higher: bool, out: Pa
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__)
-    parser.add_argument("sweep", help="sweep directory, sweep name under <runs>/multirun, or sweep id (with --tracking-uri)")
+    parser.add_argument(
+        "sweep", help="sweep directory, sweep name under <runs>/multirun, or sweep id (with --tracking-uri)"
+    )
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: the one the sweep used)")
     parser.add_argument("--runs", default="runs", help="the runs directory (paths.runs)")
     parser.add_argument("--rows", default=None, help="pivot rows, e.g. quantizer.groups")
     parser.add_argument("--cols", default=None, help="pivot columns, e.g. quantizer.layers")
     parser.add_argument("--value", default=None, help="pivot value, e.g. best/pesq_wb")
-    parser.add_argument("--metric", default=None, help="the quality metric to rank, aggregate and plot (default: best/pesq_wb, "
-                                                        "else best/stoi, ...), e.g. best/mel_distance")
+    parser.add_argument(
+        "--metric",
+        default=None,
+        help="the quality metric to rank, aggregate and plot (default: best/pesq_wb, "
+        "else best/stoi, ...), e.g. best/mel_distance",
+    )
     args = parser.parse_args(argv)
     try:
-        page = build_report(args.sweep, Path(args.out), args.tracking_uri, args.runs, args.rows, args.cols, args.value, args.metric)
+        page = build_report(
+            args.sweep, Path(args.out), args.tracking_uri, args.runs, args.rows, args.cols, args.value, args.metric
+        )
     except (FileNotFoundError, LookupError, KeyError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -8,10 +8,11 @@ more, a BCa bootstrap of the mean difference (``scipy.stats.bootstrap``), which 
 about their shape. The method is named in every row. The verdict says "better" or "worse" only
 when the interval excludes zero.
 """
+
 from __future__ import annotations
 
 import itertools
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -34,16 +35,23 @@ def designs(frame: pd.DataFrame, seed_key: str = SEED_KEY) -> pd.Series:
     return run_labels(frame, exclude=(seed_key,))
 
 
-def paired_difference(a: np.ndarray, b: np.ndarray, confidence: float = 0.95, method: str = "auto",
-                      random_state: int = 0) -> dict[str, float | str]:
+def paired_difference(
+    a: np.ndarray, b: np.ndarray, confidence: float = 0.95, method: str = "auto", random_state: int = 0
+) -> dict[str, float | str]:
     """Mean of ``a - b`` over paired seeds with its confidence interval and the method used."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     n = len(a)
     if method == "auto":
         method = "bootstrap" if n >= BOOTSTRAP_MIN_SEEDS else "paired t"
     difference = a - b
-    result: dict[str, float | str] = {"n_seeds": n, "mean_difference": float(difference.mean()) if n else np.nan,
-                                      "ci_low": np.nan, "ci_high": np.nan, "p_value": np.nan, "method": method}
+    result: dict[str, float | str] = {
+        "n_seeds": n,
+        "mean_difference": float(difference.mean()) if n else np.nan,
+        "ci_low": np.nan,
+        "ci_high": np.nan,
+        "p_value": np.nan,
+        "method": method,
+    }
     if n < 2:
         result["method"] = "none (fewer than 2 paired seeds)"
         return result
@@ -57,8 +65,14 @@ def paired_difference(a: np.ndarray, b: np.ndarray, confidence: float = 0.95, me
         interval = test.confidence_interval(confidence)
         result.update(ci_low=float(interval.low), ci_high=float(interval.high))
     elif method == "bootstrap":
-        boot = stats.bootstrap((difference,), np.mean, confidence_level=confidence, method="BCa",
-                               n_resamples=9999, random_state=random_state)
+        boot = stats.bootstrap(
+            (difference,),
+            np.mean,
+            confidence_level=confidence,
+            method="BCa",
+            n_resamples=9999,
+            random_state=random_state,
+        )
         result.update(ci_low=float(boot.confidence_interval.low), ci_high=float(boot.confidence_interval.high))
     else:
         raise ValueError(f"method={method!r} must be 'auto', 'paired t' or 'bootstrap'")
@@ -74,8 +88,15 @@ def verdict(row: dict, higher_is_better: bool) -> str:
     return "A better" if a_larger == higher_is_better else "A worse"
 
 
-def paired_table(frame: pd.DataFrame, metric: str, higher_is_better: bool, seed_key: str = SEED_KEY,
-                 confidence: float = 0.95, method: str = "auto", pairs: Sequence[tuple[str, str]] | None = None) -> pd.DataFrame:
+def paired_table(
+    frame: pd.DataFrame,
+    metric: str,
+    higher_is_better: bool,
+    seed_key: str = SEED_KEY,
+    confidence: float = 0.95,
+    method: str = "auto",
+    pairs: Sequence[tuple[str, str]] | None = None,
+) -> pd.DataFrame:
     """One row per pair of designs: paired difference A - B of ``metric`` on their shared seeds.
 
     Designs are labelled by everything that varies except the seed (or by a ``design`` column).
@@ -98,9 +119,14 @@ def paired_table(frame: pd.DataFrame, metric: str, higher_is_better: bool, seed_
         seeds = sorted(set(a.index[a[metric].notna()]) & set(b.index[b[metric].notna()]))
         values_a = a.loc[seeds, metric].astype(float).to_numpy()
         values_b = b.loc[seeds, metric].astype(float).to_numpy()
-        row = {"design_a": name_a, "design_b": name_b, "metric": metric,
-               "mean_a": float(values_a.mean()) if seeds else np.nan, "mean_b": float(values_b.mean()) if seeds else np.nan,
-               **paired_difference(values_a, values_b, confidence, method)}
+        row = {
+            "design_a": name_a,
+            "design_b": name_b,
+            "metric": metric,
+            "mean_a": float(values_a.mean()) if seeds else np.nan,
+            "mean_b": float(values_b.mean()) if seeds else np.nan,
+            **paired_difference(values_a, values_b, confidence, method),
+        }
         row["verdict"] = verdict(row, higher_is_better)
         for side, group in (("a", a), ("b", b)):
             if BITRATE in group.columns:
@@ -111,8 +137,9 @@ def paired_table(frame: pd.DataFrame, metric: str, higher_is_better: bool, seed_
     return pd.DataFrame(rows)
 
 
-def winners_by_bitrate(frame: pd.DataFrame, metric: str, higher_is_better: bool, seed_key: str = SEED_KEY,
-                       decimals: int = 2) -> pd.DataFrame:
+def winners_by_bitrate(
+    frame: pd.DataFrame, metric: str, higher_is_better: bool, seed_key: str = SEED_KEY, decimals: int = 2
+) -> pd.DataFrame:
     """At each bitrate (rounded to ``decimals`` kbps), the design with the best mean and its verdict
     against the runner-up (paired over seeds)."""
     runs = finished_runs(frame).copy()
@@ -122,15 +149,31 @@ def winners_by_bitrate(frame: pd.DataFrame, metric: str, higher_is_better: bool,
     runs["bitrate"] = runs[BITRATE].astype(float).round(decimals)
     rows = []
     for bitrate, group in runs.groupby("bitrate", sort=True):
-        means = group.groupby("design")[metric].agg(["mean", "std", "count"]).sort_values("mean", ascending=not higher_is_better)
+        means = (
+            group.groupby("design")[metric]
+            .agg(["mean", "std", "count"])
+            .sort_values("mean", ascending=not higher_is_better)
+        )
         best = means.index[0]
-        row = {"bitrate_kbps": bitrate, "winner": best, "mean": means.loc[best, "mean"], "std": means.loc[best, "std"],
-               "seeds": int(means.loc[best, "count"]), "designs": len(means)}
+        row = {
+            "bitrate_kbps": bitrate,
+            "winner": best,
+            "mean": means.loc[best, "mean"],
+            "std": means.loc[best, "std"],
+            "seeds": int(means.loc[best, "count"]),
+            "designs": len(means),
+        }
         if len(means) > 1:
             runner = means.index[1]
             comparison = paired_table(group, metric, higher_is_better, seed_key, pairs=[(best, runner)])
-            row.update(runner_up=runner, runner_up_mean=means.loc[runner, "mean"],
-                       verdict_vs_runner_up=comparison["verdict"].iloc[0].replace("A better", "better").replace("A worse", "worse"))
+            row.update(
+                runner_up=runner,
+                runner_up_mean=means.loc[runner, "mean"],
+                verdict_vs_runner_up=comparison["verdict"]
+                .iloc[0]
+                .replace("A better", "better")
+                .replace("A worse", "worse"),
+            )
         else:
             row.update(runner_up="", runner_up_mean=np.nan, verdict_vs_runner_up="only design at this bitrate")
         if COST in group.columns:
@@ -144,5 +187,10 @@ def stopped_runs(frame: pd.DataFrame) -> pd.DataFrame:
     if "guard" not in frame.columns:
         return pd.DataFrame(columns=["run", "guard", "stop_reason"])
     stopped = frame[frame["guard"].fillna("").astype(str) != ""]
-    return pd.DataFrame({"run": run_labels(frame).loc[stopped.index].to_numpy(), "guard": stopped["guard"].to_numpy(),
-                         "stop_reason": stopped.get("stop_reason", pd.Series("", index=stopped.index)).to_numpy()})
+    return pd.DataFrame(
+        {
+            "run": run_labels(frame).loc[stopped.index].to_numpy(),
+            "guard": stopped["guard"].to_numpy(),
+            "stop_reason": stopped.get("stop_reason", pd.Series("", index=stopped.index)).to_numpy(),
+        }
+    )

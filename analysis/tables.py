@@ -1,7 +1,8 @@
 """Comparison tables: what varies, seed aggregates, two-axis pivots and the Pareto front."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -37,7 +38,9 @@ def run_labels(frame: pd.DataFrame, exclude: Sequence[str] = ()) -> pd.Series:
     axes = varying_params(frame, exclude)
     if not axes:
         return frame["run_name"].astype(str)
-    return frame[axes].astype(str).apply(lambda row: " ".join(f"{k.split('.')[-1]}={v}" for k, v in row.items()), axis=1)
+    return (
+        frame[axes].astype(str).apply(lambda row: " ".join(f"{k.split('.')[-1]}={v}" for k, v in row.items()), axis=1)
+    )
 
 
 def aggregate_seeds(frame: pd.DataFrame, metrics: Sequence[str], seed_key: str = SEED_KEY) -> pd.DataFrame:
@@ -64,20 +67,25 @@ def pivot(frame: pd.DataFrame, rows: str, columns: str, value: str, aggfunc: str
     """A two-axis table, e.g. quantizer.groups x quantizer.layers -> best/pesq_wb."""
     for key in (rows, columns, value):
         if key not in frame.columns:
-            raise KeyError(f"{key!r} is not a column of the sweep (params use dotted config keys, metrics their MLflow keys)")
+            raise KeyError(
+                f"{key!r} is not a column of the sweep (params use dotted config keys, metrics their MLflow keys)"
+            )
     return frame.pivot_table(index=rows, columns=columns, values=value, aggfunc=aggfunc)
 
 
-def pareto_front(frame: pd.DataFrame, cost: str = "model/bitrate_kbps", quality: str = "best/pesq_wb",
-                 higher_is_better: bool = True) -> pd.DataFrame:
+def pareto_front(
+    frame: pd.DataFrame, cost: str = "model/bitrate_kbps", quality: str = "best/pesq_wb", higher_is_better: bool = True
+) -> pd.DataFrame:
     """Runs not dominated by another run of lower-or-equal cost and better-or-equal quality."""
     data = frame[[cost, quality]].astype(float).to_numpy()
     sign = 1.0 if higher_is_better else -1.0
     keep = []
-    for i, (c, q) in enumerate(data):
+    for c, q in data:
         if np.isnan(c) or np.isnan(q):
             keep.append(False)
             continue
-        dominated = np.any((data[:, 0] <= c) & (sign * data[:, 1] >= sign * q) & ((data[:, 0] < c) | (sign * data[:, 1] > sign * q)))
+        dominated = np.any(
+            (data[:, 0] <= c) & (sign * data[:, 1] >= sign * q) & ((data[:, 0] < c) | (sign * data[:, 1] > sign * q))
+        )
         keep.append(not dominated)
     return frame[keep].sort_values(cost)

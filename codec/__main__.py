@@ -1,4 +1,5 @@
 """Command line: ``python -m codec info [overrides]`` (and encode/decode, see ``codec.cli``)."""
+
 from codec.cli import main
 
 if __name__ == "__main__":

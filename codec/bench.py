@@ -12,6 +12,7 @@ the same losses on the same batch, whether their loss curves agree within traini
 with enough steps to mean something), and evaluation (PESQ/STOI) speed on 1 vs 2 worker processes.
 Writes JSON and prints a table. Figures, not assertions: see README "Performance".
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,9 +26,10 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -80,10 +82,19 @@ class PathRunner:
 
     def __init__(self, label: str, path: str, overrides: Sequence[str], workdir: Path, batch_count: int) -> None:
         # Whole GAN steps are measured, also for compositions (the demo) that start their discriminators late.
-        cfg = compose_config(["trainer.discriminator_start_step=0", *overrides, *PATH_OVERRIDES[path], "trainer.eval_at_start=false",
-                              "logger=none"])
+        cfg = compose_config(
+            [
+                "trainer.discriminator_start_step=0",
+                *overrides,
+                *PATH_OVERRIDES[path],
+                "trainer.eval_at_start=false",
+                "logger=none",
+            ]
+        )
         self.label, self.path = label, path
-        self.trainer = Trainer(cfg, workdir / label.replace(" ", "_").replace("(", "").replace(")", ""), logger=NullLogger())
+        self.trainer = Trainer(
+            cfg, workdir / label.replace(" ", "_").replace("(", "").replace(")", ""), logger=NullLogger()
+        )
         self.device = self.trainer.device
         self.batches = draw_batches(self.trainer, batch_count)
         self.curve: list[torch.Tensor] = []  # per-step losses, kept on the device: recording them never syncs
@@ -130,20 +141,35 @@ class PathRunner:
             "window_seconds": self.window_seconds,
             "breakdown_s": {phase: self.timer.totals.get(phase, 0.0) / max(breakdown_steps, 1) for phase in PHASES},
             "first_step_losses": {k: float(v) for k, v in zip(CURVE_KEYS, self.curve[0])},
-            "loss_curves": {k: values.tolist() for k, values in zip(CURVE_KEYS, torch.stack(self.curve).cpu().unbind(1))},
+            "loss_curves": {
+                k: values.tolist() for k, values in zip(CURVE_KEYS, torch.stack(self.curve).cpu().unbind(1))
+            },
             "host_peak_mb": peak_host_memory_mb(),
-            "device_peak_mb": torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda" else None,
-            "settings": {"bf16": gan.autocast_enabled, "bf16_discriminators": gan.discriminator_autocast_enabled, "compile": gan.compile_enabled, "fused_optimizer": gan.opt_g.defaults.get("fused"),
-                         "retain_host_memory": s.retain_host_memory, "real_features_without_grad": s.real_features_without_grad,
-                         "batch_size": s.batch_size, "segment_seconds": s.segment_seconds, "num_workers": s.num_workers},
-            "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda"
+            "device_peak_mb": torch.cuda.max_memory_allocated(self.device) / 2**20
+            if self.device.type == "cuda"
+            else None,
+            "settings": {
+                "bf16": gan.autocast_enabled,
+                "bf16_discriminators": gan.discriminator_autocast_enabled,
+                "compile": gan.compile_enabled,
+                "fused_optimizer": gan.opt_g.defaults.get("fused"),
+                "retain_host_memory": s.retain_host_memory,
+                "real_features_without_grad": s.real_features_without_grad,
+                "batch_size": s.batch_size,
+                "segment_seconds": s.segment_seconds,
+                "num_workers": s.num_workers,
+            },
+            "device": torch.cuda.get_device_name(self.device)
+            if self.device.type == "cuda"
             else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
             "audio_seconds_per_step": s.batch_size * s.segment_seconds,
             "peak_flops_bf16": peak_flops(self.device),
         }
 
 
-def serve_path(connection: Connection, label: str, path: str, overrides: Sequence[str], workdir: str, batch_count: int) -> None:
+def serve_path(
+    connection: Connection, label: str, path: str, overrides: Sequence[str], workdir: str, batch_count: int
+) -> None:
     """The body of a path's process: build the runner, then answer (method, args) requests in turn."""
     die_with_parent()
     try:
@@ -167,8 +193,11 @@ class PathProcess:
         context = multiprocessing.get_context("spawn")
         self.label = label
         self.connection, child = context.Pipe()
-        self.process = context.Process(target=serve_path, args=(child, label, path, list(overrides), str(workdir), batch_count),
-                                       name=f"bench-{path}")
+        self.process = context.Process(
+            target=serve_path,
+            args=(child, label, path, list(overrides), str(workdir), batch_count),
+            name=f"bench-{path}",
+        )
         self.process.start()
         child.close()
         self._fingerprint: dict[str, str] | None = None
@@ -177,8 +206,10 @@ class PathProcess:
         try:
             ok, value = self.connection.recv()
         except EOFError:
-            raise RuntimeError(f"benchmark path {self.label!r}: its process ended without answering "
-                               f"(exit code {self.process.exitcode}; killed for memory?)") from None
+            raise RuntimeError(
+                f"benchmark path {self.label!r}: its process ended without answering "
+                f"(exit code {self.process.exitcode}; killed for memory?)"
+            ) from None
         if not ok:
             raise RuntimeError(f"benchmark path {self.label!r} failed:\n{value}")
         return value
@@ -233,15 +264,23 @@ def compare_curves(reference: dict[str, list[float]], candidate: dict[str, list[
         size = max(2, min(window, steps))
         differences, relative = [], []
         for start in range(0, steps - size + 1, size):
-            a, b = ref[start:start + size], cand[start:start + size]
+            a, b = ref[start : start + size], cand[start : start + size]
             noise = float(a.std()) or 1e-12
             differences.append(abs(float(b.mean() - a.mean())) / noise)
             relative.append(abs(float(b.mean() - a.mean())) / max(abs(float(a.mean())), 1e-12))
-        per_key[key] = {"windows": len(differences), "max_difference_in_noise_units": max(differences, default=0.0),
-                        "last_window_relative_difference": relative[-1] if relative else 0.0}
+        per_key[key] = {
+            "windows": len(differences),
+            "max_difference_in_noise_units": max(differences, default=0.0),
+            "last_window_relative_difference": relative[-1] if relative else 0.0,
+        }
     worst = max((v["max_difference_in_noise_units"] for v in per_key.values()), default=0.0)
-    return {"steps": min((len(v) for v in reference.values()), default=0), "window": window, "per_loss": per_key,
-            "max_difference_in_noise_units": worst, "within_noise": worst <= 1.0}
+    return {
+        "steps": min((len(v) for v in reference.values()), default=0),
+        "window": window,
+        "per_loss": per_key,
+        "max_difference_in_noise_units": worst,
+        "within_noise": worst <= 1.0,
+    }
 
 
 def measure_eval(overrides: Sequence[str], utterances: int) -> dict[str, Any]:
@@ -262,8 +301,13 @@ def measure_eval(overrides: Sequence[str], utterances: int) -> dict[str, Any]:
             start = time.perf_counter()
             evaluator.score_pairs(pairs)
             timings[workers] = time.perf_counter() - start
-    return {"utterances": len(pairs), "audio_seconds": seconds, "seconds_1_worker": timings[1], "seconds_2_workers": timings[2],
-            "speedup_2_vs_1": timings[1] / timings[2]}
+    return {
+        "utterances": len(pairs),
+        "audio_seconds": seconds,
+        "seconds_1_worker": timings[1],
+        "seconds_2_workers": timings[2],
+        "speedup_2_vs_1": timings[1] / timings[2],
+    }
 
 
 def path_labels(paths: Sequence[str]) -> list[str]:
@@ -271,8 +315,16 @@ def path_labels(paths: Sequence[str]) -> list[str]:
     return list(paths) if paths[0] != paths[1] else [paths[0], f"{paths[1]} (2)"]
 
 
-def run(overrides: Sequence[str], windows: int, window_steps: int, warmup: int, breakdown_steps: int, eval_utterances: int,
-        curve_window: int = 20, paths: Sequence[str] = ("eager", "fast")) -> dict[str, Any]:
+def run(
+    overrides: Sequence[str],
+    windows: int,
+    window_steps: int,
+    warmup: int,
+    breakdown_steps: int,
+    eval_utterances: int,
+    curve_window: int = 20,
+    paths: Sequence[str] = ("eager", "fast"),
+) -> dict[str, Any]:
     """Time two paths A B A B ... (order alternating per pair) on the same weights and batches.
 
     Each window pair gives one ratio A-time / B-time, so a drift in machine speed (another job,
@@ -292,7 +344,7 @@ def run(overrides: Sequence[str], windows: int, window_steps: int, warmup: int, 
                 runner.call("steps", 0, warmup)  # compilation and allocator warm-up, outside the timing
             for window in range(windows):
                 start = warmup + window * window_steps
-                for runner in (runners if window % 2 == 0 else runners[::-1]):
+                for runner in runners if window % 2 == 0 else runners[::-1]:
                     runner.call("timed_window", start, start + window_steps)
             for runner in runners:
                 runner.call("steps", warmup + measured, total, True)
@@ -302,13 +354,18 @@ def run(overrides: Sequence[str], windows: int, window_steps: int, warmup: int, 
             for runner in runners:
                 runner.close()
     reference_report = reports[labels[0]]
-    device_name, audio_per_step, peak = (reference_report[k] for k in ("device", "audio_seconds_per_step", "peak_flops_bf16"))
+    device_name, audio_per_step, peak = (
+        reference_report[k] for k in ("device", "audio_seconds_per_step", "peak_flops_bf16")
+    )
     settings = {label: report["settings"] for label, report in reports.items()}
     results = {}
     for label, report in reports.items():
         step_time = statistics.median(report["window_seconds"]) / window_steps
-        results[label] = {"step_time_s": step_time, "throughput_audio_s_per_s": audio_per_step / step_time,
-                          **{k: v for k, v in report.items() if k not in ("device", "audio_seconds_per_step", "peak_flops_bf16")}}
+        results[label] = {
+            "step_time_s": step_time,
+            "throughput_audio_s_per_s": audio_per_step / step_time,
+            **{k: v for k, v in report.items() if k not in ("device", "audio_seconds_per_step", "peak_flops_bf16")},
+        }
     for result in results.values():
         achieved = flops / result["step_time_s"]
         result["achieved_flops_per_s"] = achieved
@@ -316,20 +373,28 @@ def run(overrides: Sequence[str], windows: int, window_steps: int, warmup: int, 
     reference, candidate = (results[label] for label in labels)
     identical = settings[labels[0]] == settings[labels[1]]
     tolerance = 5e-2 if any(settings[label]["bf16_discriminators"] for label in labels) else 1e-4
-    differences = {k: abs(candidate["first_step_losses"][k] - reference["first_step_losses"][k]) / max(abs(reference["first_step_losses"][k]), 1e-8)
-                   for k in CURVE_KEYS}
+    differences = {
+        k: abs(candidate["first_step_losses"][k] - reference["first_step_losses"][k])
+        / max(abs(reference["first_step_losses"][k]), 1e-8)
+        for k in CURVE_KEYS
+    }
     curve_steps = warmup + measured + breakdown_steps
     if curve_steps >= MIN_CURVE_STEPS:
         curves = compare_curves(reference["loss_curves"], candidate["loss_curves"], curve_window)
     else:
-        curves = {"checked": False, "steps": curve_steps,
-                  "reason": f"{curve_steps} steps are too few to compare loss curves (at least {MIN_CURVE_STEPS}); only the first step is compared"}
+        curves = {
+            "checked": False,
+            "steps": curve_steps,
+            "reason": f"{curve_steps} steps are too few to compare loss curves (at least {MIN_CURVE_STEPS}); "
+            "only the first step is compared",
+        }
     return {
         "overrides": list(overrides),
         "device": device_name,
         "torch": torch.__version__,
-        "method": f"interleaved: {windows} windows of {window_steps} steps per path, order alternating per pair, each path in its own "
-                  f"process, same initial weights and batches; ratio per window pair ({labels[0]} time / {labels[1]} time)",
+        "method": f"interleaved: {windows} windows of {window_steps} steps per path, order alternating per pair, "
+        f"each path in its own process, same initial weights and batches; "
+        f"ratio per window pair ({labels[0]} time / {labels[1]} time)",
         "windows": windows,
         "window_steps": window_steps,
         "initial_weights_equal": initial_weights_equal,
@@ -340,11 +405,18 @@ def run(overrides: Sequence[str], windows: int, window_steps: int, warmup: int, 
         "paths": results,
         "path_order": labels,
         "identical_paths": identical,
-        "warning": (f"both paths run with identical settings ({settings[labels[0]]}): the ratio measures the machine's noise, "
-                    "not a speedup") if identical else None,
+        "warning": (
+            f"both paths run with identical settings ({settings[labels[0]]}): the ratio measures the machine's noise, "
+            "not a speedup"
+        )
+        if identical
+        else None,
         "speedup": interleaved_ratios(reference["window_seconds"], candidate["window_seconds"]),
-        "loss_match": {"relative_difference": differences, "tolerance": tolerance,
-                       "within_tolerance": all(d <= tolerance for d in differences.values())},
+        "loss_match": {
+            "relative_difference": differences,
+            "tolerance": tolerance,
+            "within_tolerance": all(d <= tolerance for d in differences.values()),
+        },
         "loss_curves_match": curves,
         "evaluation": measure_eval(overrides, eval_utterances) if eval_utterances else None,
     }
@@ -353,8 +425,11 @@ def run(overrides: Sequence[str], windows: int, window_steps: int, warmup: int, 
 def format_table(report: dict[str, Any]) -> str:
     first, second = report["path_order"]
     a, b = report["paths"][first], report["paths"][second]
-    lines = [f"device: {report['device']}   torch {report['torch']}   {report['audio_seconds_per_step']:g} audio-s per step",
-             f"method: {report['method']}", f"{'':34}{first:>14}{second:>14}"]
+    lines = [
+        f"device: {report['device']}   torch {report['torch']}   {report['audio_seconds_per_step']:g} audio-s per step",
+        f"method: {report['method']}",
+        f"{'':34}{first:>14}{second:>14}",
+    ]
 
     def row(label: str, x: Any, y: Any, fmt: str = "{:.4g}") -> None:
         show = lambda v: "-" if v is None else fmt.format(v)  # noqa: E731
@@ -368,36 +443,57 @@ def format_table(report: dict[str, Any]) -> str:
     row("device peak (MB)", a["device_peak_mb"], b["device_peak_mb"])
     row("fraction of bf16 peak", a["fraction_of_peak"], b["fraction_of_peak"])
     ratio = report["speedup"]
-    lines.append(f"speedup {second} vs {first}: median {ratio['median']:.2f}x (min {ratio['min']:.2f}x, max {ratio['max']:.2f}x over "
-                 f"{len(ratio['per_window_pair'])} interleaved window pairs); model GFLOPs per audio-second: "
-                 f"{report['model_flops_per_audio_second'] / 1e9:.3g}; first-step losses match: {report['loss_match']['within_tolerance']}")
+    lines.append(
+        f"speedup {second} vs {first}: median {ratio['median']:.2f}x (min {ratio['min']:.2f}x, max "
+        f"{ratio['max']:.2f}x over "
+        f"{len(ratio['per_window_pair'])} interleaved window pairs); model GFLOPs per audio-second: "
+        f"{report['model_flops_per_audio_second'] / 1e9:.3g}; first-step losses match: "
+        f"{report['loss_match']['within_tolerance']}"
+    )
     if report["warning"]:
         lines.append(f"WARNING: {report['warning']}")
     curves = report["loss_curves_match"]
     if curves.get("checked", True):
-        lines.append(f"loss curves over {curves['steps']} steps ({curves['window']}-step windows): largest gap "
-                     f"{curves['max_difference_in_noise_units']:.2f} noise units; within noise: {curves['within_noise']}")
+        lines.append(
+            f"loss curves over {curves['steps']} steps ({curves['window']}-step windows): largest gap "
+            f"{curves['max_difference_in_noise_units']:.2f} noise units; within noise: {curves['within_noise']}"
+        )
     else:
         lines.append(f"loss curves not compared: {curves['reason']}")
     if report["evaluation"]:
         e = report["evaluation"]
-        lines.append(f"evaluation (PESQ-WB, STOI, ESTOI) on {e['audio_seconds']:.0f} s of audio: "
-                     f"{e['seconds_1_worker']:.2f} s with 1 worker, {e['seconds_2_workers']:.2f} s with 2 ({e['speedup_2_vs_1']:.2f}x)")
+        lines.append(
+            f"evaluation (PESQ-WB, STOI, ESTOI) on {e['audio_seconds']:.0f} s of audio: "
+            f"{e['seconds_1_worker']:.2f} s with 1 worker, {e['seconds_2_workers']:.2f} s with 2 "
+            f"({e['speedup_2_vs_1']:.2f}x)"
+        )
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m codec.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=hificodec_24k_240x_4cb trainer.batch_size=16")
+    parser = argparse.ArgumentParser(
+        prog="python -m codec.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "overrides", nargs="*", help="Hydra overrides, e.g. experiment=hificodec_24k_240x_4cb trainer.batch_size=16"
+    )
     parser.add_argument("--windows", type=int, default=6, help="timed windows per path, interleaved A B, B A, ...")
     parser.add_argument("--window-steps", type=int, default=5, help="steps per timed window")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation, allocator)")
     parser.add_argument("--breakdown-steps", type=int, default=5, help="steps timed phase by phase (synchronizing)")
-    parser.add_argument("--eval-utterances", type=int, default=8, help="utterances for the evaluation speed test (0: skip)")
-    parser.add_argument("--curve-window", type=int, default=20, help="steps per window when comparing the two loss curves")
-    parser.add_argument("--paths", default="eager,fast", help=f"the two paths to compare, A,B from {sorted(PATH_OVERRIDES)} "
-                                                               "(eager,eager measures the machine's noise; plain,eager what the CPU "
-                                                               "optimizations of the step give)")
+    parser.add_argument(
+        "--eval-utterances", type=int, default=8, help="utterances for the evaluation speed test (0: skip)"
+    )
+    parser.add_argument(
+        "--curve-window", type=int, default=20, help="steps per window when comparing the two loss curves"
+    )
+    parser.add_argument(
+        "--paths",
+        default="eager,fast",
+        help=f"the two paths to compare, A,B from {sorted(PATH_OVERRIDES)} "
+        "(eager,eager measures the machine's noise; plain,eager what the CPU "
+        "optimizations of the step give)",
+    )
     parser.add_argument("--out", default="bench.json", help="where to write the JSON report")
     args = parser.parse_args(argv)
     paths = args.paths.split(",")
@@ -405,8 +501,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--paths must name two of {sorted(PATH_OVERRIDES)}, e.g. eager,fast")
     if args.warmup < 1 or args.windows < 2 or args.window_steps < 1:
         parser.error("--warmup and --window-steps must be at least 1, --windows at least 2")
-    report = run(args.overrides, args.windows, args.window_steps, args.warmup, args.breakdown_steps, args.eval_utterances,
-                 args.curve_window, paths)
+    report = run(
+        args.overrides,
+        args.windows,
+        args.window_steps,
+        args.warmup,
+        args.breakdown_steps,
+        args.eval_utterances,
+        args.curve_window,
+        paths,
+    )
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(format_table(report))
     print(f"wrote {args.out}")

@@ -1,14 +1,15 @@
 """``python -m codec`` subcommands: info, encode, decode."""
+
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-from codec.data.audio_io import AudioFileError
 from codec.config import ConfigError, compose_config, describe, describe_preset_overrides, preset_overrides_of_choices
+from codec.data.audio_io import AudioFileError
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -48,8 +49,15 @@ def _encode(args: argparse.Namespace) -> int:
     pairs = _pairs(Path(args.input), Path(args.output), AUDIO_SUFFIXES, ".npz")
     codec = load_codec(args.checkpoint, args.device)
     payloads = _each(pairs, lambda source, target: encode_file(codec, source, target, n_layers=args.layers))
-    print(json.dumps({"files": len(payloads), "codes_shape": list(payloads[0]["codes"].shape),
-                      "bitrate_kbps": codec.bitrate_kbps(int(payloads[0]["layers"]))}))
+    print(
+        json.dumps(
+            {
+                "files": len(payloads),
+                "codes_shape": list(payloads[0]["codes"].shape),
+                "bitrate_kbps": codec.bitrate_kbps(int(payloads[0]["layers"])),
+            }
+        )
+    )
     return 0
 
 
@@ -69,14 +77,20 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="compose a config and print its rates, bitrate and sizes as JSON")
     info.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=hificodec_24k_240x_4cb")
     info.set_defaults(handler=_info)
-    encode = commands.add_parser("encode", help="audio file or folder (recursively) -> codes file(s) (.npz: codes, sample rate, length, groups/layers, codec identity)")
+    encode = commands.add_parser(
+        "encode",
+        help="audio file or folder (recursively) -> codes file(s) "
+        "(.npz: codes, sample rate, length, groups/layers, codec identity)",
+    )
     encode.add_argument("input")
     encode.add_argument("output")
     encode.add_argument("--checkpoint", required=True)
     encode.add_argument("--layers", type=int, default=None, help="residual layers per group (variable bitrate)")
     encode.add_argument("--device", default="cpu")
     encode.set_defaults(handler=_encode)
-    decode = commands.add_parser("decode", help="codes file or folder of them (.npz from encode) -> audio file(s), same names")
+    decode = commands.add_parser(
+        "decode", help="codes file or folder of them (.npz from encode) -> audio file(s), same names"
+    )
     decode.add_argument("input")
     decode.add_argument("output")
     decode.add_argument("--checkpoint", required=True)

@@ -3,13 +3,15 @@
 Construction errors are re-raised as :class:`ConfigError` naming the config key, so an
 impossible composition fails before any training starts.
 """
+
 from __future__ import annotations
 
 import hashlib
 import logging
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException, InstantiationException
@@ -26,6 +28,14 @@ log = logging.getLogger(__name__)
 
 class ConfigError(ValueError):
     """A composition that cannot work; the message names the offending config key."""
+
+
+def plain_dict(node: Any) -> dict[str, Any]:
+    """A config node as plain, resolved Python containers; refuses anything but a mapping."""
+    value = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+    if not isinstance(value, dict):
+        raise TypeError(f"expected a config mapping, got {type(value).__name__}")
+    return {str(key): item for key, item in value.items()}
 
 
 def config_dir() -> Path:
@@ -109,7 +119,7 @@ def preset_overrides_of_choices(choices: Mapping[str, Any], overrides: Sequence[
     preset_file = config_dir() / "experiment" / f"{experiment}.yaml"
     if not experiment or not preset_file.exists():
         return {}
-    preset = OmegaConf.to_container(OmegaConf.load(preset_file))
+    preset = plain_dict(OmegaConf.load(preset_file))
     preset.pop("defaults", None)
     preset_keys = list(flatten(preset))
     explicit = {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o}
@@ -131,8 +141,11 @@ def preset_overrides_of_choices(choices: Mapping[str, Any], overrides: Sequence[
 
 def describe_preset_overrides(experiment: str, shadowed: Mapping[str, list[str]]) -> list[str]:
     """One line per command-line choice whose option file a preset overrides."""
-    return [f"experiment={experiment} sets {', '.join(keys)} over your choice {choice} "
-            f"(set them on the command line to choose other values)" for choice, keys in shadowed.items()]
+    return [
+        f"experiment={experiment} sets {', '.join(keys)} over your choice {choice} "
+        f"(set them on the command line to choose other values)"
+        for choice, keys in shadowed.items()
+    ]
 
 
 _ARGUMENT_MESSAGE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)[=.]")
@@ -160,10 +173,15 @@ def validate(cfg: DictConfig) -> None:
     dim = int(cfg.encoder.dimension)
     groups = int(cfg.quantizer.get("groups", 1))
     if groups < 1 or dim % groups:
-        raise ConfigError(f"quantizer.groups={groups} must divide encoder.dimension={dim} (each group gets dimension/groups channels)")
+        raise ConfigError(
+            f"quantizer.groups={groups} must divide encoder.dimension={dim} (each group gets dimension/groups channels)"
+        )
     codebook_dim = cfg.quantizer.get("codebook_dim")
     if codebook_dim is not None and int(codebook_dim) > dim // groups:
-        raise ConfigError(f"quantizer.codebook_dim={codebook_dim} is above the group dimension encoder.dimension/quantizer.groups={dim // groups}")
+        raise ConfigError(
+            f"quantizer.codebook_dim={codebook_dim} is above the group dimension "
+            f"encoder.dimension/quantizer.groups={dim // groups}"
+        )
     selected_discriminators(cfg)
 
 
@@ -181,7 +199,10 @@ def selected_discriminators(cfg: DictConfig) -> dict[str, DictConfig]:
         elif name in known:
             log.info("discriminator.%s has settings but is not selected; ignoring them", name)
         else:
-            raise ConfigError(f"discriminator.{name} is not a known discriminator (known: {known}); select discriminators with discriminator=[...]")
+            raise ConfigError(
+                f"discriminator.{name} is not a known discriminator (known: {known}); select discriminators with "
+                "discriminator=[...]"
+            )
     if not selected:
         raise ConfigError(f"discriminator must select at least one of {known}")
     return selected
@@ -199,7 +220,9 @@ def build_codec(cfg: DictConfig) -> Codec:
 
 def build_discriminator(cfg: DictConfig) -> MultiDiscriminator:
     validate(cfg)
-    return MultiDiscriminator({name: build(node, f"discriminator.{name}") for name, node in selected_discriminators(cfg).items()})
+    return MultiDiscriminator(
+        {name: build(node, f"discriminator.{name}") for name, node in selected_discriminators(cfg).items()}
+    )
 
 
 def build_loss(cfg: DictConfig) -> CodecLoss:

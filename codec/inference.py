@@ -7,6 +7,7 @@ Codes files are meant to be shared, so they are plain data: a NumPy ``.npz`` arc
 - ``sample_rate``, ``length`` (samples of the original), ``groups``, ``layers``, ``codebook_size``;
 - ``identity``: the run identity of the codec that wrote them, and ``format``.
 """
+
 from __future__ import annotations
 
 import zipfile
@@ -36,17 +37,21 @@ def load_codec(checkpoint: Path | str, device: str | torch.device = "cpu", use_e
     try:
         state = safe_load(path)
     except Exception as error:
-        raise ValueError(f"{path} is not a loadable training checkpoint ({type(error).__name__}: {str(error).splitlines()[0][:300]})") from error
+        raise ValueError(
+            f"{path} is not a loadable training checkpoint ({type(error).__name__}: {str(error).splitlines()[0][:300]})"
+        ) from error
     if not isinstance(state, dict) or "config" not in state or "codec" not in state:
         raise ValueError(f"{path} is not a training checkpoint written by train.py")
-    codec = build_codec(OmegaConf.create(state["config"]))
+    codec = build_codec(OmegaConf.create(dict(state["config"])))
     weights = state["ema_codec"] if use_ema and state.get("ema_codec") else state["codec"]
     codec.load_state_dict(weights)
     codec.identity = state.get("identity", "")
     return codec.to(device).eval()
 
 
-def encode_file(codec: Codec, audio_path: Path | str, codes_path: Path | str, n_layers: int | None = None) -> dict[str, Any]:
+def encode_file(
+    codec: Codec, audio_path: Path | str, codes_path: Path | str, n_layers: int | None = None
+) -> dict[str, Any]:
     """Audio file -> ``.npz`` codes file (see the module docstring)."""
     wav = read_audio(audio_path, codec.sample_rate)
     device = next(codec.parameters()).device
@@ -65,7 +70,7 @@ def encode_file(codec: Codec, audio_path: Path | str, codes_path: Path | str, n_
     codes_path = Path(codes_path)
     codes_path.parent.mkdir(parents=True, exist_ok=True)
     with open(codes_path, "wb") as handle:  # a file handle, so numpy does not append ".npz"
-        np.savez(handle, **payload)
+        np.savez(handle, **payload)  # type: ignore[arg-type]  # numpy's stub types **kwds too narrowly
     return payload
 
 
@@ -78,16 +83,23 @@ def read_codes(codes_path: Path | str) -> dict[str, Any]:
         with np.load(path, allow_pickle=False) as archive:
             fields = {key: archive[key] for key in archive.files}
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as error:
-        raise ValueError(f"{path} is not a codes file written by `python -m codec encode` ({type(error).__name__})") from error
+        raise ValueError(
+            f"{path} is not a codes file written by `python -m codec encode` ({type(error).__name__})"
+        ) from error
     if str(fields.get("format", "")) != CODES_FORMAT:
-        raise ValueError(f"{path} is not a codes file written by `python -m codec encode` (format {fields.get('format')!r})")
+        raise ValueError(
+            f"{path} is not a codes file written by `python -m codec encode` (format {fields.get('format')!r})"
+        )
     return fields
 
 
 def decode_file(codec: Codec, codes_path: Path | str, audio_path: Path | str) -> torch.Tensor:
     fields = read_codes(codes_path)
-    if int(fields["sample_rate"]) != codec.sample_rate or int(fields["groups"]) != codec.quantizer.groups \
-            or int(fields["codebook_size"]) != codec.quantizer.codebook_size:
+    if (
+        int(fields["sample_rate"]) != codec.sample_rate
+        or int(fields["groups"]) != codec.quantizer.groups
+        or int(fields["codebook_size"]) != codec.quantizer.codebook_size
+    ):
         raise ValueError(f"{codes_path} was encoded by a different codec (sample rate, groups or codebook size differ)")
     device = next(codec.parameters()).device
     codes = torch.from_numpy(fields["codes"].astype(np.int64)).unsqueeze(0).to(device)

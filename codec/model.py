@@ -1,9 +1,10 @@
 """The codec: encoder -> group-residual quantizer -> decoder, with bitrate bookkeeping."""
+
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -31,17 +32,22 @@ class Codec(nn.Module):
     the :class:`~codec.quantization.base.BaseQuantizer` contract.
     """
 
-    def __init__(self, encoder: nn.Module, quantizer: BaseQuantizer, sample_rate: int, decoder: nn.Module | None = None) -> None:
+    def __init__(
+        self, encoder: nn.Module, quantizer: BaseQuantizer, sample_rate: int, decoder: nn.Module | None = None
+    ) -> None:
         super().__init__()
         if not isinstance(quantizer, BaseQuantizer):
-            raise ValueError(f"quantizer {type(quantizer).__name__} does not implement codec.quantization.base.BaseQuantizer")
+            raise ValueError(
+                f"quantizer {type(quantizer).__name__} does not implement codec.quantization.base.BaseQuantizer"
+            )
         if quantizer.dim != encoder.dimension:
             raise ValueError(f"quantizer.dim={quantizer.dim} must equal encoder.dimension={encoder.dimension}")
         self.encoder = encoder
         self.quantizer = quantizer
-        self.decoder = decoder if decoder is not None else encoder.make_decoder()
+        contract = cast(Any, encoder)  # the encoder contract above, which nn.Module's typing cannot express
+        self.decoder: nn.Module = decoder if decoder is not None else contract.make_decoder()
         self.sample_rate = int(sample_rate)
-        self.hop_length = int(encoder.hop_length)
+        self.hop_length: int = int(contract.hop_length)
 
     # -- bookkeeping -------------------------------------------------------------------------
     @property
@@ -81,7 +87,7 @@ class Codec(nn.Module):
         padded, _ = self._pad(wav)
         return self.quantizer.encode(self.encoder(padded), n_layers)
 
-    def stream(self) -> "StreamingCodec":
+    def stream(self) -> StreamingCodec:
         """A chunk-by-chunk coder equal to offline coding (causal encoders only; see codec.streaming)."""
         from codec.streaming import StreamingCodec
 

@@ -7,6 +7,7 @@ A worker that ignores stop signals must not outlive a main process that dies wit
 it down (SIGKILL, or a kill while the pool starts): on Linux it asks the kernel to kill it when
 its parent dies.
 """
+
 from __future__ import annotations
 
 import ctypes

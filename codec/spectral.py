@@ -5,9 +5,10 @@ same windows. The trainer therefore computes one :data:`SpectrumBank` over ``cat
 per step and hands it (or a detached copy, or one half) to each consumer; a consumer given no bank,
 or a bank without its window, computes the transform itself with :func:`stft`.
 """
+
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 from einops import rearrange

@@ -10,14 +10,16 @@ latency is one chunk: a frame is coded once its last sample has arrived.
 Non-causal models are refused: their centred convolutions look ahead by half a kernel at every
 layer, which no chunking can give them.
 """
+
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from codec.model import Codec
 from codec.modules.conv import CausalOrCenteredConv1d, CausalOrCenteredConvTranspose1d, Snake
 from codec.modules.seanet import ResidualUnit, SEANetDecoder, SEANetEncoder, SkipLSTM
 
@@ -58,7 +60,10 @@ class _Streamer:
             return x + y.transpose(1, 2)
         if isinstance(module, POINTWISE):
             return module(x)
-        raise StreamingError(f"{type(module).__name__} has no streaming rule; stream SEANet-family codecs, or add one to codec/streaming.py")
+        raise StreamingError(
+            f"{type(module).__name__} has no streaming rule; stream SEANet-family codecs, or add one to "
+            "codec/streaming.py"
+        )
 
     def _conv(self, module: CausalOrCenteredConv1d, x: torch.Tensor) -> torch.Tensor:
         """The offline left padding (kernel - stride zeros) becomes the previous chunk's last samples."""
@@ -69,16 +74,16 @@ class _Streamer:
         if previous is None:
             previous = x.new_zeros(*x.shape[:-1], history)
         joined = torch.cat([previous, x], dim=-1)
-        self.states[id(module)] = joined[..., joined.shape[-1] - history:] if history > 0 else joined[..., :0]
+        self.states[id(module)] = joined[..., joined.shape[-1] - history :] if history > 0 else joined[..., :0]
         return module.conv(joined)
 
     def _transposed(self, module: CausalOrCenteredConvTranspose1d, x: torch.Tensor) -> torch.Tensor:
         """Overlap-add: the part of each chunk's output that reaches past its frames waits for the next."""
-        conv = module.conv
+        conv = cast(nn.ConvTranspose1d, module.conv)
         full = F.conv_transpose1d(x, conv.weight, None, stride=module.stride)
         tail = self.states.get(id(module))
         if tail is not None:
-            full = torch.cat([full[..., :tail.shape[-1]] + tail, full[..., tail.shape[-1]:]], dim=-1)
+            full = torch.cat([full[..., : tail.shape[-1]] + tail, full[..., tail.shape[-1] :]], dim=-1)
         ready = x.shape[-1] * module.stride
         self.states[id(module)] = full[..., ready:]
         out = full[..., :ready]
@@ -92,13 +97,15 @@ class StreamingCodec:
     before a new stream.
     """
 
-    def __init__(self, codec: nn.Module) -> None:
+    def __init__(self, codec: Codec) -> None:
         for part in (codec.encoder, codec.decoder):
             settings = getattr(part, "settings", None)
             if settings is None or not getattr(settings, "causal", False):
-                raise StreamingError(f"this codec's {type(part).__name__} is not causal (encoder.causal=false): its centred "
-                                     "convolutions look ahead, so streamed output could not equal offline output. "
-                                     "Train a causal model (encoder.causal=true) to stream.")
+                raise StreamingError(
+                    f"this codec's {type(part).__name__} is not causal (encoder.causal=false): its centred "
+                    "convolutions look ahead, so streamed output could not equal offline output. "
+                    "Train a causal model (encoder.causal=true) to stream."
+                )
         self.codec = codec
         self.hop_length = codec.hop_length
         self.reset()
@@ -113,7 +120,9 @@ class StreamingCodec:
 
     def _check(self, samples: int) -> None:
         if samples % self.hop_length or samples == 0:
-            raise StreamingError(f"a chunk of {samples} samples is not a whole number of frames of {self.hop_length} samples")
+            raise StreamingError(
+                f"a chunk of {samples} samples is not a whole number of frames of {self.hop_length} samples"
+            )
 
     @torch.no_grad()
     def encode_chunk(self, wav: torch.Tensor) -> torch.Tensor:

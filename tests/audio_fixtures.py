@@ -1,4 +1,5 @@
 """Real audio for tests: speech synthesized by espeak-ng and alsa-utils' recorded speech."""
+
 from __future__ import annotations
 
 import subprocess

@@ -1,4 +1,5 @@
 """Shared fixtures: config composition, and tiny overrides that keep CPU tests fast."""
+
 from __future__ import annotations
 
 import os

@@ -1,8 +1,8 @@
 """analysis/: from a tiny real local sweep in MLflow to tables, plots, a report and a notebook."""
+
 from __future__ import annotations
 
 import re
-
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +14,15 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from analysis import aggregate_seeds, load_sweep, pareto_front, pivot, plot_codebook_usage, plot_pareto, plot_training_curves
+from analysis import (
+    aggregate_seeds,
+    load_sweep,
+    pareto_front,
+    pivot,
+    plot_codebook_usage,
+    plot_pareto,
+    plot_training_curves,
+)
 from analysis.notebook import execute_notebook
 from tests.conftest import HANG_GUARD_S, REPO_ROOT
 
@@ -22,11 +30,28 @@ from tests.conftest import HANG_GUARD_S, REPO_ROOT
 @pytest.fixture(scope="module")
 def sweep_store(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("analysis_sweep")
-    args = ["-m", "experiment=smoke", "quantizer.groups=1,2", "quantizer.layers=1,2", "trainer.seed=1,2", "trainer.max_steps=6",
-            # a quick speaker probe on 2 utterances per voice, so probe/* reaches the DataFrame and the report
-            "probe=default", "probe.tasks=[speaker]", "probe.steps=5", "probe.held_out_every=2", "probe.mask_codebooks=false",
-            "data.utterances.train=24"]
-    subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), *args], cwd=root, check=True, capture_output=True, timeout=HANG_GUARD_S)
+    args = [
+        "-m",
+        "experiment=smoke",
+        "quantizer.groups=1,2",
+        "quantizer.layers=1,2",
+        "trainer.seed=1,2",
+        "trainer.max_steps=6",
+        # a quick speaker probe on 2 utterances per voice, so probe/* reaches the DataFrame and the report
+        "probe=default",
+        "probe.tasks=[speaker]",
+        "probe.steps=5",
+        "probe.held_out_every=2",
+        "probe.mask_codebooks=false",
+        "data.utterances.train=24",
+    ]
+    subprocess.run(
+        [sys.executable, str(REPO_ROOT / "train.py"), *args],
+        cwd=root,
+        check=True,
+        capture_output=True,
+        timeout=HANG_GUARD_S,
+    )
     uri = f"sqlite:///{root / 'mlflow.db'}"
     return {"root": root, "uri": uri, "runs": root / "runs", "frame": load_sweep("smoke", runs_dir=root / "runs")}
 
@@ -42,8 +67,18 @@ def test_dataframe_holds_params_metrics_and_facts(sweep_store: dict) -> None:
     frame = sweep_store["frame"]
     assert len(frame) == 8 and set(frame["status"]) == {"FINISHED"}
     assert sorted(frame["quantizer.groups"].unique()) == [1, 2] and frame["quantizer.groups"].dtype.kind == "i"
-    for column in ("best/mel_distance", "test/mel_distance", "model/bitrate_kbps", "model/tokens_per_second",
-                   "model/params_generator", "wall_time_s", "run_dir", "overrides", "probe/speaker_accuracy", "probe/speaker_chance"):
+    for column in (
+        "best/mel_distance",
+        "test/mel_distance",
+        "model/bitrate_kbps",
+        "model/tokens_per_second",
+        "model/params_generator",
+        "wall_time_s",
+        "run_dir",
+        "overrides",
+        "probe/speaker_accuracy",
+        "probe/speaker_chance",
+    ):
         assert column in frame.columns and frame[column].notna().all(), column
     expected = 50 * frame["quantizer.groups"] * frame["quantizer.layers"] * 10 / 1000  # 50 Hz x codebooks x log2(1024)
     assert np.allclose(frame["model/bitrate_kbps"], expected)
@@ -67,17 +102,27 @@ def test_seed_replicates_aggregate_to_mean_and_std(sweep_store: dict) -> None:
     table = aggregate_seeds(frame, ["best/mel_distance"])
     assert len(table) == 4 and set(table["best/mel_distance_count"]) == {2}
     for _, row in table.iterrows():
-        runs = frame[(frame["quantizer.groups"].astype(str) == row["quantizer.groups"]) & (frame["quantizer.layers"].astype(str) == row["quantizer.layers"])]
+        runs = frame[
+            (frame["quantizer.groups"].astype(str) == row["quantizer.groups"])
+            & (frame["quantizer.layers"].astype(str) == row["quantizer.layers"])
+        ]
         assert row["best/mel_distance_mean"] == pytest.approx(runs["best/mel_distance"].mean())
         assert row["best/mel_distance_std"] == pytest.approx(runs["best/mel_distance"].std())
         assert "±" in row["best/mel_distance"]
 
 
 def test_pareto_front_is_non_dominated() -> None:
-    frame = pd.DataFrame({"model/bitrate_kbps": [1, 2, 2, 3, 4], "best/pesq_wb": [2.0, 1.5, 2.5, 2.4, 3.0], "run_name": list("abcde")})
+    frame = pd.DataFrame(
+        {"model/bitrate_kbps": [1, 2, 2, 3, 4], "best/pesq_wb": [2.0, 1.5, 2.5, 2.4, 3.0], "run_name": list("abcde")}
+    )
     front = pareto_front(frame, "model/bitrate_kbps", "best/pesq_wb")
     assert list(front["run_name"]) == ["a", "c", "e"]
-    lower_better = pareto_front(frame.rename(columns={"best/pesq_wb": "best/mel_distance"}), "model/bitrate_kbps", "best/mel_distance", higher_is_better=False)
+    lower_better = pareto_front(
+        frame.rename(columns={"best/pesq_wb": "best/mel_distance"}),
+        "model/bitrate_kbps",
+        "best/mel_distance",
+        higher_is_better=False,
+    )
     assert list(lower_better["run_name"]) == ["a", "b"]
 
 
@@ -93,8 +138,12 @@ def test_plots_are_real_pngs(sweep_store: dict, tmp_path: Path) -> None:
 
 def test_report_command_writes_html_and_csv(sweep_store: dict, tmp_path: Path) -> None:
     out = tmp_path / "report"
-    result = subprocess.run([sys.executable, "-m", "analysis.report", "smoke", "--out", str(out), "--runs", str(sweep_store["runs"])],
-                            cwd=sweep_store["root"], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "analysis.report", "smoke", "--out", str(out), "--runs", str(sweep_store["runs"])],
+        cwd=sweep_store["root"],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     page = (out / "report.html").read_text()
     assert page.count("<audio") >= 9  # the original and one reconstruction per run
@@ -112,10 +161,17 @@ def test_report_command_writes_html_and_csv(sweep_store: dict, tmp_path: Path) -
 def test_notebook_is_committed_without_outputs_and_executes_headlessly(sweep_store: dict, tmp_path: Path) -> None:
     source = REPO_ROOT / "analysis" / "ablation_report.ipynb"
     committed = nbformat.read(str(source), as_version=4)
-    assert all(not cell.get("outputs") and not cell.get("execution_count") for cell in committed.cells if cell.cell_type == "code")
-    output = execute_notebook(source, tmp_path / "executed.ipynb",
-                              {"sweep": "smoke", "runs_dir": str(sweep_store["runs"]), "out_dir": str(tmp_path / "nb_out")},
-                              cwd=sweep_store["root"])
+    assert all(
+        not cell.get("outputs") and not cell.get("execution_count")
+        for cell in committed.cells
+        if cell.cell_type == "code"
+    )
+    output = execute_notebook(
+        source,
+        tmp_path / "executed.ipynb",
+        {"sweep": "smoke", "runs_dir": str(sweep_store["runs"]), "out_dir": str(tmp_path / "nb_out")},
+        cwd=sweep_store["root"],
+    )
     executed = nbformat.read(str(output), as_version=4)
     outputs = [o for cell in executed.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
@@ -125,6 +181,10 @@ def test_notebook_is_committed_without_outputs_and_executes_headlessly(sweep_sto
 
 
 def test_unknown_sweep_is_a_clear_error(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "analysis.report", "missing", "--out", str(tmp_path)], cwd=tmp_path,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "analysis.report", "missing", "--out", str(tmp_path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2 and "no sweep.json" in result.stderr

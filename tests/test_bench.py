@@ -1,5 +1,6 @@
 """The benchmark at tiny settings: every field is written, the fast path matches eager, and two
 identical paths measured interleaved give a ratio of 1 within the benchmark's own spread."""
+
 from __future__ import annotations
 
 import json
@@ -12,16 +13,31 @@ import torch
 from codec.bench import compare_curves
 from tests.conftest import HANG_GUARD_S, require_tool
 
-
-PATH_FIELDS = {"step_time_s", "throughput_audio_s_per_s", "window_seconds", "breakdown_s", "first_step_losses", "loss_curves",
-               "host_peak_mb", "device_peak_mb", "settings", "achieved_flops_per_s", "fraction_of_peak"}
+PATH_FIELDS = {
+    "step_time_s",
+    "throughput_audio_s_per_s",
+    "window_seconds",
+    "breakdown_s",
+    "first_step_losses",
+    "loss_curves",
+    "host_peak_mb",
+    "device_peak_mb",
+    "settings",
+    "achieved_flops_per_s",
+    "fraction_of_peak",
+}
 BREAKDOWN = {"data", "generator_forward", "discriminator_forward_backward", "generator_backward", "optimizer"}
 
 
 def run_bench(tmp_path: Path, *args: str) -> dict:
     out = tmp_path / "bench.json"
-    result = subprocess.run([sys.executable, "-m", "codec.bench", "experiment=smoke", *args, "--out", str(out)],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=HANG_GUARD_S)
+    result = subprocess.run(
+        [sys.executable, "-m", "codec.bench", "experiment=smoke", *args, "--out", str(out)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     assert "throughput (audio-s / s)" in result.stdout and "loss curves" in result.stdout
     report = json.loads(out.read_text())
@@ -30,9 +46,33 @@ def run_bench(tmp_path: Path, *args: str) -> dict:
 
 
 def test_benchmark_smoke_writes_every_field(tmp_path: Path) -> None:
-    report = run_bench(tmp_path, "--windows", "2", "--window-steps", "1", "--warmup", "1", "--breakdown-steps", "1", "--eval-utterances", "2")
-    for key in ("device", "torch", "method", "audio_seconds_per_step", "model_flops_per_step", "model_flops_per_audio_second",
-                "peak_flops_bf16", "paths", "speedup", "loss_match", "evaluation", "initial_weights_equal"):
+    report = run_bench(
+        tmp_path,
+        "--windows",
+        "2",
+        "--window-steps",
+        "1",
+        "--warmup",
+        "1",
+        "--breakdown-steps",
+        "1",
+        "--eval-utterances",
+        "2",
+    )
+    for key in (
+        "device",
+        "torch",
+        "method",
+        "audio_seconds_per_step",
+        "model_flops_per_step",
+        "model_flops_per_audio_second",
+        "peak_flops_bf16",
+        "paths",
+        "speedup",
+        "loss_match",
+        "evaluation",
+        "initial_weights_equal",
+    ):
         assert key in report, key
     assert set(report["paths"]) == {"eager", "fast"}
     for path in report["paths"].values():
@@ -54,8 +94,20 @@ def test_compiled_fast_path_reaches_the_eager_losses(tmp_path: Path) -> None:
     """With torch.compile the fast path runs other kernels than eager even on CPU (no bf16 or fused
     optimizer there): same first-step losses, and loss curves that agree within noise."""
     require_tool("g++")  # torch.compile's CPU backend builds C++ kernels
-    report = run_bench(tmp_path, "trainer.compile=true", "--windows", "2", "--window-steps", "30", "--warmup", "1", "--breakdown-steps", "1",
-                       "--eval-utterances", "0")
+    report = run_bench(
+        tmp_path,
+        "trainer.compile=true",
+        "--windows",
+        "2",
+        "--window-steps",
+        "30",
+        "--warmup",
+        "1",
+        "--breakdown-steps",
+        "1",
+        "--eval-utterances",
+        "0",
+    )
     assert report["paths"]["fast"]["settings"]["compile"] is True
     assert report["paths"]["eager"]["settings"]["compile"] is False
     assert report["loss_match"]["within_tolerance"], report["loss_match"]
@@ -66,8 +118,21 @@ def test_compiled_fast_path_reaches_the_eager_losses(tmp_path: Path) -> None:
 def test_cpu_bf16_discriminators_path_trains_like_fp32(tmp_path: Path) -> None:
     """The CPU path with the discriminators under bf16 autocast (``--paths eager,cpu_bf16``):
     first-step losses within the bf16 tolerance and loss curves within noise of fp32 over 62 steps."""
-    report = run_bench(tmp_path, "--paths", "eager,cpu_bf16", "--windows", "2", "--window-steps", "30", "--warmup", "1",
-                       "--breakdown-steps", "1", "--eval-utterances", "0")
+    report = run_bench(
+        tmp_path,
+        "--paths",
+        "eager,cpu_bf16",
+        "--windows",
+        "2",
+        "--window-steps",
+        "30",
+        "--warmup",
+        "1",
+        "--breakdown-steps",
+        "1",
+        "--eval-utterances",
+        "0",
+    )
     assert report["paths"]["cpu_bf16"]["settings"]["bf16_discriminators"] is True
     assert report["paths"]["eager"]["settings"]["bf16_discriminators"] is False
     assert not report["identical_paths"]
@@ -79,8 +144,21 @@ def test_cpu_bf16_discriminators_path_trains_like_fp32(tmp_path: Path) -> None:
 def test_identical_paths_interleaved_give_a_ratio_of_one_within_the_reported_spread(tmp_path: Path) -> None:
     """The finding this guards against: timed one after the other, two identically configured paths
     once read as a 4.30x speedup while the machine's load fell. Interleaved, they must not."""
-    report = run_bench(tmp_path, "--paths", "eager,eager", "--windows", "10", "--window-steps", "3", "--warmup", "2",
-                       "--breakdown-steps", "0", "--eval-utterances", "0")
+    report = run_bench(
+        tmp_path,
+        "--paths",
+        "eager,eager",
+        "--windows",
+        "10",
+        "--window-steps",
+        "3",
+        "--warmup",
+        "2",
+        "--breakdown-steps",
+        "0",
+        "--eval-utterances",
+        "0",
+    )
     assert report["identical_paths"] and "identical settings" in report["warning"] and "WARNING" in report["stdout"]
     ratio = report["speedup"]
     assert len(ratio["per_window_pair"]) == 10

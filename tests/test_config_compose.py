@@ -1,4 +1,5 @@
 """Every preset and every option of every model config group composes, builds and trains a step."""
+
 from __future__ import annotations
 
 import json
@@ -109,12 +110,24 @@ def test_full_discriminator_mix() -> None:
 def test_info_cli_reports_paper_bitrates(preset: str, kbps: float) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "codec", "info", f"experiment={preset}"],
-        cwd=REPO_ROOT, capture_output=True, text=True, check=True,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     info = json.loads(result.stdout)
     assert round(info["bitrate_kbps"], 2) == kbps
-    for key in ("sample_rate", "frame_rate", "groups", "layers", "codebooks", "codebook_size",
-                "tokens_per_second", "params_generator", "params_discriminator"):
+    for key in (
+        "sample_rate",
+        "frame_rate",
+        "groups",
+        "layers",
+        "codebooks",
+        "codebook_size",
+        "tokens_per_second",
+        "params_generator",
+        "params_discriminator",
+    ):
         assert key in info
     assert info["codebooks"] == info["groups"] * info["layers"]
     assert info["tokens_per_second"] == pytest.approx(info["frame_rate"] * info["codebooks"])
@@ -159,7 +172,9 @@ def test_constructor_errors_name_the_config_key() -> None:
 def test_info_cli_exits_with_clear_error() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "codec", "info", "quantizer.groups=3"],
-        cwd=REPO_ROOT, capture_output=True, text=True,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 2
     assert "quantizer.groups=3" in result.stderr
@@ -223,7 +238,10 @@ def test_demo_bitrate_ladder_builds_point_two_to_point_eight_kbps_codecs_from_th
 
 
 def test_equal_codebook_sweeps_build_the_same_budget_in_every_arrangement() -> None:
-    for name, shapes in (("equal_codebooks_4", {(1, 4), (2, 2), (4, 1)}), ("equal_codebooks_8", {(1, 8), (2, 4), (4, 2), (8, 1)})):
+    for name, shapes in (
+        ("equal_codebooks_4", {(1, 4), (2, 2), (4, 1)}),
+        ("equal_codebooks_8", {(1, 8), (2, 4), (4, 2), (8, 1)}),
+    ):
         points = sweep_points(name)
         assert len(points) == 3 * len(shapes)
         built: dict[tuple[int, int], set[int]] = {}
@@ -253,8 +271,12 @@ def test_equal_bitrate_quantizers_build_four_quantizer_families_at_ten_bits_per_
         else:
             assert isinstance(q, GroupResidualVQ)
             seen[option] = (q.rule, q.groups, q.layers, q.codebook_size)
-    assert seen == {"grvq_10bit": ("ema", 2, 1, 32), "rvq_10bit": ("ema", 1, 2, 32),
-                    "single_vq_10bit": ("ema", 1, 1, 1024), "fsq_10bit": ("fsq", (4, 4, 4, 4, 4), 1)}
+    assert seen == {
+        "grvq_10bit": ("ema", 2, 1, 32),
+        "rvq_10bit": ("ema", 1, 2, 32),
+        "single_vq_10bit": ("ema", 1, 1, 1024),
+        "fsq_10bit": ("fsq", (4, 4, 4, 4, 4), 1),
+    }
 
 
 def test_every_ready_sweep_has_seeds_as_an_axis() -> None:

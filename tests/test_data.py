@@ -1,4 +1,5 @@
 """Data: the embedded speech and synthetic corpora, folders with bad files, resampling and reproducible segments."""
+
 from __future__ import annotations
 
 import logging
@@ -9,14 +10,18 @@ import pytest
 import soundfile as sf
 import torch
 
-from codec.data import AudioFileError, DataError, SyntheticDataModule, FolderDataModule, read_audio
+from codec.data import AudioFileError, DataError, FolderDataModule, SyntheticDataModule, read_audio
 from codec.data.datasets import SegmentDataset
 from tests.audio_fixtures import alsa_speech, espeak_corpus, write_corrupt_wav, write_empty_wav
 
 
 def test_synthetic_corpus_is_deterministic_and_cached(tmp_path: Path) -> None:
-    first = SyntheticDataModule(16000, str(tmp_path / "a"), utterances=6, utterance_seconds=1.0, valid_count=1, test_count=1)
-    second = SyntheticDataModule(16000, str(tmp_path / "b"), utterances=6, utterance_seconds=1.0, valid_count=1, test_count=1)
+    first = SyntheticDataModule(
+        16000, str(tmp_path / "a"), utterances=6, utterance_seconds=1.0, valid_count=1, test_count=1
+    )
+    second = SyntheticDataModule(
+        16000, str(tmp_path / "b"), utterances=6, utterance_seconds=1.0, valid_count=1, test_count=1
+    )
     a, b = first.utterances("train"), second.utterances("train")
     assert len(a) == 4
     for (_, x), (_, y) in zip(a, b):
@@ -28,7 +33,9 @@ def test_synthetic_corpus_is_deterministic_and_cached(tmp_path: Path) -> None:
     assert (frames < 1e-8).any() and (frames > 1e-3).any()
     folder = first.root()
     stamp = (folder / "utt_0000.wav").stat().st_mtime_ns
-    SyntheticDataModule(16000, str(tmp_path / "a"), utterances=6, utterance_seconds=1.0, valid_count=1, test_count=1).prepare()
+    SyntheticDataModule(
+        16000, str(tmp_path / "a"), utterances=6, utterance_seconds=1.0, valid_count=1, test_count=1
+    ).prepare()
     assert (folder / "utt_0000.wav").stat().st_mtime_ns == stamp
 
 
@@ -92,7 +99,9 @@ def test_corrupt_and_empty_files_are_skipped_and_named(tmp_path: Path, caplog: p
     assert set(module.manifest.skipped) == {str(corrupt), str(empty)}
     assert "empty audio" in module.manifest.skipped[str(empty)]
 
-    strict = FolderDataModule(str(tmp_path / "audio"), 16000, str(tmp_path / "cache"), valid_count=1, test_count=1, bad_files="error")
+    strict = FolderDataModule(
+        str(tmp_path / "audio"), 16000, str(tmp_path / "cache"), valid_count=1, test_count=1, bad_files="error"
+    )
     with pytest.raises(AudioFileError) as error:
         strict.prepare()
     assert str(corrupt) in str(error.value) and str(empty) in str(error.value)
@@ -119,7 +128,9 @@ def test_recorded_48k_speech_is_resampled_and_segmented(tmp_path: Path) -> None:
     # an odd-rate stereo file: downmixed and resampled like the rest
     stereo = np.stack([np.sin(np.linspace(0, 2000, 22050)), np.zeros(22050)], axis=1).astype(np.float32)
     sf.write(str(audio / "stereo_22050.flac"), stereo, 22050)
-    module = FolderDataModule(str(audio), 24000, str(tmp_path / "cache"), valid_count=1, test_count=1, resample_cache=False)
+    module = FolderDataModule(
+        str(audio), 24000, str(tmp_path / "cache"), valid_count=1, test_count=1, resample_cache=False
+    )
     splits = module.prepare()
     rates = {e.sample_rate for split in splits.values() for e in split}
     assert rates == {48000, 22050}
@@ -135,8 +146,12 @@ def test_recorded_48k_speech_is_resampled_and_segmented(tmp_path: Path) -> None:
 
 def test_resample_cache_holds_model_rate_copies(tmp_path: Path) -> None:
     audio = alsa_folder(tmp_path)
-    cached = FolderDataModule(str(audio), 16000, str(tmp_path / "cache"), valid_count=1, test_count=1, resample_cache=True)
-    direct = FolderDataModule(str(audio), 16000, str(tmp_path / "cache"), valid_count=1, test_count=1, resample_cache=False)
+    cached = FolderDataModule(
+        str(audio), 16000, str(tmp_path / "cache"), valid_count=1, test_count=1, resample_cache=True
+    )
+    direct = FolderDataModule(
+        str(audio), 16000, str(tmp_path / "cache"), valid_count=1, test_count=1, resample_cache=False
+    )
     for split in ("train", "valid", "test"):
         for a, b in zip(cached.split(split), direct.split(split)):
             assert a.source == b.path and a.name == b.name  # same files, same order
@@ -147,7 +162,9 @@ def test_resample_cache_holds_model_rate_copies(tmp_path: Path) -> None:
             # the copy is exactly the whole file resampled by the same resampler
             assert torch.equal(read_audio(a.path), read_audio(b.path, 16000))
     stamp = Path(cached.split("train")[0].path).stat().st_mtime_ns
-    again = FolderDataModule(str(audio), 16000, str(tmp_path / "cache"), valid_count=1, test_count=1, resample_cache=True)
+    again = FolderDataModule(
+        str(audio), 16000, str(tmp_path / "cache"), valid_count=1, test_count=1, resample_cache=True
+    )
     assert Path(again.split("train")[0].path).stat().st_mtime_ns == stamp  # reused, not rewritten
 
 
@@ -166,8 +183,19 @@ def test_folder_cache_paths_are_single(tmp_path: Path) -> None:
     from codec.config import build, compose_config
 
     audio = alsa_folder(tmp_path)
-    cfg = compose_config(["data=folder", f"data.path={audio}", f"paths.cache={tmp_path / 'cache'}", "data.valid_count=1", "data.test_count=1"])
+    cfg = compose_config(
+        [
+            "data=folder",
+            f"data.path={audio}",
+            f"paths.cache={tmp_path / 'cache'}",
+            "data.valid_count=1",
+            "data.test_count=1",
+        ]
+    )
     build(cfg.data, "data").prepare()
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["manifests", "resampled"]
-    assert list((tmp_path / "cache" / "manifests").glob("*.json")) and not (tmp_path / "cache" / "manifests" / "manifests").exists()
+    assert (
+        list((tmp_path / "cache" / "manifests").glob("*.json"))
+        and not (tmp_path / "cache" / "manifests" / "manifests").exists()
+    )
     assert list((tmp_path / "cache" / "resampled").rglob("*.wav"))

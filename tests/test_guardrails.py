@@ -1,5 +1,6 @@
 """Guardrails: each monitor fires on its own condition and ends the run with its reason recorded in
 status.json, MLflow and the sweep status table, while a healthy point of the same sweep finishes."""
+
 from __future__ import annotations
 
 import json
@@ -29,14 +30,28 @@ CASES = {
 EXPECTED = {"collapse": COLLAPSE, "diverge": DIVERGENCE, "overpower": OVERPOWERING}
 # The smoke codec's codebooks sit at a perplexity near 1.5 and its D loss starts at 2.0 (hinge),
 # so the guard thresholds are set for that scale; the defaults are checked on the demo elsewhere.
-GUARD_ARGS = ["guard.collapse_min_perplexity=1.1", "guard.overpowering_max_discriminator_loss=1.9", "guard.overpowering_patience=3"]
+GUARD_ARGS = [
+    "guard.collapse_min_perplexity=1.1",
+    "guard.overpowering_max_discriminator_loss=1.9",
+    "guard.overpowering_patience=3",
+]
 
 
 def sweep_args(root: Path) -> list[str]:
     """The guarded sweep: the four cases of CASES (a config group under ``root/configs``) on the smoke codec."""
-    return ["-m", "experiment=smoke", "guard=default", "quantizer=grvq_ema", f"hydra.searchpath=[file://{root / 'configs'}]",
-            f"+guard_case={','.join(CASES)}", "trainer.max_steps=16", "trainer.eval_every=4", "trainer.log_every=1",
-            "trainer.eval_at_start=true", *GUARD_ARGS]
+    return [
+        "-m",
+        "experiment=smoke",
+        "guard=default",
+        "quantizer=grvq_ema",
+        f"hydra.searchpath=[file://{root / 'configs'}]",
+        f"+guard_case={','.join(CASES)}",
+        "trainer.max_steps=16",
+        "trainer.eval_every=4",
+        "trainer.log_every=1",
+        "trainer.eval_at_start=true",
+        *GUARD_ARGS,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +121,14 @@ def test_default_thresholds_do_not_fire_on_a_healthy_learning_curve() -> None:
 
 
 def test_each_monitor_needs_its_patience_and_resets_on_recovery() -> None:
-    guards = Guardrails(collapse_min_perplexity=2.0, collapse_patience=2, divergence_factor=2.0, divergence_patience=2,
-                        overpowering_max_discriminator_loss=0.05, overpowering_patience=3)
+    guards = Guardrails(
+        collapse_min_perplexity=2.0,
+        collapse_patience=2,
+        divergence_factor=2.0,
+        divergence_patience=2,
+        overpowering_max_discriminator_loss=0.05,
+        overpowering_patience=3,
+    )
     collapsed, healthy = {"perplexity": [1.2, 300.0]}, {"perplexity": [300.0, 300.0]}
     assert guards.after_evaluation(0, {"mel_distance": 2.0}, collapsed) is None  # step 0: codebooks not initialised yet
     assert guards.after_evaluation(100, {"mel_distance": 1.0}, collapsed) is None
@@ -120,7 +141,10 @@ def test_each_monitor_needs_its_patience_and_resets_on_recovery() -> None:
     assert stop is not None and stop.guard == DIVERGENCE
     # overpowering: a streak of low D loss with a rising adversarial loss; a high D loss breaks it
     values = [(0.01, 1.0), (0.01, 1.1), (0.5, 1.2), (0.01, 1.3), (0.02, 1.4)]
-    assert all(guards.after_log(i, {"train/loss_discriminator": d, "train/adversarial": a}) is None for i, (d, a) in enumerate(values))
+    assert all(
+        guards.after_log(i, {"train/loss_discriminator": d, "train/adversarial": a}) is None
+        for i, (d, a) in enumerate(values)
+    )
     stop = guards.after_log(9, {"train/loss_discriminator": 0.01, "train/adversarial": 1.5})
     assert stop is not None and stop.guard == OVERPOWERING and "from 1.3 to 1.5" in stop.reason
     # resumable: the counts travel in the checkpoint
@@ -135,8 +159,20 @@ def test_guard_off_and_bad_thresholds(tmp_path: Path) -> None:
         Guardrails(divergence_factor=0.5)
     with pytest.raises(ValueError, match="guard.collapse_patience=0 must be a positive integer"):
         Guardrails(collapse_patience=0)
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), "experiment=smoke", "guard=default", "logger=none",
-                             "guard.collapse_patience=0"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "train.py"),
+            "experiment=smoke",
+            "guard=default",
+            "logger=none",
+            "guard.collapse_patience=0",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode != 0
     assert "invalid config 'guard': guard.collapse_patience=0 must be a positive integer" in result.stderr
     assert not list(tmp_path.glob("runs/smoke/*/checkpoints/*.pt"))  # rejected before training

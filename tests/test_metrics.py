@@ -1,6 +1,6 @@
 """Evaluation metrics agree with direct calls of pesq and pystoi, with proper resampling."""
-from __future__ import annotations
 
+from __future__ import annotations
 
 import numpy as np
 import pytest
@@ -53,8 +53,12 @@ def test_24k_input_is_resampled_to_16k_not_truncated(speech_16k) -> None:
     # the whole utterance survives: 16 kHz length is 2/3 of the 24 kHz length
     assert len(job["ref_16k"]) == pytest.approx(ref24.shape[-1] * 2 / 3, abs=1)
     score = evaluator.score_pairs([(ref24, est24)])[0]["pesq_wb"]
-    direct = pesq(16000, soxr.resample(ref24.flatten().double().numpy(), 24000, 16000, quality="VHQ"),
-                  soxr.resample(est24.flatten().double().numpy(), 24000, 16000, quality="VHQ"), "wb")
+    direct = pesq(
+        16000,
+        soxr.resample(ref24.flatten().double().numpy(), 24000, 16000, quality="VHQ"),
+        soxr.resample(est24.flatten().double().numpy(), 24000, 16000, quality="VHQ"),
+        "wb",
+    )
     assert score == pytest.approx(direct, abs=1e-6)
     # The public-toolkit trap (every file cut to 16000 *samples*) scores only the first second.
     trap = pesq(16000, job["ref_16k"][:16000], job["est_16k"][:16000], "wb")
@@ -99,6 +103,7 @@ def test_pesq_wb_at_any_rate_equals_the_direct_16k_call(recorded_speech_48k, rat
     torchaudio's default resampler (used before) attenuated 7-8 kHz on the way down to 16 kHz,
     hiding the high-band damage: the noisy and mu-law pairs scored about 0.05-0.13 too high.
     """
+
     def to_rate(x: np.ndarray, target: int) -> np.ndarray:
         return soxr.resample(x, 48000, target, quality="VHQ")
 
@@ -107,4 +112,6 @@ def test_pesq_wb_at_any_rate_equals_the_direct_16k_call(recorded_speech_48k, rat
         direct = pesq(16000, to_rate(recorded_speech_48k, 16000), to_rate(estimate, 16000), "wb")
         copies = [torch.from_numpy(to_rate(x, rate)).view(1, -1) for x in (recorded_speech_48k, estimate)]
         scored = evaluator.score_pairs([(copies[0], copies[1])])[0]["pesq_wb"]
-        assert scored == pytest.approx(direct, abs=0.02), f"{name} at {rate} Hz: {scored:.3f} vs {direct:.3f} scored at 16 kHz"
+        assert scored == pytest.approx(direct, abs=0.02), (
+            f"{name} at {rate} Hz: {scored:.3f} vs {direct:.3f} scored at 16 kHz"
+        )

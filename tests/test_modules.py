@@ -1,4 +1,5 @@
 """Encoder/decoder shapes, the codec's encode/decode and bitrate, and the loss functions."""
+
 from __future__ import annotations
 
 import pytest
@@ -15,7 +16,9 @@ from codec.quantization import GroupResidualVQ
 @pytest.mark.parametrize("length", [1, 319, 320, 321, 1000, 4801])
 def test_codec_output_length_equals_input_length(length: int, causal: bool) -> None:
     encoder = SEANetEncoder(channels=4, dimension=8, strides=[2, 4, 5, 8], lstm_layers=1, causal=causal)
-    codec = Codec(encoder, GroupResidualVQ(dim=8, groups=2, layers=1, codebook_size=16, kmeans_init=False), sample_rate=16000).eval()
+    codec = Codec(
+        encoder, GroupResidualVQ(dim=8, groups=2, layers=1, codebook_size=16, kmeans_init=False), sample_rate=16000
+    ).eval()
     wav = torch.randn(2, 1, length)
     out = codec(wav)
     assert out.audio.shape == wav.shape
@@ -83,15 +86,22 @@ def test_zero_weight_terms_are_reported_not_trained() -> None:
 def test_shared_spectra_give_the_same_losses_and_gradients_as_separate_transforms() -> None:
     """One STFT bank over cat([real, fake]) serves the STFT discriminators and the mel loss;
     outputs and gradients must equal those of each consumer computing its own transform."""
-    from codec.discriminators import MultiBandMultiResolutionDiscriminator, MultiDiscriminator, MultiPeriodDiscriminator, MultiScaleSTFTDiscriminator
+    from codec.discriminators import (
+        MultiBandMultiResolutionDiscriminator,
+        MultiDiscriminator,
+        MultiPeriodDiscriminator,
+        MultiScaleSTFTDiscriminator,
+    )
     from codec.spectral import detach_bank, spectrum_bank, split_bank
 
     torch.manual_seed(0)
-    discriminator = MultiDiscriminator({
-        "msstft": MultiScaleSTFTDiscriminator(windows=(256, 128), filters=4),
-        "mrd": MultiBandMultiResolutionDiscriminator(windows=(512,), channels=4),
-        "mpd": MultiPeriodDiscriminator(periods=(2, 3), channels=(4, 8)),
-    })
+    discriminator = MultiDiscriminator(
+        {
+            "msstft": MultiScaleSTFTDiscriminator(windows=(256, 128), filters=4),
+            "mrd": MultiBandMultiResolutionDiscriminator(windows=(512,), channels=4),
+            "mpd": MultiPeriodDiscriminator(periods=(2, 3), channels=(4, 8)),
+        }
+    )
     loss = CodecLoss(16000, {"mel": 1.0}, mel_windows=(64, 128, 512), mel_bins=(10, 20, 40))
     assert discriminator.stft_windows() == {128, 256, 512}
     real = torch.randn(2, 1, 4000)
@@ -135,8 +145,16 @@ def test_discriminators_do_not_run_before_their_start_step(tmp_path) -> None:
     from codec.tracking import NullLogger
     from codec.training.trainer import Trainer
 
-    cfg = compose_config(["experiment=smoke", "trainer.discriminator_start_step=2", "trainer.discriminator_warmup_steps=0",
-                          f"paths.cache={tmp_path / 'cache'}", "logger=none", "trainer.eval_at_start=false"])
+    cfg = compose_config(
+        [
+            "experiment=smoke",
+            "trainer.discriminator_start_step=2",
+            "trainer.discriminator_warmup_steps=0",
+            f"paths.cache={tmp_path / 'cache'}",
+            "logger=none",
+            "trainer.eval_at_start=false",
+        ]
+    )
     trainer = Trainer(cfg, tmp_path / "run", logger=NullLogger())
     batch = torch.randn(2, 1, 4000) * 0.1
     before = [p.detach().clone() for p in trainer.discriminator.parameters()]
@@ -162,10 +180,18 @@ def test_step_speedups_keep_every_loss_and_update(tmp_path) -> None:
     from codec.training.trainer import Trainer
 
     def trainer(name: str, optimized: bool) -> Trainer:
-        overrides = ["experiment=smoke", "discriminator=[msstft,mpd,msd,mrd]", "discriminator.mrd.channels=4",
-                     "discriminator.msd.channels=[4,8,8,8,8,8,8]", "discriminator.mpd.channels=[4,8,8,8,8]",
-                     "trainer.discriminator_warmup_steps=0", f"paths.cache={tmp_path / 'cache'}", "logger=none",
-                     f"trainer.real_features_without_grad={optimized}", f"trainer.retain_host_memory={optimized}"]
+        overrides = [
+            "experiment=smoke",
+            "discriminator=[msstft,mpd,msd,mrd]",
+            "discriminator.mrd.channels=4",
+            "discriminator.msd.channels=[4,8,8,8,8,8,8]",
+            "discriminator.mpd.channels=[4,8,8,8,8]",
+            "trainer.discriminator_warmup_steps=0",
+            f"paths.cache={tmp_path / 'cache'}",
+            "logger=none",
+            f"trainer.real_features_without_grad={optimized}",
+            f"trainer.retain_host_memory={optimized}",
+        ]
         built = Trainer(compose_config(overrides), tmp_path / name, logger=NullLogger())
         for module in built.discriminator.modules():
             if isinstance(module, nn.LeakyReLU):
@@ -204,17 +230,26 @@ def test_cpu_bf16_discriminators_run_only_the_discriminators_in_bf16(tmp_path) -
     from codec.training.trainer import Trainer
 
     def trainer(name: str, bf16: bool | None) -> Trainer:
-        overrides = ["experiment=smoke", "discriminator=[msstft,mpd,msd]", "discriminator.msd.channels=[4,8,8,8,8,8,8]",
-                     "discriminator.mpd.channels=[4,8,8,8,8]", "trainer.discriminator_warmup_steps=0",
-                     f"paths.cache={tmp_path / 'cache'}", "logger=none"]
+        overrides = [
+            "experiment=smoke",
+            "discriminator=[msstft,mpd,msd]",
+            "discriminator.msd.channels=[4,8,8,8,8,8,8]",
+            "discriminator.mpd.channels=[4,8,8,8,8]",
+            "trainer.discriminator_warmup_steps=0",
+            f"paths.cache={tmp_path / 'cache'}",
+            "logger=none",
+        ]
         if bf16 is not None:
             overrides.append(f"trainer.cpu_bf16_discriminators={bf16}")
         return Trainer(compose_config(overrides), tmp_path / name, logger=NullLogger())
 
     def conv_dtypes(module: nn.Module) -> tuple[list[torch.dtype], list]:
         seen: list[torch.dtype] = []
-        hooks = [m.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
-                 for m in module.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d))]
+        hooks = [
+            m.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+            for m in module.modules()
+            if isinstance(m, (nn.Conv1d, nn.Conv2d))
+        ]
         return seen, hooks
 
     default, fp32, bf16 = trainer("default", None), trainer("fp32", False), trainer("bf16", True)
@@ -235,4 +270,8 @@ def test_cpu_bf16_discriminators_run_only_the_discriminators_in_bf16(tmp_path) -
     for key in ("train/mel", "train/commitment"):
         assert torch.equal(old[key], new[key]), key
     for key in ("train/loss_discriminator", "train/adversarial", "train/feature"):
-        assert torch.isfinite(new[key]) and torch.allclose(old[key], new[key], rtol=5e-2, atol=1e-3), (key, old[key], new[key])
+        assert torch.isfinite(new[key]) and torch.allclose(old[key], new[key], rtol=5e-2, atol=1e-3), (
+            key,
+            old[key],
+            new[key],
+        )

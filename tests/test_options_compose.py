@@ -5,6 +5,7 @@ filterbanks, the discriminator set), not on the composed config: the first round
 silently turned ``quantizer=rvq`` into the demo's 2x2 GRVQ while the config looked right.
 A key that the preset sets over the chosen option must be named in the start-up message.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -49,7 +50,11 @@ def option_values(group: str, option: str) -> dict[str, Any]:
     values.update(flatten(node))
     # Discriminator files nest their node under their own name inside the multi-select group.
     prefix = "discriminator." if group == "discriminator" else option_package(group, option) + "."
-    return {prefix + k: v for k, v in values.items() if not k.endswith("_target_") and not (isinstance(v, str) and v.startswith("${"))}
+    return {
+        prefix + k: v
+        for k, v in values.items()
+        if not k.endswith("_target_") and not (isinstance(v, str) and v.startswith("${"))
+    }
 
 
 def conv_layers(module: nn.Module, kind: type = nn.Conv1d) -> list[nn.Module]:
@@ -74,9 +79,12 @@ def observed_quantizer(quantizer: nn.Module) -> dict[str, Any]:
     if isinstance(quantizer, GroupResidualVQ):
         books = list(quantizer.codebooks)
         assert len(books) == quantizer.groups * quantizer.layers
-        return {"codebook_size": books[0].embed.shape[0], "codebooks": len(books),
-                "rule": "gradient" if isinstance(books[0].embed, nn.Parameter) else "ema",
-                "codebook_dim": books[0].embed.shape[1] if books[0].codebook_dim != quantizer.group_dim else None}
+        return {
+            "codebook_size": books[0].embed.shape[0],
+            "codebooks": len(books),
+            "rule": "gradient" if isinstance(books[0].embed, nn.Parameter) else "ema",
+            "codebook_dim": books[0].embed.shape[1] if books[0].codebook_dim != quantizer.group_dim else None,
+        }
     if isinstance(quantizer, FiniteScalarQuantizer):
         return {"levels": [int(v) for v in quantizer.level_counts], "groups": quantizer.in_proj.groups}
     raise AssertionError(f"no observer for {type(quantizer).__name__}")
@@ -148,7 +156,9 @@ def test_option_builds_what_its_file_says(preset: str, group: str, option: str) 
             assert key in message, f"{preset} sets {key} over {choice} but the start-up message does not say so"
             continue
         actual = observed_value(built, key)
-        assert same(actual, expected), f"{choice} under experiment={preset}: {key} built as {actual!r}, file says {expected!r}"
+        assert same(actual, expected), (
+            f"{choice} under experiment={preset}: {key} built as {actual!r}, file says {expected!r}"
+        )
         checked += 1
     assert checked > 0
 
@@ -168,10 +178,30 @@ def test_quantizer_options_are_four_different_models() -> None:
 
 
 def test_info_names_preset_keys_over_a_chosen_option() -> None:
-    result = subprocess.run([sys.executable, "-m", "codec", "info", "experiment=encodec_24k_320x_12cb", "quantizer=single_vq"],
-                            cwd=REPO_ROOT, capture_output=True, text=True, check=True)
-    assert "experiment=encodec_24k_320x_12cb sets quantizer.layers over your choice quantizer=single_vq" in result.stderr
+    result = subprocess.run(
+        [sys.executable, "-m", "codec", "info", "experiment=encodec_24k_320x_12cb", "quantizer=single_vq"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert (
+        "experiment=encodec_24k_320x_12cb sets quantizer.layers over your choice quantizer=single_vq" in result.stderr
+    )
     # An explicit key on the command line wins and is not reported.
-    result = subprocess.run([sys.executable, "-m", "codec", "info", "experiment=encodec_24k_320x_12cb", "quantizer=single_vq",
-                             "quantizer.layers=1"], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "codec",
+            "info",
+            "experiment=encodec_24k_320x_12cb",
+            "quantizer=single_vq",
+            "quantizer.layers=1",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "sets" not in result.stderr and '"layers": 1' in result.stdout

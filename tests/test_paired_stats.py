@@ -1,5 +1,6 @@
 """Paired statistics over seeds: a matched-budget sweep on the demo corpus, its report's paired and
 winner tables checked against a direct scipy computation on the values the runs logged to MLflow."""
+
 from __future__ import annotations
 
 import itertools
@@ -22,8 +23,17 @@ METRIC = "best/mel_distance"
 def matched_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The ready equal_codebooks_4 sweep (1x4, 2x2, 4x1 x seeds 1-3), shrunk to the smoke codec."""
     root = tmp_path_factory.mktemp("matched")
-    run(["-m", "+sweep=equal_codebooks_4", "experiment=smoke", "trainer.max_steps=6", "trainer.eval_every=3",
-         "eval.metrics=[mel_distance]"], cwd=root)
+    run(
+        [
+            "-m",
+            "+sweep=equal_codebooks_4",
+            "experiment=smoke",
+            "trainer.max_steps=6",
+            "trainer.eval_every=3",
+            "eval.metrics=[mel_distance]",
+        ],
+        cwd=root,
+    )
     return root
 
 
@@ -50,7 +60,9 @@ def test_matched_budget_sweep_report_matches_scipy_on_logged_values(matched_swee
     paired = pd.read_csv(page.parent / "paired.csv")
     assert len(paired) == 3  # every pair of the three layouts
     label = {(1, 4): "groups=1 layers=4", (2, 2): "groups=2 layers=2", (4, 1): "groups=4 layers=1"}
-    for (design_a, design_b), row in zip(itertools.combinations(sorted(values, key=lambda d: label[d]), 2), paired.itertuples()):
+    for (design_a, design_b), row in zip(
+        itertools.combinations(sorted(values, key=lambda d: label[d]), 2), paired.itertuples()
+    ):
         assert (row.design_a, row.design_b) == (label[design_a], label[design_b])
         a = np.array([values[design_a][seed] for seed in (1, 2, 3)])
         b = np.array([values[design_b][seed] for seed in (1, 2, 3)])
@@ -58,10 +70,18 @@ def test_matched_budget_sweep_report_matches_scipy_on_logged_values(matched_swee
         interval = direct.confidence_interval(0.95)
         assert row.n_seeds == 3 and row.method == "paired t"
         assert row.mean_difference == pytest.approx((a - b).mean(), rel=1e-9)
-        assert (row.ci_low, row.ci_high) == (pytest.approx(interval.low, rel=1e-9), pytest.approx(interval.high, rel=1e-9))
+        assert (row.ci_low, row.ci_high) == (
+            pytest.approx(interval.low, rel=1e-9),
+            pytest.approx(interval.high, rel=1e-9),
+        )
         assert row.p_value == pytest.approx(direct.pvalue, rel=1e-9)
-        lower_is_better_verdict = ("not distinguishable at 3 seeds" if interval.low <= 0 <= interval.high
-                                   else "A better" if interval.high < 0 else "A worse")
+        lower_is_better_verdict = (
+            "not distinguishable at 3 seeds"
+            if interval.low <= 0 <= interval.high
+            else "A better"
+            if interval.high < 0
+            else "A worse"
+        )
         assert row.verdict == lower_is_better_verdict
         assert row.bitrate_kbps_a == row.bitrate_kbps_b == 2.0  # the budget is matched
         assert row.cost_device_hours > 0
@@ -86,13 +106,15 @@ def test_paired_difference_bootstrap_from_ten_seeds_matches_scipy() -> None:
 
 
 def test_too_few_seeds_and_guard_stopped_runs_give_no_verdict() -> None:
-    frame = pd.DataFrame({
-        "status": ["FINISHED", "FINISHED", "FINISHED", "KILLED"],
-        "run_name": ["a1", "b1", "a2", "b2"],
-        "quantizer.groups": [1, 2, 1, 2],
-        "trainer.seed": [1, 1, 2, 2],
-        METRIC: [1.0, 2.0, 1.1, 0.1],
-    })
+    frame = pd.DataFrame(
+        {
+            "status": ["FINISHED", "FINISHED", "FINISHED", "KILLED"],
+            "run_name": ["a1", "b1", "a2", "b2"],
+            "quantizer.groups": [1, 2, 1, 2],
+            "trainer.seed": [1, 1, 2, 2],
+            METRIC: [1.0, 2.0, 1.1, 0.1],
+        }
+    )
     row = paired_table(frame, METRIC, higher_is_better=False).iloc[0]
     assert row.n_seeds == 1 and row.verdict == "not distinguishable at 1 seeds"  # the stopped run does not count
     assert row.method.startswith("none")

@@ -1,4 +1,5 @@
 """``codec.sweep plan``: a sweep priced before it is submitted, from the objects it would build."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,23 @@ from codec.sweep.plan import expand_points, training_flops_per_audio_second
 
 def test_plan_prices_every_point_from_the_built_codec_and_a_measured_rate() -> None:
     rate = 2.5e13
-    result = subprocess.run([sys.executable, "-m", "codec.sweep", "plan", "equal_codebooks_4", "experiment=smoke", "trainer.max_steps=1000",
-                             "--flops-per-second", str(rate), "--json"], capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "codec.sweep",
+            "plan",
+            "equal_codebooks_4",
+            "experiment=smoke",
+            "trainer.max_steps=1000",
+            "--flops-per-second",
+            str(rate),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads(result.stdout)
     points = expand_points("equal_codebooks_4", ["experiment=smoke", "trainer.max_steps=1000"])
@@ -43,10 +59,16 @@ def test_paper_table1_plan_expands_every_preset_with_seeds() -> None:
     points = expand_points("paper_table1")
     presets = {o.split("=", 1)[1] for p in points for o in p if o.startswith("experiment=")}
     assert len(points) == 3 * len(presets) == 21
-    assert {o for p in points for o in p if o.startswith("trainer.seed=")} == {"trainer.seed=1", "trainer.seed=2", "trainer.seed=3"}
+    assert {o for p in points for o in p if o.startswith("trainer.seed=")} == {
+        "trainer.seed=1",
+        "trainer.seed=2",
+        "trainer.seed=3",
+    }
 
 
 def test_plan_names_an_unknown_sweep() -> None:
-    result = subprocess.run([sys.executable, "-m", "codec.sweep", "plan", "no_such_sweep"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "codec.sweep", "plan", "no_such_sweep"], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 2 and "no ready sweep named 'no_such_sweep'; known:" in result.stderr
     assert "paper_table1" in result.stderr

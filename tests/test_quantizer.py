@@ -1,5 +1,6 @@
 """GRVQ behaviour: equivalence with a plain RVQ loop, group independence, exact decode,
 variable bitrate, EMA learning, dead-code replacement, dropout and health statistics."""
+
 from __future__ import annotations
 
 import os
@@ -51,7 +52,9 @@ def test_perturbing_one_group_changes_only_its_codes() -> None:
     assert not changed[group_of_code != 1].any()
 
 
-@pytest.mark.parametrize("rule,codebook_dim,l2", [("gradient", None, False), ("ema", None, False), ("gradient", 4, True)])
+@pytest.mark.parametrize(
+    "rule,codebook_dim,l2", [("gradient", None, False), ("ema", None, False), ("gradient", 4, True)]
+)
 def test_decode_equals_eval_forward_exactly(rule: str, codebook_dim: int | None, l2: bool) -> None:
     quantizer = make_quantizer(dim=16, groups=2, layers=3, rule=rule, codebook_dim=codebook_dim, l2_normalize=l2).eval()
     latent = torch.randn(2, 16, 25)
@@ -122,7 +125,9 @@ def test_unused_code_is_replaced_by_a_batch_vector() -> None:
 def test_every_residual_layer_commitment_reaches_the_latent(groups: int, rule: str) -> None:
     """Paper eq. 4: each layer's commitment loss trains the encoder (it was 0 for layers 2..L
     when each layer's output was straight-through and subtracted from the residual)."""
-    quantizer = make_quantizer(dim=16, groups=groups, layers=3, rule=rule, kmeans_init=True, dead_code_threshold=0.0).train()
+    quantizer = make_quantizer(
+        dim=16, groups=groups, layers=3, rule=rule, kmeans_init=True, dead_code_threshold=0.0
+    ).train()
     quantizer(torch.randn(4, 16, 20))  # k-means initialisation
     latent = torch.randn(4, 16, 20, requires_grad=True)
     per_codebook = quantizer(latent).losses["commitment_per_codebook"]
@@ -131,7 +136,9 @@ def test_every_residual_layer_commitment_reaches_the_latent(groups: int, rule: s
         (gradient,) = torch.autograd.grad(per_codebook[index], latent, retain_graph=True)
         group = index // 3
         group_slice = slice(group * 16 // groups, (group + 1) * 16 // groups)
-        assert float(gradient[:, group_slice].norm()) > 1e-4, f"codebook {index} sends no gradient to its group's latent"
+        assert float(gradient[:, group_slice].norm()) > 1e-4, (
+            f"codebook {index} sends no gradient to its group's latent"
+        )
 
 
 @pytest.mark.parametrize("groups", [1, 2])
@@ -145,13 +152,14 @@ def test_training_forward_values_match_the_plain_loop(groups: int) -> None:
     expected_codes, expected_latent = [], []
     for group in range(groups):
         books = [quantizer.codebook(group, layer).codebook_vectors().detach() for layer in range(3)]
-        codes = plain_residual_vq(latent[:, group * width:(group + 1) * width].detach(), books)
+        codes = plain_residual_vq(latent[:, group * width : (group + 1) * width].detach(), books)
         expected_codes.append(codes)
         expected_latent.append(sum(books[layer][codes[:, layer]] for layer in range(3)).transpose(1, 2))
     assert torch.equal(out.codes, torch.cat(expected_codes, dim=1))
     assert torch.allclose(out.quantized, torch.cat(expected_latent, dim=1), atol=1e-6)
-    assert torch.equal(quantizer.eval().decode(out.codes), torch.cat(expected_latent, dim=1).to(out.quantized.dtype)) or torch.allclose(
-        quantizer.decode(out.codes), torch.cat(expected_latent, dim=1), atol=1e-6)
+    assert torch.equal(
+        quantizer.eval().decode(out.codes), torch.cat(expected_latent, dim=1).to(out.quantized.dtype)
+    ) or torch.allclose(quantizer.decode(out.codes), torch.cat(expected_latent, dim=1), atol=1e-6)
     out.quantized.sum().backward()
     assert torch.allclose(latent.grad, torch.ones_like(latent))
 
@@ -165,7 +173,9 @@ def test_gradient_rule_learns_codebook_and_reports_losses() -> None:
     out.losses["total"].backward()
     assert quantizer.codebook(0, 0).embed.grad is not None
     assert latent.grad is not None and latent.grad.abs().sum() > 0
-    assert torch.allclose(out.losses["total"], out.losses["codebook"] + quantizer.commitment_weight * out.losses["commitment"])
+    assert torch.allclose(
+        out.losses["total"], out.losses["codebook"] + quantizer.commitment_weight * out.losses["commitment"]
+    )
 
 
 def test_straight_through_passes_gradient_to_encoder() -> None:
@@ -219,7 +229,9 @@ def _ddp_worker(rank: int, world: int, port: int, queue) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.manual_seed(100 + rank)  # different data and different local randomness per rank
-    quantizer = GroupResidualVQ(dim=8, groups=2, layers=2, codebook_size=16, rule="ema", kmeans_init=True, dead_code_threshold=0.5).train()
+    quantizer = GroupResidualVQ(
+        dim=8, groups=2, layers=2, codebook_size=16, rule="ema", kmeans_init=True, dead_code_threshold=0.5
+    ).train()
     for _ in range(5):
         quantizer(torch.randn(4, 8, 12) + rank)
     # Plain arrays are pickled by value; tensors would be shared through this process's resource

@@ -4,6 +4,7 @@ Corrupt checkpoints, crafted pickles, many processes on one fresh MLflow store (
 ``mlflow server``), two identical commands at once, audio with NaN samples, and bad settings that
 must stop the run before its first step.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,14 +32,24 @@ SMOKE = ["experiment=smoke"]
 
 
 def start(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, TRAIN, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=None if env is None else {**os.environ, **env})
+    return subprocess.Popen(
+        [sys.executable, TRAIN, *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=None if env is None else {**os.environ, **env},
+    )
 
 
 def train(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, TRAIN, *args], cwd=cwd, capture_output=True, text=True, timeout=HANG_GUARD_S)
+    result = subprocess.run(
+        [sys.executable, TRAIN, *args], cwd=cwd, capture_output=True, text=True, timeout=HANG_GUARD_S
+    )
     if check and result.returncode != 0:
-        raise AssertionError(f"train.py failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+        raise AssertionError(
+            f"train.py failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+        )
     return result
 
 
@@ -51,7 +62,9 @@ def wait_for(predicate, what: str, process: subprocess.Popen | None = None, time
     deadline = time.monotonic() + timeout
     while not predicate():
         if process is not None and process.poll() is not None:
-            raise AssertionError(f"process ended (code {process.returncode}) before {what}:\n{process.stdout.read()[-3000:]}")
+            raise AssertionError(
+                f"process ended (code {process.returncode}) before {what}:\n{process.stdout.read()[-3000:]}"
+            )
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.1)
@@ -68,14 +81,23 @@ def test_truncated_latest_resumes_from_newest_intact_step_file(tmp_path: Path) -
     for name in ("latest.pt", "step_000000006.pt"):  # the newest two are cut short
         path = checkpoints / name
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
-    assert torch.load(checkpoints / "step_000000004.pt", weights_only=True)["step"] == 4  # the copies did not share bytes
+    assert (
+        torch.load(checkpoints / "step_000000004.pt", weights_only=True)["step"] == 4
+    )  # the copies did not share bytes
 
     result = train([*common, "trainer.max_steps=10", f"hydra.run.dir={broken}"], cwd=tmp_path)
     log = result.stdout + result.stderr
-    assert f"skipping checkpoint {checkpoints / 'latest.pt'}" in log and f"skipping checkpoint {checkpoints / 'step_000000006.pt'}" in log
+    assert (
+        f"skipping checkpoint {checkpoints / 'latest.pt'}" in log
+        and f"skipping checkpoint {checkpoints / 'step_000000006.pt'}" in log
+    )
     assert f"resumed from {checkpoints / 'step_000000004.pt'} at step 4" in log
     status = json.loads((broken / "status.json").read_text())
-    assert status["state"] == "finished" and status["step"] == 10 and str(checkpoints / "latest.pt") in status["skipped_checkpoints"]
+    assert (
+        status["state"] == "finished"
+        and status["step"] == 10
+        and str(checkpoints / "latest.pt") in status["skipped_checkpoints"]
+    )
     straight, resumed = weights(tmp_path / "straight"), weights(broken)
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
 
@@ -85,7 +107,10 @@ def test_missing_latest_resumes_from_newest_step_file(tmp_path: Path) -> None:
     train([*common, "trainer.max_steps=4"], cwd=tmp_path)
     (tmp_path / "run" / "checkpoints" / "latest.pt").unlink()
     result = train([*common, "trainer.max_steps=6"], cwd=tmp_path)
-    assert "resumed from" in result.stdout + result.stderr and "step_000000004.pt at step 4" in result.stdout + result.stderr
+    assert (
+        "resumed from" in result.stdout + result.stderr
+        and "step_000000004.pt at step 4" in result.stdout + result.stderr
+    )
     assert json.loads((tmp_path / "run" / "status.json").read_text())["step"] == 6
 
 
@@ -151,8 +176,12 @@ def test_crafted_pickles_are_refused_and_nothing_runs(tmp_path: Path) -> None:
     assert not marker.exists()
 
     for path in (crafted, tmp_path / "crafted_zip.pt"):
-        result = subprocess.run([sys.executable, "-m", "codec", "encode", str(path), str(tmp_path / "x.npz"), "--checkpoint", str(path)],
-                                cwd=REPO_ROOT, capture_output=True, text=True)
+        result = subprocess.run(
+            [sys.executable, "-m", "codec", "encode", str(path), str(tmp_path / "x.npz"), "--checkpoint", str(path)],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+        )
         assert result.returncode == 2 and "is not a loadable training checkpoint" in result.stderr
         assert not marker.exists()
 
@@ -160,7 +189,9 @@ def test_crafted_pickles_are_refused_and_nothing_runs(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     (run_dir / "checkpoints").mkdir(parents=True)
     shutil.copy(tmp_path / "crafted_zip.pt", run_dir / "checkpoints" / "latest.pt")
-    result = train([*SMOKE, "logger=none", "trainer.max_steps=2", f"hydra.run.dir={run_dir}"], cwd=tmp_path, check=False)
+    result = train(
+        [*SMOKE, "logger=none", "trainer.max_steps=2", f"hydra.run.dir={run_dir}"], cwd=tmp_path, check=False
+    )
     assert "skipping checkpoint" in result.stdout + result.stderr
     assert not marker.exists()
 
@@ -176,9 +207,27 @@ def test_crafted_pickles_are_refused_and_nothing_runs(tmp_path: Path) -> None:
 # -- many processes --------------------------------------------------------------------------------
 def assert_concurrent_runs_all_finish(tmp_path: Path, tracking_uri: str, count: int = 8) -> MlflowClient:
     # One thread each: eight processes share two cores. A small corpus keeps the final evaluation short.
-    small = ["trainer.max_steps=1", "trainer.log_every=1", "data.utterances.train=4", "data.utterances.valid=1", "data.utterances.test=1"]
-    processes = [start([*SMOKE, *small, f"logger.tracking_uri={tracking_uri}", f"hydra.run.dir={tmp_path / f'run{i}'}", f"trainer.seed={i}"],
-                       cwd=tmp_path, env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}) for i in range(count)]
+    small = [
+        "trainer.max_steps=1",
+        "trainer.log_every=1",
+        "data.utterances.train=4",
+        "data.utterances.valid=1",
+        "data.utterances.test=1",
+    ]
+    processes = [
+        start(
+            [
+                *SMOKE,
+                *small,
+                f"logger.tracking_uri={tracking_uri}",
+                f"hydra.run.dir={tmp_path / f'run{i}'}",
+                f"trainer.seed={i}",
+            ],
+            cwd=tmp_path,
+            env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
+        )
+        for i in range(count)
+    ]
     outputs = [p.communicate(timeout=HANG_GUARD_S)[0] for p in processes]
     for process, output in zip(processes, outputs):
         assert process.returncode == 0, output[-3000:]
@@ -198,13 +247,33 @@ def test_eight_runs_start_at_once_against_an_mlflow_server(tmp_path: Path) -> No
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                               "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--default-artifact-root", str(tmp_path / "artifacts"),
-                               "--workers", "1"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--default-artifact-root",
+            str(tmp_path / "artifacts"),
+            "--workers",
+            "1",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
+
         def ready() -> bool:
             with socket.socket() as probe:
                 return probe.connect_ex(("127.0.0.1", port)) == 0
+
         wait_for(ready, "the mlflow server to listen", server, timeout=120)
         assert_concurrent_runs_all_finish(tmp_path, f"http://127.0.0.1:{port}")
     finally:
@@ -216,7 +285,11 @@ def test_a_second_identical_command_is_refused_while_the_first_runs(tmp_path: Pa
     args = [*SMOKE, "trainer.max_steps=60", "trainer.log_every=2", f"hydra.run.dir={tmp_path / 'run'}"]
     first = start(args, cwd=tmp_path)
     status_file = tmp_path / "run" / "status.json"
-    wait_for(lambda: status_file.exists() and json.loads(status_file.read_text()).get("state") == "running", "the first run to start", first)
+    wait_for(
+        lambda: status_file.exists() and json.loads(status_file.read_text()).get("state") == "running",
+        "the first run to start",
+        first,
+    )
     second = train(args, cwd=tmp_path, check=False)
     assert second.returncode != 0
     assert f"is being trained by another process (pid {first.pid}" in second.stdout + second.stderr
@@ -235,13 +308,21 @@ def test_a_second_identical_command_is_refused_while_the_first_runs(tmp_path: Pa
 def test_a_killed_holder_leaves_no_stale_lock(tmp_path: Path) -> None:
     """SIGKILL, then the same command at once: the lock died with the trainer, even while its
     forked loader workers are still winding down."""
-    args = [*SMOKE, "trainer.num_workers=2", "trainer.max_steps=400", "trainer.checkpoint_every=2", "logger=none",
-            f"hydra.run.dir={tmp_path / 'run'}"]
+    args = [
+        *SMOKE,
+        "trainer.num_workers=2",
+        "trainer.max_steps=400",
+        "trainer.checkpoint_every=2",
+        "logger=none",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
     holder = start(args, cwd=tmp_path)
     wait_for(lambda: (tmp_path / "run" / "checkpoints" / "latest.pt").exists(), "a first checkpoint", holder)
     holder.send_signal(signal.SIGKILL)
     holder.wait(timeout=60)
-    result = train([*args[:-2], "trainer.max_steps=4", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    result = train(
+        [*args[:-2], "trainer.max_steps=4", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path
+    )
     assert "resumed from" in result.stdout + result.stderr
 
 
@@ -257,8 +338,17 @@ def speech_with_nan(tmp_path_factory) -> Path:
 
 
 def data_args(folder: Path, run_dir: Path, policy: str) -> list[str]:
-    return [*SMOKE, "data=folder", f"data.path={folder}", "data.valid_count=1", "data.test_count=1", f"data.bad_files={policy}",
-            "trainer.max_steps=2", "logger=none", f"hydra.run.dir={run_dir}"]
+    return [
+        *SMOKE,
+        "data=folder",
+        f"data.path={folder}",
+        "data.valid_count=1",
+        "data.test_count=1",
+        f"data.bad_files={policy}",
+        "trainer.max_steps=2",
+        "logger=none",
+        f"hydra.run.dir={run_dir}",
+    ]
 
 
 def test_nan_samples_are_named_and_skipped(speech_with_nan: Path, tmp_path: Path) -> None:
@@ -288,7 +378,11 @@ def test_a_file_broken_after_the_manifest_was_cached_is_named(speech_with_nan: P
     result = train(data_args(folder, tmp_path / "second", "skip"), cwd=tmp_path)
     assert f"skipping {victim}: unreadable audio" in result.stdout + result.stderr
     failed = train(data_args(folder, tmp_path / "third", "error"), cwd=tmp_path, check=False)
-    assert failed.returncode != 0 and f"{victim}: unreadable audio" in failed.stdout + failed.stderr and "Traceback" not in failed.stderr
+    assert (
+        failed.returncode != 0
+        and f"{victim}: unreadable audio" in failed.stdout + failed.stderr
+        and "Traceback" not in failed.stderr
+    )
 
 
 def test_a_file_made_unreadable_after_the_manifest_is_named(speech_with_nan: Path, tmp_path: Path) -> None:
@@ -305,9 +399,18 @@ def test_a_file_made_unreadable_after_the_manifest_is_named(speech_with_nan: Pat
 
 BAD_SETTINGS = {
     "tiny segment": (["trainer.segment_seconds=0.001"], "trainer.segment_seconds=0.001"),
-    "hop above segment": (["encoder.strides=[8,8,8,8]", "trainer.segment_seconds=0.25"], "trainer.segment_seconds=0.25"),
-    "negative learning rate": (["trainer.generator_optimizer.lr=-1e-3"], "trainer.generator_optimizer.lr=-0.001 must be positive"),
-    "unknown bad-file policy": (["data=folder", "data.path=.", "data.bad_files=ignore"], "data.bad_files='ignore' is unknown"),
+    "hop above segment": (
+        ["encoder.strides=[8,8,8,8]", "trainer.segment_seconds=0.25"],
+        "trainer.segment_seconds=0.25",
+    ),
+    "negative learning rate": (
+        ["trainer.generator_optimizer.lr=-1e-3"],
+        "trainer.generator_optimizer.lr=-0.001 must be positive",
+    ),
+    "unknown bad-file policy": (
+        ["data=folder", "data.path=.", "data.bad_files=ignore"],
+        "data.bad_files='ignore' is unknown",
+    ),
     "empty data path": (["data=folder", "data.path="], "data.path is empty"),
 }
 

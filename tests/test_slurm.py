@@ -1,4 +1,5 @@
 """Sweeps on a real SLURM cluster on localhost (started by slurm/start_local_cluster.sh)."""
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,13 @@ def slurm_cluster() -> None:
 
 
 def sweep(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), "-m", *SLURM, *args], cwd=cwd,
-                            capture_output=True, text=True, timeout=HANG_GUARD_S)
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "train.py"), "-m", *SLURM, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"sweep failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
     return result
@@ -67,7 +73,9 @@ def test_six_run_sweep_is_one_array_with_one_mlflow_parent(tmp_path: Path) -> No
     assert len(jobs) == 6 and len({j.split("_")[0] for j in jobs}) == 1  # one array of 6 tasks
     record = json.loads((sweep_dir / "sweep.json").read_text())
     names = sorted(Path(j["run_dir"]).name for j in record["jobs"])
-    assert names == sorted(f"experiment=smoke,quantizer.groups={g},quantizer.layers={n}" for g in (1, 2, 4) for n in (1, 2))
+    assert names == sorted(
+        f"experiment=smoke,quantizer.groups={g},quantizer.layers={n}" for g in (1, 2, 4) for n in (1, 2)
+    )
     assert all((sweep_dir / n / "checkpoints" / "latest.pt").exists() for n in names)
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("smoke")
@@ -80,8 +88,13 @@ def test_six_run_sweep_is_one_array_with_one_mlflow_parent(tmp_path: Path) -> No
     again = sweep(["quantizer.groups=1,2,4", "quantizer.layers=1,2", *TINY_RUN], cwd=tmp_path)
     assert "6 already finished, 0 to launch" in again.stdout + again.stderr
     assert submitit_job_ids(sweep_dir) == jobs
-    table = subprocess.run([sys.executable, "-m", "codec.sweep", "status", "smoke"], cwd=tmp_path,
-                           capture_output=True, text=True, check=True).stdout
+    table = subprocess.run(
+        [sys.executable, "-m", "codec.sweep", "status", "smoke"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "finished: 6" in table and "failed" not in table
 
 
@@ -123,7 +136,10 @@ def _release(job_id: str) -> None:
     deadline = time.time() + 60
     while time.time() < deadline and "PENDING" not in job_state(job_id):
         time.sleep(0.5)
-    while time.time() < deadline and subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True).stdout.strip() != "idle":
+    while (
+        time.time() < deadline
+        and subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True).stdout.strip() != "idle"
+    ):
         time.sleep(0.5)
     time.sleep(2.0)
     subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=True)
@@ -132,9 +148,20 @@ def _release(job_id: str) -> None:
 def test_requeue_by_scontrol_and_by_time_limit_signal_resumes(tmp_path: Path) -> None:
     """SLURM signals every process of the job, loader workers included (num_workers=2): the run
     stops once at a step boundary with a checkpoint, and resumes in the same MLflow run."""
-    args = [*TINY_RUN, "trainer.num_workers=2", "trainer.max_steps=160", "trainer.checkpoint_every=10", "trainer.log_every=10"]
-    process = subprocess.Popen([sys.executable, str(REPO_ROOT / "train.py"), "-m", *SLURM, *args],
-                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    args = [
+        *TINY_RUN,
+        "trainer.num_workers=2",
+        "trainer.max_steps=160",
+        "trainer.checkpoint_every=10",
+        "trainer.log_every=10",
+    ]
+    process = subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "train.py"), "-m", *SLURM, *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     sweep_dir = tmp_path / "runs" / "multirun" / "smoke"
     deadline = time.time() + 120
     while time.time() < deadline and not list(sweep_dir.glob("*/status.json")):
@@ -159,7 +186,11 @@ def test_requeue_by_scontrol_and_by_time_limit_signal_resumes(tmp_path: Path) ->
     assert "received SIGTERM" in log and "received SIGUSR2" in log and "requeued SLURM job" in log
     assert "killed by signal" not in log and log.count("stopped at step") == 2
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    runs = [r for r in client.search_runs([client.get_experiment_by_name("smoke").experiment_id]) if r.data.tags.get("role") != "sweep"]
+    runs = [
+        r
+        for r in client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
+        if r.data.tags.get("role") != "sweep"
+    ]
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "train/loss_generator")]
     assert sorted(steps) == list(range(10, 161, 10))  # no step logged twice
@@ -169,10 +200,16 @@ def test_an_array_slurm_can_never_start_fails_at_once_with_the_reason(tmp_path: 
     """More CPUs per task than the node has: SLURM leaves the array PENDING (PartitionConfig)
     forever; the launcher says so, cancels it and ends the sweep as failed."""
     too_many = (os.cpu_count() or 2) + 2
-    result = sweep(["quantizer.groups=1,2", *TINY_RUN, f"hydra.launcher.cpus_per_task={too_many}"], cwd=tmp_path, check=False)
+    result = sweep(
+        ["quantizer.groups=1,2", *TINY_RUN, f"hydra.launcher.cpus_per_task={too_many}"], cwd=tmp_path, check=False
+    )
     output = result.stdout + result.stderr
     assert result.returncode != 0
-    assert "SLURM will never start this array" in output and "PartitionConfig" in output and f"cpus_per_task={too_many}" in output
+    assert (
+        "SLURM will never start this array" in output
+        and "PartitionConfig" in output
+        and f"cpus_per_task={too_many}" in output
+    )
     sweep_dir = tmp_path / "runs" / "multirun" / "smoke"
     array = submitit_job_ids(sweep_dir)[0].split("_")[0]
     assert subprocess.run(["squeue", "-h", "-j", array], capture_output=True, text=True).stdout.strip() == ""
@@ -183,13 +220,27 @@ def test_an_array_slurm_can_never_start_fails_at_once_with_the_reason(tmp_path: 
 def test_a_cancelled_array_is_reported_not_waited_on(tmp_path: Path) -> None:
     """Held, then cancelled before it ever ran (so no job writes a result): the launcher reads
     the queue, names scancel as the cause and ends the sweep as failed."""
-    process = subprocess.Popen([sys.executable, str(REPO_ROOT / "train.py"), "-m", *SLURM, "quantizer.groups=1,2", *TINY_RUN,
-                                "+hydra.launcher.additional_parameters.hold=true"], cwd=tmp_path, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(REPO_ROOT / "train.py"),
+            "-m",
+            *SLURM,
+            "quantizer.groups=1,2",
+            *TINY_RUN,
+            "+hydra.launcher.additional_parameters.hold=true",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     sweep_dir = tmp_path / "runs" / "multirun" / "smoke"
     deadline = time.time() + 300
     while not ((sweep_dir / ".submitit").exists() and submitit_job_ids(sweep_dir)):
-        assert process.poll() is None and time.time() < deadline, process.stdout.read()[-3000:] if process.poll() is not None else "no submission"
+        assert process.poll() is None and time.time() < deadline, (
+            process.stdout.read()[-3000:] if process.poll() is not None else "no submission"
+        )
         time.sleep(0.5)
     array = submitit_job_ids(sweep_dir)[0].split("_")[0]
     subprocess.run(["scancel", array], check=True)

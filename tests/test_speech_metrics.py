@@ -3,6 +3,7 @@
 All on the embedded speech corpus (held-out voices, known transcripts), scored through the
 evaluator's worker pool as in training.
 """
+
 from __future__ import annotations
 
 import math
@@ -39,8 +40,15 @@ def scored(tmp_path_factory) -> dict:
         clean = evaluator.score_pairs([(r, r) for r in references], texts, grammar)
         worse = evaluator.score_pairs(list(zip(references, degraded)), texts, grammar)
         packages = evaluator.packages()
-    return {"references": references, "degraded": degraded, "texts": texts, "grammar": grammar,
-            "clean": clean, "worse": worse, "packages": packages}
+    return {
+        "references": references,
+        "degraded": degraded,
+        "texts": texts,
+        "grammar": grammar,
+        "clean": clean,
+        "worse": worse,
+        "packages": packages,
+    }
 
 
 def mean(scores: list[dict], key: str) -> float:
@@ -53,7 +61,9 @@ def test_visqol_matches_the_package_and_ranks_degradation(scored) -> None:
     api = VisqolApi()
     api.create(mode="speech")
     for reference, estimate, score in zip(scored["references"], scored["degraded"], scored["worse"]):
-        direct = api.measure_from_arrays(reference.flatten().double().numpy(), estimate.flatten().double().numpy(), 16000).moslqo
+        direct = api.measure_from_arrays(
+            reference.flatten().double().numpy(), estimate.flatten().double().numpy(), 16000
+        ).moslqo
         assert score["visqol"] == pytest.approx(direct, abs=1e-6)
     assert mean(scored["clean"], "visqol") > 4.0
     assert mean(scored["worse"], "visqol") < mean(scored["clean"], "visqol") - 1.5
@@ -82,7 +92,9 @@ def test_wer_matches_pocketsphinx_and_rises_with_degradation(scored) -> None:
         decoder.end_utt()
         return decoder.hyp().hypstr if decoder.hyp() else ""
 
-    for reference, estimate, text, clean, worse in zip(scored["references"], scored["degraded"], scored["texts"], scored["clean"], scored["worse"]):
+    for reference, estimate, text, clean, worse in zip(
+        scored["references"], scored["degraded"], scored["texts"], scored["clean"], scored["worse"]
+    ):
         assert worse["wer"] == pytest.approx(word_error_rate(text, heard(estimate)))
         assert worse["wer_reference"] == pytest.approx(word_error_rate(text, heard(reference)))
         assert clean["wer"] == clean["wer_reference"]  # the recognizer's own error, shown beside
@@ -92,7 +104,9 @@ def test_wer_matches_pocketsphinx_and_rises_with_degradation(scored) -> None:
 def test_wer_without_a_transcript_scores_against_what_the_recognizer_heard_in_the_reference(scored) -> None:
     reference = scored["references"][0]
     with Evaluator(16000, metrics=["wer"], workers=0) as evaluator:
-        same, worse = evaluator.score_pairs([(reference, reference), (reference, scored["degraded"][0])], None, scored["grammar"])
+        same, worse = evaluator.score_pairs(
+            [(reference, reference), (reference, scored["degraded"][0])], None, scored["grammar"]
+        )
     assert same["wer"] == 0.0 and math.isnan(same["wer_reference"])
     assert worse["wer"] > 0.0
 

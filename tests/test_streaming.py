@@ -1,5 +1,6 @@
 """Streaming: a causal preset coded chunk by chunk gives the offline codes and audio; a
 non-causal model refuses with a reason."""
+
 from __future__ import annotations
 
 import pytest
@@ -12,7 +13,7 @@ from codec.streaming import StreamingError
 def stream(codec, wav: torch.Tensor, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
     streamer = codec.stream()
     chunk = frames * codec.hop_length
-    codes = [streamer.encode_chunk(wav[..., start:start + chunk]) for start in range(0, wav.shape[-1], chunk)]
+    codes = [streamer.encode_chunk(wav[..., start : start + chunk]) for start in range(0, wav.shape[-1], chunk)]
     audio = [streamer.decode_chunk(c) for c in codes]
     return torch.cat(codes, dim=-1), torch.cat(audio, dim=-1)
 
@@ -39,7 +40,13 @@ def test_chunk_state_matters() -> None:
     codec = build_codec(compose_config(["experiment=smoke", "encoder.causal=true", "encoder.lstm_layers=1"])).eval()
     wav = 0.1 * torch.randn(1, 1, 6 * codec.hop_length)
     offline = codec.decode(codec.encode(wav))
-    fresh = torch.cat([codec.stream().process(wav[..., i:i + 2 * codec.hop_length]) for i in range(0, wav.shape[-1], 2 * codec.hop_length)], -1)
+    fresh = torch.cat(
+        [
+            codec.stream().process(wav[..., i : i + 2 * codec.hop_length])
+            for i in range(0, wav.shape[-1], 2 * codec.hop_length)
+        ],
+        -1,
+    )
     assert not torch.allclose(fresh, offline, atol=1e-4)
     _, streamed = stream(codec, wav, 2)
     torch.testing.assert_close(streamed, offline, rtol=1e-4, atol=1e-5)

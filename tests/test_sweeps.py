@@ -1,4 +1,5 @@
 """Sweeps: local multirun bookkeeping, sweep definitions, the status command and 2-process DDP."""
+
 from __future__ import annotations
 
 import json
@@ -17,14 +18,22 @@ TINY_RUN = ["experiment=smoke"]
 
 
 def run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), *args], cwd=cwd, capture_output=True, text=True, timeout=HANG_GUARD_S)
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "train.py"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"train.py failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
     return result
 
 
 def status(cwd: Path, sweep: str) -> str:
-    return subprocess.run([sys.executable, "-m", "codec.sweep", "status", sweep], cwd=cwd, capture_output=True, text=True, check=True).stdout
+    return subprocess.run(
+        [sys.executable, "-m", "codec.sweep", "status", sweep], cwd=cwd, capture_output=True, text=True, check=True
+    ).stdout
 
 
 @pytest.mark.parametrize("sweep", available_options("sweep"))
@@ -47,8 +56,15 @@ def test_local_sweep_runs_skips_finished_and_tolerates_failure(tmp_path: Path) -
     assert result.returncode != 0  # the sweep reports its failed point
     sweep_dir = tmp_path / "runs" / "multirun" / "smoke"
     sweep = json.loads((sweep_dir / "sweep.json").read_text())
-    states = {j["overrides"][0]: json.loads((Path(tmp_path / j["run_dir"]) / "status.json").read_text())["state"] for j in sweep["jobs"]}
-    assert states == {"quantizer.groups=1": "finished", "quantizer.groups=2": "finished", "quantizer.groups=3": "failed"}
+    states = {
+        j["overrides"][0]: json.loads((Path(tmp_path / j["run_dir"]) / "status.json").read_text())["state"]
+        for j in sweep["jobs"]
+    }
+    assert states == {
+        "quantizer.groups=1": "finished",
+        "quantizer.groups=2": "finished",
+        "quantizer.groups=3": "failed",
+    }
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("smoke")
@@ -68,23 +84,42 @@ def test_local_sweep_runs_skips_finished_and_tolerates_failure(tmp_path: Path) -
 
     table = status(tmp_path, "smoke")
     assert "quantizer.groups=3" in table and "failed: 1" in table and "finished: 2" in table
-    missing = subprocess.run([sys.executable, "-m", "codec.sweep", "status", "nope"], cwd=tmp_path, capture_output=True, text=True)
-    assert missing.returncode == 2 and "no sweep named 'nope' (known sweeps under runs/multirun: smoke)" in missing.stderr
+    missing = subprocess.run(
+        [sys.executable, "-m", "codec.sweep", "status", "nope"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert (
+        missing.returncode == 2 and "no sweep named 'nope' (known sweeps under runs/multirun: smoke)" in missing.stderr
+    )
 
     again = run(["-m", "quantizer.groups=1,2", *TINY_RUN], cwd=tmp_path)
     assert "2 already finished, 0 to launch" in again.stdout + again.stderr
 
 
 def test_status_command_reports_unknown_sweep(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "codec.sweep", "status", "nope"], cwd=tmp_path, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "codec.sweep", "status", "nope"], cwd=tmp_path, capture_output=True, text=True
+    )
     assert result.returncode == 2 and "no sweep" in result.stderr
 
 
 @pytest.mark.slow
 def test_ddp_with_two_cpu_processes_keeps_codebooks_identical(tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
-               str(REPO_ROOT / "train.py"), *TINY_RUN, "trainer.max_steps=12", "trainer.device=cpu",
-               "quantizer.rule=ema", "quantizer.dead_code_threshold=0.5", "trainer.checkpoint_every=4", f"hydra.run.dir={tmp_path / 'run'}", "logger=none"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29533",
+        str(REPO_ROOT / "train.py"),
+        *TINY_RUN,
+        "trainer.max_steps=12",
+        "trainer.device=cpu",
+        "quantizer.rule=ema",
+        "quantizer.dead_code_threshold=0.5",
+        "trainer.checkpoint_every=4",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        "logger=none",
+    ]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-5000:]
     ranks = [torch.load(tmp_path / "run" / "ranks" / f"rank{r}_quantizer.pt") for r in (0, 1)]
@@ -101,9 +136,20 @@ def test_sigterm_stops_a_local_sweep_after_checkpointing(tmp_path: Path) -> None
     import signal
     import time
 
-    process = subprocess.Popen([sys.executable, str(REPO_ROOT / "train.py"), "-m", "quantizer.groups=1,2", *TINY_RUN,
-                                "trainer.max_steps=100000", "trainer.log_every=1"], cwd=tmp_path,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(REPO_ROOT / "train.py"),
+            "-m",
+            "quantizer.groups=1,2",
+            *TINY_RUN,
+            "trainer.max_steps=100000",
+            "trainer.log_every=1",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     sweep_dir = tmp_path / "runs" / "multirun" / "smoke"
     deadline = time.time() + 180
     status_files: list[Path] = []
@@ -125,7 +171,11 @@ def test_discriminator_mix_sweeps_from_the_command_line(tmp_path: Path) -> None:
     sweep = json.loads((tmp_path / "runs" / "multirun" / "smoke" / "sweep.json").read_text())
     assert [j["overrides"][0] for j in sweep["jobs"]] == ["discriminator=[msstft]", "discriminator=[msstft,mpd,msd]"]
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    runs = [r for r in client.search_runs([client.get_experiment_by_name("smoke").experiment_id]) if r.data.tags.get("role") != "sweep"]
+    runs = [
+        r
+        for r in client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
+        if r.data.tags.get("role") != "sweep"
+    ]
     mixes = sorted(sorted({k.split(".")[1] for k in r.data.params if k.startswith("discriminator.")}) for r in runs)
     assert mixes == [["mpd", "msd", "msstft"], ["msstft"]]
     assert all(r.info.status == "FINISHED" for r in runs)
@@ -133,13 +183,27 @@ def test_discriminator_mix_sweeps_from_the_command_line(tmp_path: Path) -> None:
 
 # Shrinks every preset alike; ++ adds settings for discriminators a preset does not select (ignored).
 TINY_EVERY_PRESET = [
-    "encoder.channels=4", "encoder.dimension=16", "encoder.lstm_layers=0",
-    "++discriminator.msstft.filters=4", "++discriminator.mpd.channels=[4,8]", "++discriminator.msd.channels=[4,4,8,8,8,8,8]",
+    "encoder.channels=4",
+    "encoder.dimension=16",
+    "encoder.lstm_layers=0",
+    "++discriminator.msstft.filters=4",
+    "++discriminator.mpd.channels=[4,8]",
+    "++discriminator.msd.channels=[4,4,8,8,8,8,8]",
     "++discriminator.mrd.channels=4",
-    "trainer.max_steps=2", "trainer.batch_size=1", "trainer.segment_seconds=0.25", "trainer.log_every=1",
-    "trainer.eval_at_start=false", "trainer.num_workers=0", "trainer.checkpoint_every=2",
-    "eval.metrics=[mel_distance]", "eval.workers=0", "eval.max_utterances=1", "data.utterances.train=6",
-    "data.utterances.valid=1", "data.utterances.test=1", "logger=none",
+    "trainer.max_steps=2",
+    "trainer.batch_size=1",
+    "trainer.segment_seconds=0.25",
+    "trainer.log_every=1",
+    "trainer.eval_at_start=false",
+    "trainer.num_workers=0",
+    "trainer.checkpoint_every=2",
+    "eval.metrics=[mel_distance]",
+    "eval.workers=0",
+    "eval.max_utterances=1",
+    "data.utterances.train=6",
+    "data.utterances.valid=1",
+    "data.utterances.test=1",
+    "logger=none",
 ]
 
 
@@ -167,15 +231,24 @@ def test_every_preset_trains_through_the_cli(tmp_path: Path) -> None:
 def test_child_run_names_show_only_what_varies() -> None:
     from codec.sweep.registry import PlannedJob, Sweep
 
-    jobs = [PlannedJob(i, overrides, f"/runs/{i}", "id") for i, overrides in enumerate([
-        ["experiment=smoke", "quantizer.groups=1", "quantizer.layers=2", "encoder.dimension=16"],
-        ["experiment=smoke", "quantizer.groups=2", "quantizer.layers=1", "encoder.dimension=32"],
-    ])]
+    jobs = [
+        PlannedJob(i, overrides, f"/runs/{i}", "id")
+        for i, overrides in enumerate(
+            [
+                ["experiment=smoke", "quantizer.groups=1", "quantizer.layers=2", "encoder.dimension=16"],
+                ["experiment=smoke", "quantizer.groups=2", "quantizer.layers=1", "encoder.dimension=32"],
+            ]
+        )
+    ]
     names = Sweep("s", "/runs/multirun/s", jobs).child_run_names()
     assert names == {0: "dimension=16 groups=1 layers=2", 1: "dimension=32 groups=2 layers=1"}
-    clash = [PlannedJob(i, [f"discriminator.mpd.channels={c}", f"discriminator.msd.channels={c}"], f"/r/{i}", "id")
-             for i, c in enumerate(["[4]", "[8]"])]
-    assert Sweep("s", "/r", clash).child_run_names()[0] == "discriminator.mpd.channels=[4] discriminator.msd.channels=[4]"
+    clash = [
+        PlannedJob(i, [f"discriminator.mpd.channels={c}", f"discriminator.msd.channels={c}"], f"/r/{i}", "id")
+        for i, c in enumerate(["[4]", "[8]"])
+    ]
+    assert (
+        Sweep("s", "/r", clash).child_run_names()[0] == "discriminator.mpd.channels=[4] discriminator.msd.channels=[4]"
+    )
 
 
 def test_quantizer_sweep_trains_four_different_models(tmp_path: Path) -> None:
@@ -187,9 +260,15 @@ def test_quantizer_sweep_trains_four_different_models(tmp_path: Path) -> None:
         run_dir = tmp_path / "runs" / "multirun" / "smoke" / f"experiment=smoke,quantizer={option}"
         state = torch.load(run_dir / "checkpoints" / "latest.pt", map_location="cpu", weights_only=True)
         assert state["step"] == 4
-        quantizer = {k: tuple(v.shape) for k, v in state["codec"].items() if k.startswith("quantizer.") and k.endswith(("embed", "in_proj.weight"))}
+        quantizer = {
+            k: tuple(v.shape)
+            for k, v in state["codec"].items()
+            if k.startswith("quantizer.") and k.endswith(("embed", "in_proj.weight"))
+        }
         built[option] = quantizer
-    assert len(built["grvq"]) == 4 and all(shape == (1024, 8) for shape in built["grvq"].values())  # 2 groups x 2 layers, 16/2 dims
+    assert len(built["grvq"]) == 4 and all(
+        shape == (1024, 8) for shape in built["grvq"].values()
+    )  # 2 groups x 2 layers, 16/2 dims
     assert len(built["rvq"]) == 8 and all(shape == (1024, 16) for shape in built["rvq"].values())
     assert list(built["single_vq"].values()) == [(4096, 16)]
     assert list(built["fsq"].values()) == [(4, 16, 1)]  # one group projected to the 4 FSQ levels

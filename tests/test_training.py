@@ -1,10 +1,11 @@
 """End-to-end training through train.py: the README demo, real speech, kill-and-resume,
 NaN losses, evaluate.py and the encode/decode command line."""
+
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -28,7 +29,9 @@ TRAIN = str(REPO_ROOT / "train.py")
 def train(args: list[str], cwd: Path, check: bool = True, timeout: float = HANG_GUARD_S) -> subprocess.CompletedProcess:
     result = subprocess.run([sys.executable, TRAIN, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
-        raise AssertionError(f"train.py failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+        raise AssertionError(
+            f"train.py failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+        )
     return result
 
 
@@ -46,8 +49,13 @@ def demo_run(tmp_path_factory) -> dict:
     train([], cwd=root)
     run_dir = root / "runs" / "demo" / "default"
     corpus = next((root / ".cache" / "demo_corpus").glob("speech_sr16000_*"))
-    return {"root": root, "run_dir": run_dir, "corpus": corpus, "status": json.loads((run_dir / "status.json").read_text()),
-            "client": MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")}
+    return {
+        "root": root,
+        "run_dir": run_dir,
+        "corpus": corpus,
+        "status": json.loads((run_dir / "status.json").read_text()),
+        "client": MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}"),
+    }
 
 
 @pytest.mark.slow
@@ -77,11 +85,23 @@ def test_readme_demo_command_trains_and_logs_to_mlflow(demo_run: dict) -> None:
     assert max(later) < 0.2 and sum(v > 0.05 for v in later) <= 2, [(m.step, m.value) for m in replaced]
     mean = client.get_metric_history(run.info.run_id, "train/codebook_replaced_fraction_mean")
     assert max(m.value for m in mean if m.step > 100) < 0.01
-    for key in ("valid/pesq_wb", "valid/stoi", "valid/wer", "valid/wer_reference", "test/pesq_wb", "test/estoi", "best/mel_distance",
-                "train/throughput_audio_seconds_per_second", "train/grad_norm_generator", "valid/codebook_00_perplexity"):
+    for key in (
+        "valid/pesq_wb",
+        "valid/stoi",
+        "valid/wer",
+        "valid/wer_reference",
+        "test/pesq_wb",
+        "test/estoi",
+        "best/mel_distance",
+        "train/throughput_audio_seconds_per_second",
+        "train/grad_norm_generator",
+        "valid/codebook_00_perplexity",
+    ):
         assert key in run.data.metrics, key
     assert "train/loss_discriminator" not in run.data.metrics  # reconstruction-only: the discriminators never ran
-    assert run.data.tags["metric_package.pocketsphinx"][0].isdigit() and run.data.tags["metric_package.pesq"][0].isdigit()
+    assert (
+        run.data.tags["metric_package.pocketsphinx"][0].isdigit() and run.data.tags["metric_package.pesq"][0].isdigit()
+    )
     artifacts = all_artifacts(client, run.info.run_id)
     assert "resolved_config.yaml" in artifacts and "git_commit.txt" in artifacts
     assert any(a.endswith("_reconstruction.wav") for a in artifacts)
@@ -108,8 +128,8 @@ def test_demo_learns_on_held_out_voices(demo_run: dict) -> None:
     perplexities = [client.get_run(run_id).data.metrics[f"test/codebook_{i:02d}_perplexity"] for i in range(4)]
     assert min(perplexities) > 50, perplexities  # of 1024 codes: no collapsed codebook
 
-    from codec.inference import load_codec
     from codec.evaluation.metrics import SignalMetrics
+    from codec.inference import load_codec
 
     codec = load_codec(demo_run["run_dir"] / "checkpoints" / "best.pt")
     first, second = sorted((demo_run["corpus"] / "test").glob("*.wav"))[:2]
@@ -131,8 +151,17 @@ def test_demo_bitrate_ladder_starts_from_the_demo_and_more_codebooks_reconstruct
     sweep command in the demo's own directory: each point warm-starts from runs/demo/default and
     builds its own quantizer; four residual layers reconstruct clearly better than one."""
     root = demo_run["root"]
-    train(["-m", "+sweep=demo_bitrate_ladder", "quantizer.layers=1,4", "trainer.seed=1", "trainer.max_steps=150",
-           "eval.metrics=[mel_distance]"], cwd=root)
+    train(
+        [
+            "-m",
+            "+sweep=demo_bitrate_ladder",
+            "quantizer.layers=1,4",
+            "trainer.seed=1",
+            "trainer.max_steps=150",
+            "eval.metrics=[mel_distance]",
+        ],
+        cwd=root,
+    )
     sweep = root / "runs" / "multirun" / "demo_bitrate_ladder"
     best = {}
     for layers in (1, 4):
@@ -155,10 +184,22 @@ def test_demo_bitrate_ladder_starts_from_the_demo_and_more_codebooks_reconstruct
 def test_evaluate_script_scores_a_checkpoint_on_every_file(demo_run: dict) -> None:
     checkpoint = demo_run["run_dir"] / "checkpoints" / "best.pt"
     out = demo_run["root"] / "eval.json"
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "evaluate.py"), f"checkpoint={checkpoint}", "data=folder",
-                             f"data.path={demo_run['corpus'] / 'test'}", "split=all", f"output={out}",
-                             "eval.metrics=[pesq_wb,stoi,mel_distance,wer]", f"paths.cache={demo_run['root'] / '.cache'}"],
-                            cwd=demo_run["root"], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "evaluate.py"),
+            f"checkpoint={checkpoint}",
+            "data=folder",
+            f"data.path={demo_run['corpus'] / 'test'}",
+            "split=all",
+            f"output={out}",
+            "eval.metrics=[pesq_wb,stoi,mel_distance,wer]",
+            f"paths.cache={demo_run['root'] / '.cache'}",
+        ],
+        cwd=demo_run["root"],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "pesq_wb" in result.stdout and "wer_reference" in result.stdout
     report = json.loads(out.read_text())
@@ -185,8 +226,19 @@ def test_evaluate_script_scores_decoded_folders_without_a_checkpoint(demo_run: d
         sf.write(str(decoded / f"{path.stem}.flac"), worse.flatten().numpy(), 16000)
         pairs.append((wav, read_audio(decoded / f"{path.stem}.flac")))
     out = tmp_path / "scores.json"
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "evaluate.py"), f"reference={references}", f"decoded={decoded}",
-                             "eval.metrics=[pesq_wb,stoi,wer]", f"output={out}"], cwd=tmp_path, capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "evaluate.py"),
+            f"reference={references}",
+            f"decoded={decoded}",
+            "eval.metrics=[pesq_wb,stoi,wer]",
+            f"output={out}",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["utterances"] == 8 and "checkpoint" not in report
@@ -195,10 +247,16 @@ def test_evaluate_script_scores_decoded_folders_without_a_checkpoint(demo_run: d
     for row, expected in zip(report["per_utterance"], direct):
         assert row["pesq_wb"] == pytest.approx(expected["pesq_wb"], abs=1e-6)
         assert row["stoi"] == pytest.approx(expected["stoi"], abs=1e-6)
-    assert all(isinstance(row["wer_reference"], float) for row in report["per_utterance"])  # transcripts found beside the references
+    assert all(
+        isinstance(row["wer_reference"], float) for row in report["per_utterance"]
+    )  # transcripts found beside the references
     (decoded / f"{sorted(references.glob('*.wav'))[0].stem}.flac").unlink()
-    missing = subprocess.run([sys.executable, str(REPO_ROOT / "evaluate.py"), f"reference={references}", f"decoded={decoded}"],
-                             cwd=tmp_path, capture_output=True, text=True)
+    missing = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "evaluate.py"), f"reference={references}", f"decoded={decoded}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert missing.returncode == 2 and "1 reference file(s) have no decoded counterpart" in missing.stderr
 
 
@@ -208,7 +266,12 @@ def test_encode_decode_command_line_round_trip(demo_run: dict) -> None:
     wav = sorted((demo_run["corpus"] / "test").glob("*.wav"))[0]
     codes, decoded = demo_run["root"] / "codes.npz", demo_run["root"] / "decoded.wav"
     for command in (["encode", str(wav), str(codes)], ["decode", str(codes), str(decoded)]):
-        subprocess.run([sys.executable, "-m", "codec", *command, "--checkpoint", str(checkpoint)], cwd=REPO_ROOT, check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "codec", *command, "--checkpoint", str(checkpoint)],
+            cwd=REPO_ROOT,
+            check=True,
+            capture_output=True,
+        )
     with np.load(codes, allow_pickle=False) as payload:  # plain data: no pickle needed to read it
         stored = payload["codes"]
         assert int(payload["sample_rate"]) == 16000 and int(payload["length"]) == sf.info(str(wav)).frames
@@ -217,12 +280,17 @@ def test_encode_decode_command_line_round_trip(demo_run: dict) -> None:
     assert sf.info(str(decoded)).frames == original.frames
 
     from codec.inference import load_codec
+
     codec = load_codec(checkpoint)
     audio = torch.from_numpy(sf.read(str(wav), dtype="float32")[0]).view(1, 1, -1)
     assert torch.equal(codec.encode(audio)[0].short(), torch.from_numpy(stored))
     # A wav handed to decode is refused in one line, naming the file.
-    result = subprocess.run([sys.executable, "-m", "codec", "decode", str(wav), str(decoded), "--checkpoint", str(checkpoint)],
-                            cwd=REPO_ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "codec", "decode", str(wav), str(decoded), "--checkpoint", str(checkpoint)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
     assert f"{wav} is not a codes file" in result.stderr
 
@@ -235,25 +303,61 @@ def test_encode_and_decode_a_folder_of_ten_files(demo_run: dict, tmp_path: Path)
         target = source / ("nested" if index % 2 else "") / wav.name
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(wav.read_bytes())
-    for command in (["encode", str(source), str(tmp_path / "codes")], ["decode", str(tmp_path / "codes"), str(tmp_path / "decoded")]):
-        subprocess.run([sys.executable, "-m", "codec", *command, "--checkpoint", str(checkpoint)], cwd=REPO_ROOT, check=True, capture_output=True)
+    for command in (
+        ["encode", str(source), str(tmp_path / "codes")],
+        ["decode", str(tmp_path / "codes"), str(tmp_path / "decoded")],
+    ):
+        subprocess.run(
+            [sys.executable, "-m", "codec", *command, "--checkpoint", str(checkpoint)],
+            cwd=REPO_ROOT,
+            check=True,
+            capture_output=True,
+        )
     originals = sorted(p.relative_to(source) for p in source.rglob("*.wav"))
     decoded = sorted(p.relative_to(tmp_path / "decoded") for p in (tmp_path / "decoded").rglob("*.wav"))
     assert len(originals) == 10 and decoded == originals
     for name in originals:
         before, after = sf.info(str(source / name)), sf.info(str(tmp_path / "decoded" / name))
         assert (after.frames, after.samplerate) == (before.frames, before.samplerate)
-    missing = subprocess.run([sys.executable, "-m", "codec", "encode", str(tmp_path / "absent.wav"), str(tmp_path / "x.npz"),
-                              "--checkpoint", str(checkpoint)], cwd=REPO_ROOT, capture_output=True, text=True)
-    assert missing.returncode == 2 and missing.stderr.strip() == f"error: {tmp_path / 'absent.wav'}: no such file or folder"
+    missing = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "codec",
+            "encode",
+            str(tmp_path / "absent.wav"),
+            str(tmp_path / "x.npz"),
+            "--checkpoint",
+            str(checkpoint),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert (
+        missing.returncode == 2
+        and missing.stderr.strip() == f"error: {tmp_path / 'absent.wav'}: no such file or folder"
+    )
 
 
 def _resume_args(run_dir: Path, db: Path) -> list[str]:
     # The discriminators train from step 0, so their weights and optimizer state must resume too.
-    return [*TINY_MODEL, "data=demo_small", "trainer.discriminator_start_step=0", "trainer.discriminator_warmup_steps=10",
-            "trainer.deterministic=true", "trainer.max_steps=40", "trainer.checkpoint_every=5",
-            "trainer.eval_every=20", "trainer.log_every=5", "eval.metrics=[mel_distance]", "eval.workers=0", "eval.max_utterances=2",
-            f"hydra.run.dir={run_dir}", f"logger.tracking_uri=sqlite:///{db}"]
+    return [
+        *TINY_MODEL,
+        "data=demo_small",
+        "trainer.discriminator_start_step=0",
+        "trainer.discriminator_warmup_steps=10",
+        "trainer.deterministic=true",
+        "trainer.max_steps=40",
+        "trainer.checkpoint_every=5",
+        "trainer.eval_every=20",
+        "trainer.log_every=5",
+        "eval.metrics=[mel_distance]",
+        "eval.workers=0",
+        "eval.max_utterances=2",
+        f"hydra.run.dir={run_dir}",
+        f"logger.tracking_uri=sqlite:///{db}",
+    ]
 
 
 @pytest.mark.slow
@@ -263,7 +367,9 @@ def test_sigkill_then_same_command_resumes_exactly(tmp_path: Path) -> None:
 
     killed_dir = tmp_path / "killed"
     args = _resume_args(killed_dir, db)
-    process = subprocess.Popen([sys.executable, TRAIN, *args], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, TRAIN, *args], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 300
     while time.time() < deadline and not (killed_dir / "checkpoints" / "step_000000015.pt").exists():
         time.sleep(0.05)
@@ -307,9 +413,20 @@ def test_nan_loss_stops_with_clear_message_and_keeps_last_checkpoint(tmp_path: P
     # Finite but absurd float samples: the first batch that draws this file overflows to inf/NaN.
     loud = audio / "zz_overflow.wav"
     sf.write(str(loud), np.full(4000, 3.0e38, dtype=np.float32), 16000, subtype="FLOAT")
-    args = [*TINY_MODEL, "data=folder", f"data.path={audio}", "data.valid_count=1", "data.test_count=1",
-            "trainer.batch_size=2", "trainer.checkpoint_every=1", "trainer.max_steps=200", "trainer.eval_every=1000",
-            f"hydra.run.dir={tmp_path / 'run'}", "logger=none", "data.split_seed=1"]
+    args = [
+        *TINY_MODEL,
+        "data=folder",
+        f"data.path={audio}",
+        "data.valid_count=1",
+        "data.test_count=1",
+        "trainer.batch_size=2",
+        "trainer.checkpoint_every=1",
+        "trainer.max_steps=200",
+        "trainer.eval_every=1000",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        "logger=none",
+        "data.split_seed=1",
+    ]
     # pick a seed whose first draw of the overflow file comes after a few good steps
     entries = scan_folder(audio, None).entries
     order = np.random.default_rng(1).permutation(len(entries))  # the split FolderDataModule makes
@@ -331,25 +448,39 @@ def test_nan_loss_stops_with_clear_message_and_keeps_last_checkpoint(tmp_path: P
 
 
 def test_missing_data_path_fails_before_training(tmp_path: Path) -> None:
-    result = train(["data=folder", f"data.path={tmp_path / 'absent'}", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"],
-                   cwd=tmp_path, check=False)
+    result = train(
+        ["data=folder", f"data.path={tmp_path / 'absent'}", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path,
+        check=False,
+    )
     assert result.returncode != 0
     assert f"data.path={tmp_path / 'absent'} does not exist" in result.stdout + result.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_impossible_config_fails_before_training(tmp_path: Path) -> None:
-    result = train(["quantizer.groups=3", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, check=False)
+    result = train(
+        ["quantizer.groups=3", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, check=False
+    )
     assert result.returncode != 0
     assert "quantizer.groups=3" in result.stdout + result.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_churning_dead_code_setting_is_refused_before_training(tmp_path: Path) -> None:
-    result = train(["quantizer.dead_code_threshold=0.95", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, check=False)
+    result = train(
+        ["quantizer.dead_code_threshold=0.95", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path,
+        check=False,
+    )
     output = result.stdout + result.stderr
     assert result.returncode != 0
-    for key in ("quantizer.dead_code_threshold=0.95", "quantizer.codebook_size=1024", "trainer.batch_size=4", "trainer.segment_seconds=0.5"):
+    for key in (
+        "quantizer.dead_code_threshold=0.95",
+        "quantizer.codebook_size=1024",
+        "trainer.batch_size=4",
+        "trainer.segment_seconds=0.5",
+    ):
         assert key in output, key
     assert not (tmp_path / "run" / "checkpoints").exists()
 
@@ -378,7 +509,16 @@ def test_more_steps_continue_the_same_run_and_best_has_no_per_codebook_keys(tmp_
 
 
 def test_generator_weight_ema_is_kept_checkpointed_and_used_for_inference(tmp_path: Path) -> None:
-    train(["experiment=smoke", "trainer.ema_decay=0.5", "trainer.max_steps=6", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    train(
+        [
+            "experiment=smoke",
+            "trainer.ema_decay=0.5",
+            "trainer.max_steps=6",
+            "logger=none",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,
+    )
     state = torch.load(tmp_path / "run" / "checkpoints" / "latest.pt", weights_only=True)
     assert state["ema_codec"] is not None and state["ema_codec"].keys() == state["codec"].keys()
     decoder_keys = [k for k, v in state["codec"].items() if k.startswith("decoder.") and v.is_floating_point()]
@@ -399,15 +539,26 @@ def test_warm_start_copies_encoder_and_decoder_and_builds_the_asked_quantizer(tm
     the quantizer is the configured one (fresh, k-means on the copied encoder's latents), the step
     starts at 0, MLflow records where the weights came from, and a resume ignores the warm start."""
     source = tmp_path / "source"
-    train(["experiment=smoke", "quantizer.layers=1", "trainer.max_steps=4", "logger=none", f"hydra.run.dir={source}"], cwd=tmp_path)
+    train(
+        ["experiment=smoke", "quantizer.layers=1", "trainer.max_steps=4", "logger=none", f"hydra.run.dir={source}"],
+        cwd=tmp_path,
+    )
     source_state = torch.load(source / "checkpoints" / "latest.pt", weights_only=True)
 
     target = tmp_path / "target"
-    common = ["experiment=smoke", "quantizer.layers=2", f"trainer.init_from={source}", f"hydra.run.dir={target}",
-              f"logger.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"]
+    common = [
+        "experiment=smoke",
+        "quantizer.layers=2",
+        f"trainer.init_from={source}",
+        f"hydra.run.dir={target}",
+        f"logger.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+    ]
     # Step 1 of 1 with checkpoint_every=1, so the step-1 checkpoint can be compared with the source
     # and a learning rate of zero keeps the copied weights as they arrived.
-    result = train([*common, "trainer.max_steps=1", "trainer.checkpoint_every=1", "trainer.generator_optimizer.lr=1e-30"], cwd=tmp_path)
+    result = train(
+        [*common, "trainer.max_steps=1", "trainer.checkpoint_every=1", "trainer.generator_optimizer.lr=1e-30"],
+        cwd=tmp_path,
+    )
     assert f"warm start: encoder, decoder from {source / 'checkpoints' / 'best.pt'}" in result.stdout + result.stderr
     state = torch.load(target / "checkpoints" / "latest.pt", weights_only=True)
     assert state["step"] == 1
@@ -425,7 +576,10 @@ def test_warm_start_copies_encoder_and_decoder_and_builds_the_asked_quantizer(tm
     assert tags["warm_start"].startswith("encoder,decoder from ") and "(step 4)" in tags["warm_start"]
 
     # Resuming: its own checkpoint wins (identity unchanged), the warm start is not applied again.
-    again = train([*common, "trainer.max_steps=3", "trainer.checkpoint_every=1", "trainer.generator_optimizer.lr=1e-30"], cwd=tmp_path)
+    again = train(
+        [*common, "trainer.max_steps=3", "trainer.checkpoint_every=1", "trainer.generator_optimizer.lr=1e-30"],
+        cwd=tmp_path,
+    )
     assert "resumed from" in again.stdout + again.stderr and "warm start:" not in again.stdout + again.stderr
     assert "trainer.init_from not applied" in again.stdout + again.stderr
     assert torch.load(target / "checkpoints" / "latest.pt", weights_only=True)["step"] == 3
@@ -437,13 +591,18 @@ def test_a_warm_start_that_cannot_work_stops_before_training(case: str, tmp_path
     if case != "missing":
         train(["experiment=smoke", "trainer.max_steps=2", "logger=none", f"hydra.run.dir={source}"], cwd=tmp_path)
     extra = {"missing": [], "shape": ["encoder.channels=8"], "part": ["trainer.init_parts=[encoder,mixer]"]}[case]
-    result = train(["experiment=smoke", f"trainer.init_from={source}", *extra, "logger=none", f"hydra.run.dir={tmp_path / 'run'}"],
-                   cwd=tmp_path, check=False)
+    result = train(
+        ["experiment=smoke", f"trainer.init_from={source}", *extra, "logger=none", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path,
+        check=False,
+    )
     output = result.stdout + result.stderr
     assert result.returncode != 0
-    expected = {"missing": f"trainer.init_from={str(source)!r} does not exist",
-                "shape": "its encoder does not fit this run's encoder",
-                "part": "trainer.init_parts=['encoder', 'mixer'] must name one or more of"}[case]
+    expected = {
+        "missing": f"trainer.init_from={str(source)!r} does not exist",
+        "shape": "its encoder does not fit this run's encoder",
+        "part": "trainer.init_parts=['encoder', 'mixer'] must name one or more of",
+    }[case]
     assert expected in output, output[-2000:]
     assert not (tmp_path / "run" / "checkpoints").exists()
 
@@ -451,16 +610,31 @@ def test_a_warm_start_that_cannot_work_stops_before_training(case: str, tmp_path
 def test_warm_start_takes_the_weight_ema_when_the_source_kept_one(tmp_path: Path) -> None:
     """The source's evaluations (and its best.pt) measured its weight EMA, so that is what is copied."""
     source = tmp_path / "source"
-    train(["experiment=smoke", "trainer.ema_decay=0.5", "trainer.max_steps=4", "logger=none", f"hydra.run.dir={source}"], cwd=tmp_path)
+    train(
+        ["experiment=smoke", "trainer.ema_decay=0.5", "trainer.max_steps=4", "logger=none", f"hydra.run.dir={source}"],
+        cwd=tmp_path,
+    )
     source_state = torch.load(source / "checkpoints" / "latest.pt", weights_only=True)
     target = tmp_path / "target"
-    result = train(["experiment=smoke", f"trainer.init_from={source / 'checkpoints' / 'latest.pt'}", "trainer.max_steps=1",
-                    "trainer.checkpoint_every=1", "trainer.generator_optimizer.lr=1e-30", "logger=none", f"hydra.run.dir={target}"],
-                   cwd=tmp_path)
+    result = train(
+        [
+            "experiment=smoke",
+            f"trainer.init_from={source / 'checkpoints' / 'latest.pt'}",
+            "trainer.max_steps=1",
+            "trainer.checkpoint_every=1",
+            "trainer.generator_optimizer.lr=1e-30",
+            "logger=none",
+            f"hydra.run.dir={target}",
+        ],
+        cwd=tmp_path,
+    )
     assert "(its step 4, ema weights)" in result.stdout + result.stderr
     state = torch.load(target / "checkpoints" / "latest.pt", weights_only=True)
-    keys = [k for k, v in source_state["codec"].items() if k.startswith("decoder.") and v.is_floating_point()
-            and not torch.equal(v, source_state["ema_codec"][k])]
+    keys = [
+        k
+        for k, v in source_state["codec"].items()
+        if k.startswith("decoder.") and v.is_floating_point() and not torch.equal(v, source_state["ema_codec"][k])
+    ]
     assert keys  # the EMA differs from the raw weights, so the check below can tell them apart
     for key in keys:
         assert torch.allclose(state["codec"][key], source_state["ema_codec"][key], atol=1e-12), key

@@ -4,14 +4,15 @@ soxr, not torchaudio's default sinc filter: from 24 kHz to 16 kHz torchaudio's d
 7-8 kHz (-1.8 dB at 7 kHz, -6.2 dB at 7.95 kHz), exactly the band where codec damage shows, and
 so inflated PESQ-WB by up to 0.13 on real speech. soxr's passband reaches the new Nyquist flat.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-import torch
 import soxr
+import torch
 
 AUDIO_SUFFIXES = (".wav", ".flac")
 MIN_SAMPLE_RATE = 1000

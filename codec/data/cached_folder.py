@@ -1,10 +1,11 @@
 """Folders generated once into a cache, safely under concurrent first use."""
+
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 COMPLETE_MARKER = ".complete"
 

@@ -3,9 +3,10 @@
 Segment ``i`` is a pure function of (seed, i), so the batch at any step can be reproduced
 after a resume without saving loader state, whatever the number of workers.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -59,7 +60,9 @@ class RangeSampler(Sampler[int]):
         return self.stop - self.start
 
 
-def load_utterances(entries: Sequence[AudioEntry], sample_rate: int, max_seconds: float | None) -> list[tuple[str, torch.Tensor]]:
+def load_utterances(
+    entries: Sequence[AudioEntry], sample_rate: int, max_seconds: float | None
+) -> list[tuple[str, torch.Tensor]]:
     """Full utterances [1, T] (cut at ``max_seconds``) for validation and test."""
     utterances = []
     for entry in entries:

@@ -4,12 +4,14 @@ A thin ctypes binding of espeak-ng's C API (``speak_lib.h``), so the demo corpus
 system package and no network. The library keeps one global voice, so one synthesizer serves
 a process, and calls are serialized.
 """
+
 from __future__ import annotations
 
 import ctypes
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -55,7 +57,9 @@ class EspeakSynthesizer:
         try:
             import espeakng_loader
         except ImportError as error:  # pragma: no cover - a declared dependency
-            raise SpeechSynthesisError("the demo speech corpus needs the espeakng-loader package (pip install espeakng-loader)") from error
+            raise SpeechSynthesisError(
+                "the demo speech corpus needs the espeakng-loader package (pip install espeakng-loader)"
+            ) from error
         library_path = Path(espeakng_loader.get_library_path())
         data_path = Path(espeakng_loader.get_data_path())
         try:
@@ -67,16 +71,26 @@ class EspeakSynthesizer:
         self._lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
         self._lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
         self._lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
-        self._lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
-                                           ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
-        self.sample_rate = self._lib.espeak_Initialize(AUDIO_OUTPUT_SYNCHRONOUS, 0, str(data_path.parent).encode(), INITIALIZE_DONT_EXIT)
+        self._lib.espeak_Synth.argtypes = [
+            ctypes.c_char_p,
+            ctypes.c_size_t,
+            ctypes.c_uint,
+            ctypes.c_int,
+            ctypes.c_uint,
+            ctypes.c_uint,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+        ]
+        self.sample_rate = self._lib.espeak_Initialize(
+            AUDIO_OUTPUT_SYNCHRONOUS, 0, str(data_path.parent).encode(), INITIALIZE_DONT_EXIT
+        )
         if self.sample_rate <= 0:
             raise SpeechSynthesisError(f"espeak-ng failed to initialize with data at {data_path}")
         self._chunks: list[np.ndarray] = []
         self._callback = _SYNTH_CALLBACK(self._collect)  # kept referenced: C holds the pointer
         self._lib.espeak_SetSynthCallback(self._callback)
 
-    def _collect(self, samples: ctypes.POINTER(ctypes.c_short), count: int, _events: int) -> int:
+    def _collect(self, samples: Any, count: int, _events: int) -> int:  # samples: POINTER(c_short)
         if samples and count > 0:
             self._chunks.append(np.ctypeslib.as_array(samples, shape=(count,)).copy())
         return 0
@@ -91,8 +105,12 @@ class EspeakSynthesizer:
             self._lib.espeak_ng_SetRandSeed(int(seed))
             if self._lib.espeak_SetVoiceByName(voice.espeak_name.encode()) != 0:
                 raise SpeechSynthesisError(f"espeak-ng has no voice {voice.espeak_name!r}")
-            for parameter, value in ((PARAMETER_RATE, voice.rate_wpm), (PARAMETER_PITCH, voice.pitch),
-                                     (PARAMETER_RANGE, voice.pitch_range), (PARAMETER_VOLUME, 100)):
+            for parameter, value in (
+                (PARAMETER_RATE, voice.rate_wpm),
+                (PARAMETER_PITCH, voice.pitch),
+                (PARAMETER_RANGE, voice.pitch_range),
+                (PARAMETER_VOLUME, 100),
+            ):
                 self._lib.espeak_SetParameter(parameter, int(value), 0)
             self._chunks = []
             encoded = text.encode("utf-8") + b"\0"
@@ -102,4 +120,4 @@ class EspeakSynthesizer:
             audio = np.concatenate(self._chunks) if self._chunks else np.zeros(0, dtype=np.int16)
         if audio.size == 0:
             raise SpeechSynthesisError(f"espeak-ng produced no audio for {text!r} in voice {voice.espeak_name!r}")
-        return (audio.astype(np.float32) / 32768.0)
+        return audio.astype(np.float32) / 32768.0

@@ -1,4 +1,5 @@
 """Scanning a folder of audio into a validated, cached manifest of usable files."""
+
 from __future__ import annotations
 
 import hashlib
@@ -85,15 +86,22 @@ def scan_folder(root: Path, cache_dir: Path | None, bad_files: str = "skip", min
         manifest = Manifest(entries, skipped)
         if cache_file is not None:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
-            payload = {"root": str(root), "signature": signature, "min_seconds": min_seconds,
-                       "entries": [asdict(e) for e in entries], "skipped": skipped}
+            payload = {
+                "root": str(root),
+                "signature": signature,
+                "min_seconds": min_seconds,
+                "entries": [asdict(e) for e in entries],
+                "skipped": skipped,
+            }
             tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
             tmp.write_text(json.dumps(payload))
             os.replace(tmp, cache_file)
     if manifest.skipped:
         if bad_files == "error":
             reasons = "\n  ".join(manifest.skipped.values())
-            raise AudioFileError(f"{len(manifest.skipped)} unusable audio file(s) under {root} (data.bad_files=error):\n  {reasons}")
+            raise AudioFileError(
+                f"{len(manifest.skipped)} unusable audio file(s) under {root} (data.bad_files=error):\n  {reasons}"
+            )
         for reason in manifest.skipped.values():
             log.warning("skipping %s", reason)
         log.warning("skipped %d of %d audio files under %s", len(manifest.skipped), len(files), root)

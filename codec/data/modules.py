@@ -1,4 +1,5 @@
 """Data modules: where the audio comes from, how it splits, and the loaders built on it."""
+
 from __future__ import annotations
 
 import logging
@@ -10,9 +11,9 @@ from torch.utils.data import DataLoader
 
 from codec.data.datasets import RangeSampler, SegmentDataset, load_utterances
 from codec.data.demo_corpus import ensure_demo_corpus
-from codec.data.speech_corpus import GRAMMAR_FILE, SPLIT_FOLDERS, TRANSCRIPT_SUFFIX, ensure_speech_corpus
 from codec.data.manifest import BAD_FILE_POLICIES, AudioEntry, Manifest, scan_folder
 from codec.data.resample_cache import cache_resampled
+from codec.data.speech_corpus import GRAMMAR_FILE, SPLIT_FOLDERS, TRANSCRIPT_SUFFIX, ensure_speech_corpus
 from codec.signals import ignore_stop_signals
 
 log = logging.getLogger(__name__)
@@ -27,8 +28,17 @@ class DataError(ValueError):
 class AudioDataModule:
     """A folder of audio split into train/valid/test; subclasses say where the folder is."""
 
-    def __init__(self, sample_rate: int, cache_dir: str, valid_count: int, test_count: int,
-                 bad_files: str = "skip", min_seconds: float = 0.1, split_seed: int = 0, resample_cache: bool = False) -> None:
+    def __init__(
+        self,
+        sample_rate: int,
+        cache_dir: str,
+        valid_count: int,
+        test_count: int,
+        bad_files: str = "skip",
+        min_seconds: float = 0.1,
+        split_seed: int = 0,
+        resample_cache: bool = False,
+    ) -> None:
         if bad_files not in BAD_FILE_POLICIES:
             raise DataError(f"data.bad_files={bad_files!r} is unknown; choose one of {list(BAD_FILE_POLICIES)}")
         self.sample_rate = int(sample_rate)
@@ -60,7 +70,9 @@ class AudioDataModule:
             )
         if self.resample_cache:
             entries = cache_resampled(entries, self.sample_rate, self.cache_dir / "resampled", self.bad_files)
-        self._splits = {name: sorted(split, key=lambda e: e.name) for name, split in self.assign_splits(entries).items()}
+        self._splits = {
+            name: sorted(split, key=lambda e: e.name) for name, split in self.assign_splits(entries).items()
+        }
         log.info("data: %s", ", ".join(f"{k}={len(v)}" for k, v in self._splits.items()))
         return self._splits
 
@@ -96,8 +108,18 @@ class AudioDataModule:
         grammar = self.root() / GRAMMAR_FILE
         return grammar if grammar.is_file() else None
 
-    def train_loader(self, batch_size: int, segment_seconds: float, seed: int, start_step: int, max_steps: int,
-                     num_workers: int = 0, pin_memory: bool = False, rank: int = 0, world_size: int = 1) -> DataLoader:
+    def train_loader(
+        self,
+        batch_size: int,
+        segment_seconds: float,
+        seed: int,
+        start_step: int,
+        max_steps: int,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> DataLoader:
         """Batches for steps ``start_step + 1 ... max_steps``, identical across resumes.
 
         Under DDP each rank reads its own slice of the global sample stream.
@@ -106,12 +128,22 @@ class AudioDataModule:
         sampler = RangeSampler(start_step * batch_size, max_steps * batch_size, rank, world_size)
         # A private generator: creating the loader must not draw from the global RNG, or a
         # resumed run would diverge from an uninterrupted one.
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, worker_init_fn=ignore_stop_signals,
-                          generator=torch.Generator().manual_seed(seed),
-                          pin_memory=pin_memory, drop_last=True, persistent_workers=False,
-                          prefetch_factor=4 if num_workers else None)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=num_workers,
+            worker_init_fn=ignore_stop_signals,
+            generator=torch.Generator().manual_seed(seed),
+            pin_memory=pin_memory,
+            drop_last=True,
+            persistent_workers=False,
+            prefetch_factor=4 if num_workers else None,
+        )
 
-    def utterances(self, split: str, max_utterances: int | None = None, max_seconds: float | None = None) -> list[tuple[str, torch.Tensor]]:
+    def utterances(
+        self, split: str, max_utterances: int | None = None, max_seconds: float | None = None
+    ) -> list[tuple[str, torch.Tensor]]:
         entries = self.split(split)
         if max_utterances:
             entries = entries[:max_utterances]
@@ -121,9 +153,21 @@ class AudioDataModule:
 class FolderDataModule(AudioDataModule):
     """Any directory tree of wav/flac files (``data.path``)."""
 
-    def __init__(self, path: str, sample_rate: int, cache_dir: str, valid_count: int = 8, test_count: int = 8,
-                 bad_files: str = "skip", min_seconds: float = 0.1, split_seed: int = 0, resample_cache: bool = True) -> None:
-        super().__init__(sample_rate, cache_dir, valid_count, test_count, bad_files, min_seconds, split_seed, resample_cache)
+    def __init__(
+        self,
+        path: str,
+        sample_rate: int,
+        cache_dir: str,
+        valid_count: int = 8,
+        test_count: int = 8,
+        bad_files: str = "skip",
+        min_seconds: float = 0.1,
+        split_seed: int = 0,
+        resample_cache: bool = True,
+    ) -> None:
+        super().__init__(
+            sample_rate, cache_dir, valid_count, test_count, bad_files, min_seconds, split_seed, resample_cache
+        )
         if not str(path).strip():
             raise DataError("data.path is empty; set data.path=/folder/of/audio (it is never the working directory)")
         self.path = Path(path).expanduser()
@@ -140,15 +184,25 @@ class SyntheticDataModule(AudioDataModule):
     Cheaper than speech and free of any library; kept for tests of the data path.
     """
 
-    def __init__(self, sample_rate: int, cache_dir: str, utterances: int = 48, utterance_seconds: float = 2.0,
-                 seed: int = 0, valid_count: int = 4, test_count: int = 4) -> None:
+    def __init__(
+        self,
+        sample_rate: int,
+        cache_dir: str,
+        utterances: int = 48,
+        utterance_seconds: float = 2.0,
+        seed: int = 0,
+        valid_count: int = 4,
+        test_count: int = 4,
+    ) -> None:
         super().__init__(sample_rate, cache_dir, valid_count, test_count, bad_files="error", min_seconds=0.0)
         self.utterance_count = int(utterances)
         self.utterance_seconds = float(utterance_seconds)
         self.seed = int(seed)
 
     def root(self) -> Path:
-        return ensure_demo_corpus(self.cache_dir, self.sample_rate, self.utterance_count, self.utterance_seconds, self.seed)
+        return ensure_demo_corpus(
+            self.cache_dir, self.sample_rate, self.utterance_count, self.utterance_seconds, self.seed
+        )
 
 
 class SpeechDataModule(AudioDataModule):
@@ -157,7 +211,9 @@ class SpeechDataModule(AudioDataModule):
     Splits are the corpus' own: held-out voices and sentences for valid and test.
     """
 
-    def __init__(self, sample_rate: int, cache_dir: str, voices: dict[str, list[str]], utterances: dict[str, int], seed: int = 0) -> None:
+    def __init__(
+        self, sample_rate: int, cache_dir: str, voices: dict[str, list[str]], utterances: dict[str, int], seed: int = 0
+    ) -> None:
         counts = {split: int(utterances.get(split, 0)) for split in SPLIT_FOLDERS}
         if counts["train"] < 1 or counts["valid"] < 1 or counts["test"] < 1:
             raise DataError(f"data.utterances={counts} needs at least one utterance in each of train, valid and test")
@@ -168,12 +224,17 @@ class SpeechDataModule(AudioDataModule):
         held_in = set(self.voices["train"])
         for split in ("valid", "test"):
             if held_in & set(self.voices[split]):
-                log.warning("data.voices.%s shares %s with training: its scores are not on unseen voices",
-                            split, sorted(held_in & set(self.voices[split])))
+                log.warning(
+                    "data.voices.%s shares %s with training: its scores are not on unseen voices",
+                    split,
+                    sorted(held_in & set(self.voices[split])),
+                )
 
     def root(self) -> Path:
         return ensure_speech_corpus(self.cache_dir, self.sample_rate, self.voices, self.utterance_counts, self.seed)
 
     def assign_splits(self, entries: list[AudioEntry]) -> dict[str, list[AudioEntry]]:
         root = self.root().resolve()
-        return {split: [e for e in entries if Path(e.name).relative_to(root).parts[0] == split] for split in SPLIT_FOLDERS}
+        return {
+            split: [e for e in entries if Path(e.name).relative_to(root).parts[0] == split] for split in SPLIT_FOLDERS
+        }

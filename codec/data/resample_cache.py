@@ -3,13 +3,14 @@
 Training then reads segments by seeking into float32 wav files, with no decoding or
 resampling in the data workers. Files already mono wav at the model's rate are used as they are.
 """
+
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import soundfile as sf
 
@@ -25,7 +26,9 @@ def _needs_conversion(entry: AudioEntry, sample_rate: int) -> bool:
     return sf.info(entry.path).channels != 1
 
 
-def cache_resampled(entries: Sequence[AudioEntry], sample_rate: int, cache_dir: Path, bad_files: str = "skip") -> list[AudioEntry]:
+def cache_resampled(
+    entries: Sequence[AudioEntry], sample_rate: int, cache_dir: Path, bad_files: str = "skip"
+) -> list[AudioEntry]:
     """Entries pointing at model-rate mono copies (written once, atomically, keyed by source).
 
     A file that cannot be read any more (changed or unreadable since the manifest was cached) is

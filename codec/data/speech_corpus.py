@@ -5,14 +5,15 @@ and no sentence is shared between splits, so a held-out score measures a codec, 
 Each ``<name>.wav`` has its transcript in ``<name>.txt`` beside it, and the folder carries the
 sentence grammar (``grammar.jsgf``) for the intelligibility metric.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import multiprocessing
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -39,7 +40,7 @@ def parse_voice(spec: str) -> tuple[str, str]:
     return language, variant
 
 
-def corpus_plan(voices: dict[str, Sequence[str]], utterances: dict[str, int], seed: int) -> list[dict]:
+def corpus_plan(voices: Mapping[str, Sequence[str]], utterances: dict[str, int], seed: int) -> list[dict]:
     """Every utterance to synthesize: split, file name, text and voice with its prosody.
 
     Pure function of its arguments, so the corpus is the same on every machine.
@@ -56,9 +57,21 @@ def corpus_plan(voices: dict[str, Sequence[str]], utterances: dict[str, int], se
         rng = np.random.default_rng([seed, split_index])
         for index, text in enumerate(texts):
             language, variant = parse_voice(specs[index % len(specs)])
-            voice = Voice(language, variant, rate_wpm=int(rng.integers(*RATE_RANGE)), pitch=int(rng.integers(*PITCH_RANGE)),
-                          pitch_range=int(rng.integers(*INTONATION_RANGE)))
-            plan.append({"split": split, "name": f"{split}/{language}_{variant}_{index:04d}", "text": text, "voice": asdict(voice)})
+            voice = Voice(
+                language,
+                variant,
+                rate_wpm=int(rng.integers(*RATE_RANGE)),
+                pitch=int(rng.integers(*PITCH_RANGE)),
+                pitch_range=int(rng.integers(*INTONATION_RANGE)),
+            )
+            plan.append(
+                {
+                    "split": split,
+                    "name": f"{split}/{language}_{variant}_{index:04d}",
+                    "text": text,
+                    "voice": asdict(voice),
+                }
+            )
     return plan
 
 
@@ -66,7 +79,7 @@ def _normalize(audio: np.ndarray) -> np.ndarray:
     """Trim leading/trailing near-silence to 50 ms and scale to a common peak."""
     loud = np.flatnonzero(np.abs(audio) > 0.01 * np.abs(audio).max())
     margin = 800
-    audio = audio[max(loud[0] - margin, 0): loud[-1] + margin]
+    audio = audio[max(loud[0] - margin, 0) : loud[-1] + margin]
     return (TARGET_PEAK * audio / np.abs(audio).max()).astype(np.float32)
 
 
@@ -81,10 +94,14 @@ def synthesize_plan(plan: list[dict], sample_rate: int, seed: int, staging: Path
         write_audio(staging / f"{item['name']}.wav", _normalize(audio), sample_rate)
         (staging / f"{item['name']}{TRANSCRIPT_SUFFIX}").write_text(item["text"] + "\n")
     (staging / GRAMMAR_FILE).write_text(jsgf_grammar())
-    (staging / "corpus.json").write_text(json.dumps({"seed": seed, "sample_rate": sample_rate, "utterances": plan}, indent=1))
+    (staging / "corpus.json").write_text(
+        json.dumps({"seed": seed, "sample_rate": sample_rate, "utterances": plan}, indent=1)
+    )
 
 
-def ensure_speech_corpus(cache_dir: Path, sample_rate: int, voices: dict[str, Sequence[str]], utterances: dict[str, int], seed: int) -> Path:
+def ensure_speech_corpus(
+    cache_dir: Path, sample_rate: int, voices: Mapping[str, Sequence[str]], utterances: dict[str, int], seed: int
+) -> Path:
     """Synthesize the corpus once into ``cache_dir`` (atomically) and return its folder.
 
     Synthesis runs in a fresh process: libespeak-ng keeps state between utterances that even
@@ -95,11 +112,15 @@ def ensure_speech_corpus(cache_dir: Path, sample_rate: int, voices: dict[str, Se
     folder = Path(cache_dir) / f"speech_sr{sample_rate}_{digest}"
 
     def write(staging: Path) -> None:
-        worker = multiprocessing.get_context("spawn").Process(target=synthesize_plan, args=(plan, sample_rate, seed, staging),
-                                                              name="speech-corpus")
+        worker = multiprocessing.get_context("spawn").Process(
+            target=synthesize_plan, args=(plan, sample_rate, seed, staging), name="speech-corpus"
+        )
         worker.start()
         worker.join()
         if worker.exitcode != 0:
-            raise SpeechSynthesisError(f"synthesizing the speech corpus into {folder} failed (exit code {worker.exitcode}); see the error above")
+            raise SpeechSynthesisError(
+                f"synthesizing the speech corpus into {folder} failed (exit code {worker.exitcode}); see the error "
+                "above"
+            )
 
     return build_folder_once(folder, write)

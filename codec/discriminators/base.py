@@ -1,7 +1,8 @@
 """The contract every discriminator follows and the container that mixes several."""
+
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 from einops import rearrange
@@ -29,7 +30,9 @@ def spectrogram_image(wav: torch.Tensor, n_fft: int, spectra: SpectrumBank | Non
     return rearrange(torch.view_as_real(spec), "b bins frames part -> b part frames bins") * n_fft**-0.5
 
 
-def run_conv_stack(x: torch.Tensor, convs: nn.ModuleList, post: nn.Module, activation: nn.Module) -> DiscriminatorOutput:
+def run_conv_stack(
+    x: torch.Tensor, convs: nn.ModuleList, post: nn.Module, activation: nn.Module
+) -> DiscriminatorOutput:
     """Activated convs then a final conv; every intermediate map is a feature for feature matching."""
     features = []
     for conv in convs:
@@ -57,7 +60,8 @@ class MultiDiscriminator(nn.Module):
         """A name per sub-discriminator, in output order, for logging."""
         names = []
         for name, disc in self.discriminators.items():
-            names += [f"{name}_{i}" for i in range(disc.num_outputs)]
+            outputs: int = cast(Any, disc).num_outputs  # every sub-discriminator declares its output count
+            names += [f"{name}_{i}" for i in range(outputs)]
         return names
 
     def stft_windows(self) -> set[int]:

@@ -1,7 +1,8 @@
 """HiFi-GAN's multi-period discriminator: the waveform folded into [T/p, p] images."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from einops import rearrange
@@ -19,7 +20,11 @@ class PeriodDiscriminator(nn.Module):
         width = 1
         for i, out in enumerate(channels):
             step = stride if i < len(channels) - 1 else 1
-            layers.append(maybe_weight_norm(nn.Conv2d(width, out, (kernel_size, 1), (step, 1), padding=(kernel_size // 2, 0)), weight_norm))
+            layers.append(
+                maybe_weight_norm(
+                    nn.Conv2d(width, out, (kernel_size, 1), (step, 1), padding=(kernel_size // 2, 0)), weight_norm
+                )
+            )
             width = out
         self.convs = nn.ModuleList(layers)
         self.post = maybe_weight_norm(nn.Conv2d(width, 1, (3, 1), padding=(1, 0)), weight_norm)
@@ -51,7 +56,9 @@ class MultiPeriodDiscriminator(nn.Module):
             raise ValueError("periods must list at least one period")
         self.periods, self.channels, self.kernel_size = [int(p) for p in periods], list(channels), kernel_size
         self.stride, self.weight_norm = stride, weight_norm
-        self.subs = nn.ModuleList(PeriodDiscriminator(int(p), list(channels), kernel_size, stride, weight_norm) for p in periods)
+        self.subs = nn.ModuleList(
+            PeriodDiscriminator(int(p), list(channels), kernel_size, stride, weight_norm) for p in periods
+        )
         self.num_outputs = len(self.subs)
 
     def forward(self, wav: torch.Tensor) -> list[DiscriminatorOutput]:

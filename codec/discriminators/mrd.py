@@ -1,7 +1,9 @@
 """DAC's multi-band multi-resolution STFT discriminator: separate conv stacks per frequency band."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -19,16 +21,21 @@ class BandSplitSTFTDiscriminator(nn.Module):
         bins = n_fft // 2 + 1
         self.band_edges = [(int(lo * bins), int(hi * bins)) for lo, hi in bands]
         if any(hi <= lo for lo, hi in self.band_edges):
-            raise ValueError(f"bands={list(bands)} must be increasing fractions that give each band at least one bin at n_fft={n_fft}")
+            raise ValueError(
+                f"bands={list(bands)} must be increasing fractions that give each band at least one bin at "
+                f"n_fft={n_fft}"
+            )
 
         def stack() -> nn.ModuleList:
-            return nn.ModuleList([
-                maybe_weight_norm(nn.Conv2d(2, channels, (3, 9), padding=(1, 4)), weight_norm),
-                maybe_weight_norm(nn.Conv2d(channels, channels, (3, 9), (1, 2), padding=(1, 4)), weight_norm),
-                maybe_weight_norm(nn.Conv2d(channels, channels, (3, 9), (1, 2), padding=(1, 4)), weight_norm),
-                maybe_weight_norm(nn.Conv2d(channels, channels, (3, 9), (1, 2), padding=(1, 4)), weight_norm),
-                maybe_weight_norm(nn.Conv2d(channels, channels, (3, 3), padding=(1, 1)), weight_norm),
-            ])
+            return nn.ModuleList(
+                [
+                    maybe_weight_norm(nn.Conv2d(2, channels, (3, 9), padding=(1, 4)), weight_norm),
+                    maybe_weight_norm(nn.Conv2d(channels, channels, (3, 9), (1, 2), padding=(1, 4)), weight_norm),
+                    maybe_weight_norm(nn.Conv2d(channels, channels, (3, 9), (1, 2), padding=(1, 4)), weight_norm),
+                    maybe_weight_norm(nn.Conv2d(channels, channels, (3, 9), (1, 2), padding=(1, 4)), weight_norm),
+                    maybe_weight_norm(nn.Conv2d(channels, channels, (3, 3), padding=(1, 1)), weight_norm),
+                ]
+            )
 
         self.band_convs = nn.ModuleList(stack() for _ in self.band_edges)
         self.post = maybe_weight_norm(nn.Conv2d(channels, 1, (3, 3), padding=(1, 1)), weight_norm)
@@ -39,7 +46,7 @@ class BandSplitSTFTDiscriminator(nn.Module):
         features, band_outputs = [], []
         for (lo, hi), convs in zip(self.band_edges, self.band_convs):
             x = spec[..., lo:hi]
-            for conv in convs:
+            for conv in cast(nn.ModuleList, convs):
                 x = self.activation(conv(x))
                 features.append(x)
             band_outputs.append(x)
@@ -61,7 +68,12 @@ class MultiBandMultiResolutionDiscriminator(nn.Module):
         super().__init__()
         if not windows:
             raise ValueError("windows must list at least one STFT window length")
-        self.windows, self.bands, self.channels, self.weight_norm = [int(w) for w in windows], [list(b) for b in bands], channels, weight_norm
+        self.windows, self.bands, self.channels, self.weight_norm = (
+            [int(w) for w in windows],
+            [list(b) for b in bands],
+            channels,
+            weight_norm,
+        )
         self.subs = nn.ModuleList(BandSplitSTFTDiscriminator(int(w), bands, channels, weight_norm) for w in windows)
         self.num_outputs = len(self.subs)
         self.stft_windows = tuple(sub.n_fft for sub in self.subs)

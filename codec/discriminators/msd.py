@@ -1,8 +1,9 @@
 """HiFi-GAN / MelGAN multi-scale discriminator on progressively average-pooled waveforms."""
+
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -22,7 +23,11 @@ class ScaleDiscriminator(nn.Module):
         width = 1
         for out, (kernel, stride, max_groups) in zip(channels, _LAYOUT):
             groups = math.gcd(math.gcd(width, out), max_groups)
-            layers.append(maybe_weight_norm(nn.Conv1d(width, out, kernel, stride, groups=groups, padding=kernel // 2), weight_norm))
+            layers.append(
+                maybe_weight_norm(
+                    nn.Conv1d(width, out, kernel, stride, groups=groups, padding=kernel // 2), weight_norm
+                )
+            )
             width = out
         self.convs = nn.ModuleList(layers)
         self.post = maybe_weight_norm(nn.Conv1d(width, 1, 3, padding=1), weight_norm)

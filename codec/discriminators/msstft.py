@@ -1,7 +1,8 @@
 """EnCodec's multi-scale STFT discriminator on the complex spectrum."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -13,7 +14,15 @@ from codec.spectral import SpectrumBank
 class STFTDiscriminator(nn.Module):
     """2D convs over (time, frequency) with time dilations and frequency stride 2."""
 
-    def __init__(self, n_fft: int, filters: int, filters_scale: int, max_filters: int, dilations: Sequence[int], weight_norm: bool) -> None:
+    def __init__(
+        self,
+        n_fft: int,
+        filters: int,
+        filters_scale: int,
+        max_filters: int,
+        dilations: Sequence[int],
+        weight_norm: bool,
+    ) -> None:
         super().__init__()
         self.n_fft = n_fft
         kernel = (3, 9)
@@ -22,7 +31,12 @@ class STFTDiscriminator(nn.Module):
         width = filters
         for i, dilation in enumerate(dilations):
             out = min(filters * filters_scale ** (i + 1), max_filters)
-            layers.append(maybe_weight_norm(nn.Conv2d(width, out, kernel, stride=(1, 2), dilation=(dilation, 1), padding=(dilation, 4)), weight_norm))
+            layers.append(
+                maybe_weight_norm(
+                    nn.Conv2d(width, out, kernel, stride=(1, 2), dilation=(dilation, 1), padding=(dilation, 4)),
+                    weight_norm,
+                )
+            )
             width = out
         layers.append(maybe_weight_norm(nn.Conv2d(width, width, (3, 3), padding=(1, 1)), weight_norm))
         self.convs = nn.ModuleList(layers)
@@ -51,7 +65,10 @@ class MultiScaleSTFTDiscriminator(nn.Module):
             raise ValueError("windows must list at least one STFT window length")
         self.windows, self.filters, self.filters_scale = [int(w) for w in windows], filters, filters_scale
         self.max_filters, self.dilations, self.weight_norm = max_filters, list(dilations), weight_norm
-        self.subs = nn.ModuleList(STFTDiscriminator(int(w), filters, filters_scale, max_filters, list(dilations), weight_norm) for w in windows)
+        self.subs = nn.ModuleList(
+            STFTDiscriminator(int(w), filters, filters_scale, max_filters, list(dilations), weight_norm)
+            for w in windows
+        )
         self.num_outputs = len(self.subs)
         self.stft_windows = tuple(sub.n_fft for sub in self.subs)
 

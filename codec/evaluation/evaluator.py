@@ -1,11 +1,12 @@
 """Evaluates a codec on full utterances; perceptual metrics run in a pool of worker processes."""
+
 from __future__ import annotations
 
 import math
 import multiprocessing
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -37,8 +38,15 @@ class EvalResult:
 class Evaluator:
     """Reconstructs each utterance with the codec and scores it against the original."""
 
-    def __init__(self, sample_rate: int, metrics: Sequence[str] = KNOWN_METRICS, workers: int = 2,
-                 max_utterances: int | None = 16, max_seconds: float | None = 10.0, audio_samples: int = 2) -> None:
+    def __init__(
+        self,
+        sample_rate: int,
+        metrics: Sequence[str] = KNOWN_METRICS,
+        workers: int = 2,
+        max_utterances: int | None = 16,
+        max_seconds: float | None = 10.0,
+        audio_samples: int = 2,
+    ) -> None:
         unknown = sorted(set(metrics) - set(KNOWN_METRICS))
         if unknown:
             raise ValueError(f"metrics={unknown} unknown; choose from {list(KNOWN_METRICS)}")
@@ -65,7 +73,7 @@ class Evaluator:
             self._pool.shutdown(cancel_futures=True)
             self._pool = None
 
-    def __enter__(self) -> "Evaluator":
+    def __enter__(self) -> Evaluator:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -76,23 +84,37 @@ class Evaluator:
         """``{distribution: version}`` of the packages behind this evaluator's metrics."""
         return metric_packages(self.metrics)
 
-    def perceptual_jobs(self, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], transcripts: Sequence[str | None] | None = None,
-                        grammar: str | None = None) -> list[dict]:
+    def perceptual_jobs(
+        self,
+        pairs: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        transcripts: Sequence[str | None] | None = None,
+        grammar: str | None = None,
+    ) -> list[dict]:
         """Worker jobs with copies resampled by soxr (16 kHz wideband, 8 kHz narrowband), in float64."""
         wanted = tuple(m for m in self.metrics if m in PERCEPTUAL_METRICS)
         transcripts = list(transcripts) if transcripts is not None else [None] * len(pairs)
         jobs = []
         for (reference, estimate), transcript in zip(pairs, transcripts):
-            job: dict = {"metrics": wanted, "rate": self.sample_rate, "transcript": transcript, "grammar": grammar,
-                         "ref": reference.flatten().double().numpy(), "est": estimate.flatten().double().numpy()}
+            job: dict = {
+                "metrics": wanted,
+                "rate": self.sample_rate,
+                "transcript": transcript,
+                "grammar": grammar,
+                "ref": reference.flatten().double().numpy(),
+                "est": estimate.flatten().double().numpy(),
+            }
             for rate, key in ((16000, "16k"), (8000, "8k")):
                 job[f"ref_{key}"] = resample(reference.view(1, -1).double(), self.sample_rate, rate).flatten().numpy()
                 job[f"est_{key}"] = resample(estimate.view(1, -1).double(), self.sample_rate, rate).flatten().numpy()
             jobs.append(job)
         return jobs
 
-    def score_pairs(self, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], transcripts: Sequence[str | None] | None = None,
-                    grammar: str | None = None) -> list[dict[str, float]]:
+    def score_pairs(
+        self,
+        pairs: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        transcripts: Sequence[str | None] | None = None,
+        grammar: str | None = None,
+    ) -> list[dict[str, float]]:
         """Per-utterance scores of (reference, estimate) pairs at the evaluator's sample rate.
 
         ``transcripts`` (one per pair, None where unknown) and a JSGF ``grammar`` serve the WER metric.
@@ -101,14 +123,22 @@ class Evaluator:
         if any(m in PERCEPTUAL_METRICS for m in self.metrics):
             jobs = self.perceptual_jobs(pairs, transcripts, grammar)
             executor = self._executor()
-            results = list(executor.map(perceptual_metrics, jobs)) if executor else [perceptual_metrics(j) for j in jobs]
+            results = (
+                list(executor.map(perceptual_metrics, jobs)) if executor else [perceptual_metrics(j) for j in jobs]
+            )
             for score, extra in zip(scores, results):
                 score.update(extra)
         return scores
 
     @torch.no_grad()
-    def evaluate(self, codec: Codec, utterances: Sequence[tuple[str, torch.Tensor]], device: torch.device | str = "cpu",
-                 transcripts: dict[str, str] | None = None, grammar: str | None = None) -> EvalResult:
+    def evaluate(
+        self,
+        codec: Codec,
+        utterances: Sequence[tuple[str, torch.Tensor]],
+        device: torch.device | str = "cpu",
+        transcripts: dict[str, str] | None = None,
+        grammar: str | None = None,
+    ) -> EvalResult:
         """Reconstruct and score full utterances; codebook health over the whole set.
 
         ``transcripts`` maps utterance names to their text (for WER); ``grammar`` is a JSGF file.
@@ -133,6 +163,8 @@ class Evaluator:
         metrics = aggregate(per_utterance)
         metrics["bitrate_kbps"] = codec.bitrate_kbps()
         metrics["tokens_per_second"] = codec.tokens_per_second()
+        if histogram is None:
+            raise ValueError("no utterances to evaluate")
         stats = {k: v.cpu().tolist() for k, v in stats_from_histogram(histogram).items()}
         for key, values in stats.items():
             metrics[f"codebook_{key}_mean"] = float(np.mean(values))

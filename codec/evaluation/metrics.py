@@ -1,7 +1,8 @@
 """Metric definitions computed in the main process with torch (mel distance, SI-SDR)."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -14,9 +15,16 @@ KNOWN_METRICS = PERCEPTUAL_METRICS + SIGNAL_METRICS
 REPORTED_KEYS = {"dnsmos": ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl"), "wer": ("wer", "wer_reference")}
 # The distributions whose code computes each metric, recorded beside every number it produced.
 METRIC_PACKAGES = {
-    "pesq_wb": ("pesq", "soxr"), "pesq_nb": ("pesq", "soxr"), "stoi": ("pystoi",), "estoi": ("pystoi",),
-    "visqol": ("visqol-python", "soxr"), "dnsmos": ("speechmos", "onnxruntime", "librosa", "soxr"),
-    "wer": ("pocketsphinx", "soxr"), "mel_distance": ("torchaudio",), "si_sdr": ("torch",), "waveform_l1": ("torch",),
+    "pesq_wb": ("pesq", "soxr"),
+    "pesq_nb": ("pesq", "soxr"),
+    "stoi": ("pystoi",),
+    "estoi": ("pystoi",),
+    "visqol": ("visqol-python", "soxr"),
+    "dnsmos": ("speechmos", "onnxruntime", "librosa", "soxr"),
+    "wer": ("pocketsphinx", "soxr"),
+    "mel_distance": ("torchaudio",),
+    "si_sdr": ("torch",),
+    "waveform_l1": ("torch",),
 }
 
 
@@ -47,7 +55,9 @@ class SignalMetrics:
     """Mel distance (multi-scale log-mel L1), SI-SDR and waveform L1 of one utterance."""
 
     def __init__(self, sample_rate: int) -> None:
-        self.mel = MultiScaleMelLoss(sample_rate, windows=(64, 128, 256, 512, 1024, 2048), n_mels=(10, 20, 40, 80, 80, 128))
+        self.mel = MultiScaleMelLoss(
+            sample_rate, windows=(64, 128, 256, 512, 1024, 2048), n_mels=(10, 20, 40, 80, 80, 128)
+        )
 
     @torch.no_grad()
     def __call__(self, reference: torch.Tensor, estimate: torch.Tensor, wanted: tuple[str, ...]) -> dict[str, float]:

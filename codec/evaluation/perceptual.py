@@ -4,6 +4,7 @@ Inputs arrive already resampled with a proper resampler: 16 kHz for wideband PES
 (speech mode), DNSMOS and the recognizer, 8 kHz for narrowband PESQ. STOI resamples
 internally to 10 kHz from the signal's own rate.
 """
+
 from __future__ import annotations
 
 import math
@@ -73,5 +74,7 @@ def perceptual_metrics(job: dict) -> dict[str, float]:
         if "dnsmos" in wanted:
             scores.update(speech_quality.dnsmos_scores(job["est_16k"]))
         if "wer" in wanted:
-            scores.update(speech_quality.wer_scores(job["ref_16k"], job["est_16k"], job.get("transcript"), job.get("grammar")))
+            scores.update(
+                speech_quality.wer_scores(job["ref_16k"], job["est_16k"], job.get("transcript"), job.get("grammar"))
+            )
     return scores

@@ -3,12 +3,13 @@
 Each metric calls its package as its authors ship it, with the models bundled in the wheel, so
 nothing downloads. Models load once per process (they take seconds) and are reused.
 """
+
 from __future__ import annotations
 
 import functools
 import math
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -26,7 +27,11 @@ def _visqol_speech():
 
 def visqol_score(reference: np.ndarray, estimate: np.ndarray) -> float:
     """ViSQOL MOS-LQO in speech mode at 16 kHz (1-5, higher is better)."""
-    return float(_visqol_speech().measure_from_arrays(np.asarray(reference, np.float64), np.asarray(estimate, np.float64), RATE).moslqo)
+    return float(
+        _visqol_speech()
+        .measure_from_arrays(np.asarray(reference, np.float64), np.asarray(estimate, np.float64), RATE)
+        .moslqo
+    )
 
 
 def dnsmos_scores(estimate: np.ndarray) -> dict[str, float]:
@@ -34,7 +39,11 @@ def dnsmos_scores(estimate: np.ndarray) -> dict[str, float]:
     from speechmos import dnsmos
 
     result = dnsmos.run(np.clip(estimate, -1.0, 1.0).astype(np.float32), RATE)
-    return {"dnsmos_sig": float(result["sig_mos"]), "dnsmos_bak": float(result["bak_mos"]), "dnsmos_ovrl": float(result["ovrl_mos"])}
+    return {
+        "dnsmos_sig": float(result["sig_mos"]),
+        "dnsmos_bak": float(result["bak_mos"]),
+        "dnsmos_ovrl": float(result["ovrl_mos"]),
+    }
 
 
 @functools.lru_cache(maxsize=4)
@@ -80,7 +89,9 @@ def word_error_rate(truth: str, hypothesis: str) -> float:
     return edit_distance(reference, hyp) / len(reference)
 
 
-def wer_scores(reference: np.ndarray, estimate: np.ndarray, transcript: str | None, grammar: str | None) -> dict[str, float]:
+def wer_scores(
+    reference: np.ndarray, estimate: np.ndarray, transcript: str | None, grammar: str | None
+) -> dict[str, float]:
     """WER of the reconstruction, and of the reference itself (the recognizer's own error).
 
     Without a known transcript, the recognizer's transcript of the reference is the truth, and
@@ -89,5 +100,8 @@ def wer_scores(reference: np.ndarray, estimate: np.ndarray, transcript: str | No
     heard_reference = transcribe(reference, grammar)
     heard_estimate = transcribe(estimate, grammar)
     if transcript:
-        return {"wer": word_error_rate(transcript, heard_estimate), "wer_reference": word_error_rate(transcript, heard_reference)}
+        return {
+            "wer": word_error_rate(transcript, heard_estimate),
+            "wer_reference": word_error_rate(transcript, heard_reference),
+        }
     return {"wer": word_error_rate(heard_reference, heard_estimate), "wer_reference": math.nan}

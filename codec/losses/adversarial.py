@@ -2,9 +2,10 @@
 
 Each takes one entry per sub-discriminator and averages over them (paper eq. 1-3).
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch.nn import functional as F
@@ -38,7 +39,9 @@ def generator_adversarial_loss(fake: Sequence[torch.Tensor], kind: str) -> torch
     return total / len(fake)
 
 
-def feature_matching_loss(real: Sequence[Sequence[torch.Tensor]], fake: Sequence[Sequence[torch.Tensor]]) -> torch.Tensor:
+def feature_matching_loss(
+    real: Sequence[Sequence[torch.Tensor]], fake: Sequence[Sequence[torch.Tensor]]
+) -> torch.Tensor:
     """Paper eq. 3: L1 between feature maps, divided by the real map's mean magnitude, averaged."""
     total, count = None, 0
     for real_maps, fake_maps in zip(real, fake):

@@ -2,15 +2,21 @@
 
 A weight of 0 keeps the term in the logs but out of the gradient.
 """
+
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 
 from codec.discriminators import DiscriminatorOutput
-from codec.losses.adversarial import ADVERSARIAL_KINDS, discriminator_loss, feature_matching_loss, generator_adversarial_loss
+from codec.losses.adversarial import (
+    ADVERSARIAL_KINDS,
+    discriminator_loss,
+    feature_matching_loss,
+    generator_adversarial_loss,
+)
 from codec.losses.reconstruction import MultiScaleMelLoss, waveform_l1
 from codec.spectral import SpectrumBank
 

@@ -1,7 +1,8 @@
 """Time-domain and multi-scale log-mel reconstruction losses."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torchaudio
@@ -31,12 +32,16 @@ class MultiScaleMelLoss(nn.Module):
     ) -> None:
         super().__init__()
         if len(windows) != len(n_mels) or not windows:
-            raise ValueError(f"mel_windows={list(windows)} and mel_bins={list(n_mels)} must be non-empty and of equal length")
+            raise ValueError(
+                f"mel_windows={list(windows)} and mel_bins={list(n_mels)} must be non-empty and of equal length"
+            )
         self.log_epsilon = log_epsilon
         self.windows = tuple(int(w) for w in windows)
         # Mel filterbanks over magnitude spectra from :func:`codec.spectral.stft` (hop w // 4).
         self.filterbanks = nn.ModuleList(
-            torchaudio.transforms.MelScale(n_mels=int(m), sample_rate=sample_rate, n_stft=int(w) // 2 + 1, norm="slaney", mel_scale="slaney")
+            torchaudio.transforms.MelScale(
+                n_mels=int(m), sample_rate=sample_rate, n_stft=int(w) // 2 + 1, norm="slaney", mel_scale="slaney"
+            )
             for w, m in zip(windows, n_mels)
         )
 

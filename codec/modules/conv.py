@@ -3,6 +3,7 @@
 Padding is computed from the kernel, stride and dilation, so any stack of these layers keeps
 the time axis aligned; ``causal=True`` puts all the padding on the left (streaming-friendly).
 """
+
 from __future__ import annotations
 
 import torch
@@ -67,7 +68,9 @@ class CausalOrCenteredConvTranspose1d(nn.Module):
         weight_norm: bool = True,
     ) -> None:
         super().__init__()
-        self.conv = _maybe_weight_norm(nn.ConvTranspose1d(in_channels, out_channels, kernel_size, stride=stride), weight_norm)
+        self.conv = _maybe_weight_norm(
+            nn.ConvTranspose1d(in_channels, out_channels, kernel_size, stride=stride), weight_norm
+        )
         self.stride = stride
         self.causal = causal
         self.trim_total = kernel_size - stride

@@ -3,11 +3,12 @@
 One class covers all of them: the DAC variant is the same topology with Snake activations,
 three dilated residual units per block and no LSTM.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -36,7 +37,9 @@ class ResidualUnit(nn.Module):
         super().__init__()
         self.block = nn.Sequential(
             make_activation(activation, channels),
-            CausalOrCenteredConv1d(channels, hidden_channels, kernel_size, dilation=dilation, causal=causal, weight_norm=weight_norm),
+            CausalOrCenteredConv1d(
+                channels, hidden_channels, kernel_size, dilation=dilation, causal=causal, weight_norm=weight_norm
+            ),
             make_activation(activation, hidden_channels),
             CausalOrCenteredConv1d(hidden_channels, channels, 1, causal=causal, weight_norm=weight_norm),
         )
@@ -77,8 +80,10 @@ class SEANetSettings:
 
     def residual_units(self, width: int) -> list[nn.Module]:
         hidden = max(width // self.compress, 1)
-        return [ResidualUnit(width, self.residual_kernel_size, d, hidden, self.activation, self.causal, self.weight_norm)
-                for d in self.dilations]
+        return [
+            ResidualUnit(width, self.residual_kernel_size, d, hidden, self.activation, self.causal, self.weight_norm)
+            for d in self.dilations
+        ]
 
 
 class SEANetEncoder(nn.Module):
@@ -112,14 +117,27 @@ class SEANetEncoder(nn.Module):
         if not strides or any(s < 1 for s in strides):
             raise ValueError(f"strides={strides} must be a non-empty list of positive integers")
         if len(dilations) != residual_units:
-            raise ValueError(f"dilations={dilations} must have one entry per residual unit (residual_units={residual_units})")
+            raise ValueError(
+                f"dilations={dilations} must have one entry per residual unit (residual_units={residual_units})"
+            )
         if lstm_layers < 0:
             raise ValueError(f"lstm_layers={lstm_layers} must be >= 0")
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation={activation!r} is unknown; choose one of {ACTIVATIONS}")
         self.settings = SEANetSettings(
-            channels, dimension, strides, dilations, residual_kernel_size, kernel_size, last_kernel_size,
-            compress, lstm_layers, activation, weight_norm, causal, audio_channels,
+            channels,
+            dimension,
+            strides,
+            dilations,
+            residual_kernel_size,
+            kernel_size,
+            last_kernel_size,
+            compress,
+            lstm_layers,
+            activation,
+            weight_norm,
+            causal,
+            audio_channels,
         )
         self.dimension = dimension
         self.strides = strides
@@ -144,7 +162,7 @@ class SEANetEncoder(nn.Module):
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
         return self.model(wav)
 
-    def make_decoder(self) -> "SEANetDecoder":
+    def make_decoder(self) -> SEANetDecoder:
         """The decoder that mirrors this encoder: same widths, reversed strides."""
         return SEANetDecoder(self.settings)
 

@@ -5,6 +5,7 @@ small heads on frozen codes (:class:`TokenProbes`): a CTC character recognizer (
 speaker classifier, each also with one group or one residual layer masked, so a sweep shows which
 codebooks carry what. ``python -m codec.probe`` runs them on any checkpoint.
 """
+
 from codec.probe.labels import LabelledCodes, ProbeDataError, encode_labelled
 from codec.probe.probes import TokenProbes
 

@@ -7,15 +7,16 @@ the ``probe/*`` metrics to the run's MLflow run (found through ``status.json`` b
 and ``data.*``, e.g. ``probe.steps=400`` or ``data.cache_dir=/abs/cache``. Relative data paths
 in the checkpoint are relative to where train.py ran: run this from there.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from codec.config import ConfigError, build, compose_config
 from codec.inference import load_codec
@@ -24,7 +25,7 @@ from codec.training.checkpoint import safe_load
 from codec.training.status import read_status
 
 
-def probe_config(checkpoint_config: dict, overrides: Sequence[str]) -> OmegaConf:
+def probe_config(checkpoint_config: dict, overrides: Sequence[str]) -> DictConfig:
     """The checkpoint's config with a probe node (its own, else the default one) and the overrides."""
     cfg = OmegaConf.create(checkpoint_config)
     if not cfg.get("probe"):
@@ -32,7 +33,9 @@ def probe_config(checkpoint_config: dict, overrides: Sequence[str]) -> OmegaConf
     bad = [o for o in overrides if "=" not in o or not o.split("=", 1)[0].startswith(("probe.", "data."))]
     if bad:
         raise ConfigError(f"overrides {bad} must read probe.KEY=VALUE or data.KEY=VALUE")
-    return OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    merged = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    assert isinstance(merged, DictConfig)
+    return merged
 
 
 def log_to_run(run_dir: Path, tracking_uri: str | None, metrics: dict[str, float], step: int) -> str | None:
@@ -52,7 +55,9 @@ def log_to_run(run_dir: Path, tracking_uri: str | None, metrics: dict[str, float
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m codec.probe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m codec.probe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("checkpoint", type=Path, help="a checkpoint written by train.py (runs/.../checkpoints/best.pt)")
     parser.add_argument("overrides", nargs="*", help="probe.KEY=VALUE or data.KEY=VALUE")
     parser.add_argument("--out", type=Path, help="write the metrics as JSON here")
@@ -77,7 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_dir = args.checkpoint.resolve().parent.parent
         tracking_uri = (cfg.get("logger") or {}).get("tracking_uri")
         run_id = log_to_run(run_dir, tracking_uri, metrics, int(state.get("step", 0)))
-        print(f"logged to MLflow run {run_id}" if run_id else f"no MLflow run recorded for {run_dir}; metrics not logged")
+        print(
+            f"logged to MLflow run {run_id}" if run_id else f"no MLflow run recorded for {run_dir}; metrics not logged"
+        )
     return 0
 
 

@@ -1,4 +1,5 @@
 """A small probe on frozen codes: an embedding per codebook, summed, then a 1D conv head."""
+
 from __future__ import annotations
 
 import torch
@@ -27,14 +28,22 @@ class TokenProbe(nn.Module):
     """Codes [B, K, T] -> [B, outputs, T * upsample]. A masked codebook reads one learned
     "masked" embedding at every frame, so it carries no information about the input."""
 
-    def __init__(self, num_codebooks: int, codebook_size: int, outputs: int, embedding_dim: int, hidden: int, upsample: int = 1) -> None:
+    offsets: torch.Tensor
+
+    def __init__(
+        self, num_codebooks: int, codebook_size: int, outputs: int, embedding_dim: int, hidden: int, upsample: int = 1
+    ) -> None:
         super().__init__()
         self.codebook_size, self.upsample = codebook_size, upsample
         self.embedding = nn.Embedding(num_codebooks * (codebook_size + 1), embedding_dim)
-        self.register_buffer("offsets", torch.arange(num_codebooks).view(1, -1, 1) * (codebook_size + 1), persistent=False)
+        self.register_buffer(
+            "offsets", torch.arange(num_codebooks).view(1, -1, 1) * (codebook_size + 1), persistent=False
+        )
         self.head = nn.Sequential(
-            nn.Conv1d(embedding_dim, hidden, 5, padding=2), nn.GELU(),
-            nn.Conv1d(hidden, hidden, 5, padding=2), nn.GELU(),
+            nn.Conv1d(embedding_dim, hidden, 5, padding=2),
+            nn.GELU(),
+            nn.Conv1d(hidden, hidden, 5, padding=2),
+            nn.GELU(),
             nn.Conv1d(hidden, outputs, 1),
         )
 

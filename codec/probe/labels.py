@@ -1,4 +1,5 @@
 """The probes' labelled set: a split's codes with each utterance's speaker and transcript."""
+
 from __future__ import annotations
 
 import re
@@ -28,23 +29,36 @@ class LabelledCodes:
     layers: int
     frame_rate: float
 
-    def subset(self, indices: list[int]) -> "LabelledCodes":
+    def subset(self, indices: list[int]) -> LabelledCodes:
         pick = lambda items: [items[i] for i in indices]  # noqa: E731
-        return LabelledCodes(pick(self.names), pick(self.codes), pick(self.speakers), self.speaker_names, pick(self.texts),
-                             self.codebook_size, self.groups, self.layers, self.frame_rate)
+        return LabelledCodes(
+            pick(self.names),
+            pick(self.codes),
+            pick(self.speakers),
+            self.speaker_names,
+            pick(self.texts),
+            self.codebook_size,
+            self.groups,
+            self.layers,
+            self.frame_rate,
+        )
 
 
 def speaker_of(relative_name: str, pattern: str) -> str:
     """The speaker named by ``pattern``'s first group in a file's path relative to the data root."""
     match = re.search(pattern, Path(relative_name).with_suffix("").as_posix())
     if not match or not match.groups():
-        raise ProbeDataError(f"probe.speaker_pattern={pattern!r} finds no speaker in {relative_name!r}; give a regular "
-                             "expression whose first group is the speaker (e.g. '([^/]+)/[^/]+$' for one folder per speaker)")
+        raise ProbeDataError(
+            f"probe.speaker_pattern={pattern!r} finds no speaker in {relative_name!r}; give a regular "
+            "expression whose first group is the speaker (e.g. '([^/]+)/[^/]+$' for one folder per speaker)"
+        )
     return match.group(1)
 
 
 @torch.no_grad()
-def encode_labelled(codec: Codec, data, split: str, speaker_pattern: str, max_utterances: int | None = None) -> LabelledCodes:
+def encode_labelled(
+    codec: Codec, data, split: str, speaker_pattern: str, max_utterances: int | None = None
+) -> LabelledCodes:
     """Encode every utterance of ``split`` with the frozen ``codec`` and label it."""
     codec = codec.eval()
     device = next(codec.parameters()).device
@@ -61,5 +75,14 @@ def encode_labelled(codec: Codec, data, split: str, speaker_pattern: str, max_ut
         raise ProbeDataError(f"probe: split {split!r} has {len(names)} utterance(s); probes need at least 4")
     speaker_names = sorted(set(speakers))
     q = codec.quantizer
-    return LabelledCodes(names, codes, [speaker_names.index(s) for s in speakers], speaker_names, texts, int(q.codebook_size),
-                         int(q.groups), int(q.layers), float(codec.frame_rate))
+    return LabelledCodes(
+        names,
+        codes,
+        [speaker_names.index(s) for s in speakers],
+        speaker_names,
+        texts,
+        int(q.codebook_size),
+        int(q.groups),
+        int(q.layers),
+        float(codec.frame_rate),
+    )

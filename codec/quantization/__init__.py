@@ -1,5 +1,6 @@
 """Quantizers: the contract (:mod:`codec.quantization.base`), group-residual VQ and the
 codebook layers it is built from, and FSQ (:mod:`codec.quantization.fsq`)."""
+
 from codec.quantization.base import BaseQuantizer, QuantizedResult
 from codec.quantization.codebook import VectorQuantizer
 from codec.quantization.grvq import GroupResidualVQ

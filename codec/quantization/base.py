@@ -4,6 +4,7 @@ rely on, and nothing more (in the spirit of AudioCraft's ``BaseQuantizer``/``Qua
 A new quantizer is one subclass of :class:`BaseQuantizer` plus one YAML file under
 ``conf/quantizer/`` whose ``_target_`` names the class by its module path.
 """
+
 from __future__ import annotations
 
 import math
@@ -75,9 +76,14 @@ class BaseQuantizer(nn.Module, ABC):
 
     def facts(self) -> dict[str, Any]:
         """What ``codec info`` and the run record report about this quantizer."""
-        return {"quantizer": type(self).__name__, "groups": self.groups, "layers": self.layers,
-                "codebooks": self.num_codebooks, "codebook_size": self.codebook_size,
-                "bits_per_frame": self.bits_per_frame()}
+        return {
+            "quantizer": type(self).__name__,
+            "groups": self.groups,
+            "layers": self.layers,
+            "codebooks": self.num_codebooks,
+            "codebook_size": self.codebook_size,
+            "bits_per_frame": self.bits_per_frame(),
+        }
 
     @abstractmethod
     def forward(self, latent: torch.Tensor, n_layers: int | None = None) -> QuantizedResult:

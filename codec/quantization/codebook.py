@@ -10,6 +10,7 @@ codebook size) is re-drawn from the batch. (EnCodec's absolute "fewer than 2 ass
 assumed about 4.7 expected assignments per code, i.e. a fraction of about 0.4; at a demo's 100
 frames per step for 256 codes that absolute rule re-drew nearly every code every step.)
 """
+
 from __future__ import annotations
 
 import math
@@ -45,6 +46,11 @@ class VectorQuantizer(nn.Module):
     to ``codebook_dim`` and is projected back afterwards (DAC's factorized codes).
     """
 
+    embed: torch.Tensor
+    embed_sum: torch.Tensor
+    cluster_size: torch.Tensor
+    initialized: torch.Tensor
+
     def __init__(
         self,
         dim: int,
@@ -69,8 +75,11 @@ class VectorQuantizer(nn.Module):
         if not 0.0 < decay < 1.0:
             raise ValueError(f"decay={decay} must lie in (0, 1)")
         if not 0.0 <= dead_code_threshold < 1.0:
-            raise ValueError(f"dead_code_threshold={dead_code_threshold} must lie in [0, 1): it is a fraction of the mean code usage, "
-                             "and at 1 or more even a uniformly used codebook counts as dead")
+            raise ValueError(
+                f"dead_code_threshold={dead_code_threshold} must lie in [0, 1): it is a fraction of the mean code "
+                "usage, "
+                "and at 1 or more even a uniformly used codebook counts as dead"
+            )
         self.dim = dim
         self.codebook_size = codebook_size
         self.codebook_dim = lookup_dim
@@ -178,7 +187,9 @@ class VectorQuantizer(nn.Module):
     def _update(self, vectors: torch.Tensor, codes: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """EMA statistics (reduced across ranks), EMA codebook update and dead-code replacement;
         returns the number of codes replaced (a device scalar, no host sync)."""
-        counts = torch.zeros(self.codebook_size, device=vectors.device, dtype=vectors.dtype).index_add_(0, codes, weights)
+        counts = torch.zeros(self.codebook_size, device=vectors.device, dtype=vectors.dtype).index_add_(
+            0, codes, weights
+        )
         all_reduce_sum_(counts)
         self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         if self.rule == "ema":
@@ -193,7 +204,9 @@ class VectorQuantizer(nn.Module):
         return torch.zeros((), device=vectors.device)
 
     @torch.no_grad()
-    def _replace_dead_codes(self, vectors: torch.Tensor, weights: torch.Tensor, mean_usage: torch.Tensor) -> torch.Tensor:
+    def _replace_dead_codes(
+        self, vectors: torch.Tensor, weights: torch.Tensor, mean_usage: torch.Tensor
+    ) -> torch.Tensor:
         """Move codes whose usage EMA fell below ``dead_code_threshold`` x the mean usage onto
         random batch vectors. The mean usage is this step's fair share (vectors seen on all ranks
         / codebook size), which re-drawn codes cannot inflate.

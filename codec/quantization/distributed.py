@@ -1,4 +1,5 @@
 """Tiny torch.distributed helpers that are no-ops in a single process."""
+
 from __future__ import annotations
 
 import torch

@@ -6,10 +6,11 @@ Each group of the latent is projected to ``len(levels)`` channels, each channel 
 There is no codebook to learn, so nothing can collapse or go dead; the implicit codebook holds
 ``prod(levels)`` codes, and a token is the mixed-radix index of the rounded vector.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from einops import rearrange
@@ -25,13 +26,19 @@ BOUND_EPSILON = 1e-3
 class FiniteScalarQuantizer(BaseQuantizer):
     """``groups`` independent FSQ quantizers over equal channel slices of a ``dim``-channel latent."""
 
+    level_counts: torch.Tensor
+    half_width: torch.Tensor
+    basis: torch.Tensor
+
     def __init__(self, dim: int, levels: Sequence[int] = (8, 5, 5, 5), groups: int = 1) -> None:
         super().__init__()
         levels = [int(level) for level in levels]
         if not levels or any(level < 2 for level in levels):
             raise ValueError(f"levels={levels} must be a non-empty list of integers of at least 2")
         if groups < 1 or dim % groups:
-            raise ValueError(f"groups={groups} must be at least 1 and divide dim={dim} (the encoder's latent dimension)")
+            raise ValueError(
+                f"groups={groups} must be at least 1 and divide dim={dim} (the encoder's latent dimension)"
+            )
         self.dim = dim
         self.levels = levels
         self.groups = groups

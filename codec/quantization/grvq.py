@@ -6,7 +6,10 @@ own residual VQ of ``layers`` codebooks. ``groups=1`` is plain RVQ (EnCodec, Sou
 
 Code order: ``codes[:, g * layers + l]`` is group ``g``'s residual layer ``l`` (group-major).
 """
+
 from __future__ import annotations
+
+from typing import cast
 
 import torch
 from einops import rearrange
@@ -100,13 +103,17 @@ class GroupResidualVQ(BaseQuantizer):
 
     def check_training_scale(self, vectors_per_step: int) -> None:
         """Refuse a dead-code threshold that would re-draw live codes every step at this batch."""
-        churn = self.codebooks[0].churn_per_step(vectors_per_step)
+        churn = self.codebook(0, 0).churn_per_step(vectors_per_step)
         if churn > MAX_CHURN_PER_STEP:
             raise ValueError(
-                f"quantizer.dead_code_threshold={self.dead_code_threshold} churns: with quantizer.codebook_size={self.codebook_size} "
-                f"codes sharing {vectors_per_step} latent frames per step ({vectors_per_step / self.codebook_size:.2f} per code), about "
-                f"{100 * churn:.1f}% of even uniformly used codes would be re-drawn every step (at most {100 * MAX_CHURN_PER_STEP:g}% is allowed). "
-                f"Lower quantizer.dead_code_threshold (a fraction of the mean code usage; 0 turns replacement off) or quantizer.codebook_size, "
+                f"quantizer.dead_code_threshold={self.dead_code_threshold} churns: with "
+                f"quantizer.codebook_size={self.codebook_size} "
+                f"codes sharing {vectors_per_step} latent frames per step "
+                f"({vectors_per_step / self.codebook_size:.2f} per code), about "
+                f"{100 * churn:.1f}% of even uniformly used codes would be re-drawn every step (at most "
+                f"{100 * MAX_CHURN_PER_STEP:g}% is allowed). "
+                "Lower quantizer.dead_code_threshold (a fraction of the mean code usage; 0 turns replacement off) "
+                "or quantizer.codebook_size, "
                 f"or feed more frames per step"
             )
 
@@ -114,7 +121,7 @@ class GroupResidualVQ(BaseQuantizer):
         return {**super().facts(), "rule": self.rule, "dead_code_threshold": self.dead_code_threshold}
 
     def codebook(self, group: int, layer: int) -> VectorQuantizer:
-        return self.codebooks[group * self.layers + layer]
+        return cast(VectorQuantizer, self.codebooks[group * self.layers + layer])
 
     def _active_layers(self, batch: int, device: torch.device) -> torch.Tensor | None:
         """Residual layers each item uses this step under quantizer dropout (None: all)."""
@@ -197,13 +204,16 @@ class GroupResidualVQ(BaseQuantizer):
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes [B, G * n, T] with n <= layers -> quantized latent [B, dim, T]."""
         if codes.dim() != 3 or codes.shape[1] % self.groups:
-            raise ValueError(f"codes must have shape [B, groups*n, T] with groups={self.groups}; got {tuple(codes.shape)}")
+            raise ValueError(
+                f"codes must have shape [B, groups*n, T] with groups={self.groups}; got {tuple(codes.shape)}"
+            )
         n_layers = self.check_layers(codes.shape[1] // self.groups)
-        groups = []
+        groups: list[torch.Tensor] = []
         for group in range(self.groups):
-            quantized = None
+            quantized: torch.Tensor | None = None
             for layer in range(n_layers):
                 vectors = self.codebook(group, layer).decode(codes[:, group * n_layers + layer])
                 quantized = vectors if quantized is None else quantized + vectors
+            assert quantized is not None  # check_layers allows no zero-layer decode
             groups.append(quantized)
         return torch.cat(groups, dim=1)

@@ -1,10 +1,13 @@
 """Plain k-means used to initialise codebooks from the first batch (EnCodec, SoundStream)."""
+
 from __future__ import annotations
 
 import torch
 
 
-def kmeans(samples: torch.Tensor, num_clusters: int, iterations: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def kmeans(
+    samples: torch.Tensor, num_clusters: int, iterations: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Cluster samples [N, D] into ``num_clusters`` centroids [K, D] by Lloyd's algorithm.
 
     Centroids start at random samples (with replacement when N < K); an empty cluster keeps its

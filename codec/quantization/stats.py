@@ -1,4 +1,5 @@
 """Codebook health: usage fraction, perplexity and dead codes from integer codes."""
+
 from __future__ import annotations
 
 import torch

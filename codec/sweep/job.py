@@ -5,6 +5,7 @@ preemption, ``scontrol requeue`` or ``scancel``. Either way the trainer finishes
 saves a checkpoint and stops; on SIGUSR2 the job also requeues itself, up to
 ``trainer.max_requeues`` times. A requeued job re-runs in the same run directory and resumes.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -12,8 +13,8 @@ import logging
 import os
 import signal
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from omegaconf import DictConfig
 
@@ -36,13 +37,19 @@ def in_submitit_job() -> bool:
 def slurm_will_rerun() -> bool:
     """Whether SLURM is about to run this job again (requeue or preemption), not cancel it."""
     try:
-        state = subprocess.run(["squeue", "-h", "-j", slurm_job_id(), "-o", "%T"], capture_output=True, text=True, timeout=30).stdout
+        state = subprocess.run(
+            ["squeue", "-h", "-j", slurm_job_id(), "-o", "%T"], capture_output=True, text=True, timeout=30
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return False
     return "CANCEL" not in state.upper() and bool(state.strip())
 
 
-REASONS = {TIME_LIMIT_SIGNAL: "time limit", signal.SIGTERM: "termination (preemption, requeue or cancel)", signal.SIGINT: "interrupt (Ctrl-C)"}
+REASONS = {
+    TIME_LIMIT_SIGNAL: "time limit",
+    signal.SIGTERM: "termination (preemption, requeue or cancel)",
+    signal.SIGINT: "interrupt (Ctrl-C)",
+}
 
 
 @contextlib.contextmanager
@@ -61,9 +68,9 @@ def stop_signals(trainer) -> Iterator[None]:
         if signum == signal.SIGINT:
             log.warning("Ctrl-C: stopping after this step with a checkpoint (Ctrl-C again aborts at once)")
         else:
-            log.warning("received %s: %s; stopping after this step", name, REASONS[signum])
+            log.warning("received %s: %s; stopping after this step", name, REASONS[signal.Signals(signum)])
         trainer.stop_requested = True
-        trainer.stop_reason = f"{name}: {REASONS[signum]}"
+        trainer.stop_reason = f"{name}: {REASONS[signal.Signals(signum)]}"
         trainer.stop_signal = signum
 
     previous = {sig: signal.signal(sig, request_stop) for sig in REASONS}
@@ -108,8 +115,11 @@ def record_failure(cfg: DictConfig, run_dir: Path, error: BaseException) -> None
 
         logger = instantiate(cfg.logger)
         name = f"{cfg.get('name')}:{status.get('overrides') or run_dir.name}"
-        run_id = logger.start(run_name=name, params=flatten_config({"overrides": run_dir.name}),
-                              tags={"run_dir": str(Path(run_dir).resolve()), "error": reason[:5000]})
+        run_id = logger.start(
+            run_name=name,
+            params=flatten_config({"overrides": run_dir.name}),
+            tags={"run_dir": str(Path(run_dir).resolve()), "error": reason[:5000]},
+        )
         logger.finish("FAILED")
         write_status(run_dir, run_id=run_id)
     except Exception as tracking_error:  # never hide the original failure behind a tracking one

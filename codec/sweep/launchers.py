@@ -5,22 +5,24 @@ On top of the stock launchers each one:
 - creates the MLflow experiment and a parent run once, and passes their ids to every job;
 - waits for every job even when some fail, then marks the parent run and reports.
 """
+
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
-from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
-from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher, SlurmLauncher
 from omegaconf import OmegaConf
 
 from codec.sweep.registry import Sweep, failed_return, skipped_return
 from codec.sweep.slurm_queue import ENDED_STATES, array_states, cancel
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher, SlurmLauncher
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +37,28 @@ class SweepAwareMixin:
         sweep = Sweep.plan(self.config, self.hydra_context, job_overrides)
         pending = [job for job in sweep.jobs if not job.finished]
         name = Path(sweep.sweep_dir).name
-        log.info("sweep '%s' in %s: %d runs, %d already finished, %d to launch; watch it with: python -m codec.sweep status %s",
-                 name, sweep.sweep_dir, len(sweep.jobs), len(sweep.jobs) - len(pending), len(pending), name)
+        log.info(
+            "sweep '%s' in %s: %d runs, %d already finished, %d to launch; watch it with: python -m codec.sweep "
+            "status %s",
+            name,
+            sweep.sweep_dir,
+            len(sweep.jobs),
+            len(sweep.jobs) - len(pending),
+            len(pending),
+            name,
+        )
         extra = sweep.register(self.config) if pending else []
         sweep.save()
         returns: dict[int, JobReturn] = {job.index: skipped_return(job) for job in sweep.jobs if job.finished}
         if pending:
             names = sweep.child_run_names() if extra else {}
-            launched = self._submit([job.overrides + extra + ([f"logger.run_name='{names[job.index]}'"] if names else [])
-                                     for job in pending], initial_job_idx)
+            launched = self._submit(
+                [
+                    job.overrides + extra + ([f"logger.run_name='{names[job.index]}'"] if names else [])
+                    for job in pending
+                ],
+                initial_job_idx,
+            )
             returns.update({job.index: ret for job, ret in zip(pending, launched)})
         ordered = [returns[job.index] for job in sweep.jobs]
         counts = sweep.finish(ordered) if pending else {"skipped": len(sweep.jobs)}
@@ -84,7 +99,7 @@ class SubmititSweepMixin(SweepAwareMixin):
         """Job side. Hydra's run_job turns a task's exception into a FAILED JobReturn, which
         submitit would report as success (SLURM: COMPLETED); raising it here instead makes
         submitit write the error and the job exit non-zero (SLURM: FAILED)."""
-        ret = super().__call__(*args, **kwargs)
+        ret: JobReturn = super().__call__(*args, **kwargs)  # type: ignore[misc]  # the launcher mixed in has it
         if ret.status == JobStatus.FAILED:
             raise JobFailedError(f"{type(ret._return_value).__name__}: {ret._return_value}") from ret._return_value
         return ret
@@ -98,11 +113,13 @@ class SubmititSweepMixin(SweepAwareMixin):
             **{f"{self._EXECUTOR}_max_num_timeout": self.params.get("max_num_timeout", 0)},
         )
         shared = set(OmegaConf.structured(BaseQueueConf).keys())
-        executor.update_parameters(**{
-            key if key in shared else f"{self._EXECUTOR}_{key}": value
-            for key, value in self.params.items()
-            if key not in ("submitit_folder", "max_num_timeout")
-        })
+        executor.update_parameters(
+            **{
+                key if key in shared else f"{self._EXECUTOR}_{key}": value
+                for key, value in self.params.items()
+                if key not in ("submitit_folder", "max_num_timeout")
+            }
+        )
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         arguments = []
         for offset, overrides in enumerate(job_overrides):
@@ -110,7 +127,12 @@ class SubmititSweepMixin(SweepAwareMixin):
             log.info("\t#%d : %s", index, " ".join(filter_overrides(overrides)))
             arguments.append((list(overrides), "hydra.sweep.dir", index, f"job_id_for_{index}", Singleton.get_state()))
         jobs = executor.map_array(self, *zip(*arguments))
-        log.info("submitted %d job(s) as %s array %s", len(jobs), self._EXECUTOR, jobs[0].job_id.split("_")[0] if jobs else "-")
+        log.info(
+            "submitted %d job(s) as %s array %s",
+            len(jobs),
+            self._EXECUTOR,
+            jobs[0].job_id.split("_")[0] if jobs else "-",
+        )
         return self._collect(jobs, job_overrides)
 
     def _collect(self, jobs: list, job_overrides: list[list[str]]) -> list[JobReturn]:
@@ -130,8 +152,9 @@ class SubmititSweepMixin(SweepAwareMixin):
                 time.sleep(QUEUE_POLL_SECONDS)
         return [returns[index] for index in range(len(jobs))]
 
-    def _queue_verdicts(self, jobs: list, job_overrides: list[list[str]], done: dict[int, JobReturn],
-                        left_queue_at: dict[int, float]) -> dict[int, JobReturn]:
+    def _queue_verdicts(
+        self, jobs: list, job_overrides: list[list[str]], done: dict[int, JobReturn], left_queue_at: dict[int, float]
+    ) -> dict[int, JobReturn]:
         """Failed returns for tasks SLURM will never start (the rest of the array is cancelled) and
         for tasks that left the queue without writing a result."""
         states = array_states(jobs[0].job_id.split("_")[0])
@@ -139,12 +162,21 @@ class SubmititSweepMixin(SweepAwareMixin):
             return {}
         verdicts: dict[int, JobReturn] = {}
         waiting = [i for i in range(len(jobs)) if i not in done]
-        blocked = next((states[jobs[i].job_id] for i in waiting if jobs[i].job_id in states and states[jobs[i].job_id].never_runs), None)
+        blocked = next(
+            (states[jobs[i].job_id] for i in waiting if jobs[i].job_id in states and states[jobs[i].job_id].never_runs),
+            None,
+        )
         if blocked is not None:
-            asked = ", ".join(f"{k}={self.params.get(k)}" for k in ("partition", "cpus_per_task", "gpus_per_node", "mem_gb", "timeout_min")
-                              if self.params.get(k) is not None)
-            message = (f"SLURM will never start this array ({blocked.state}, reason {blocked.reason}): the request exceeds what the "
-                       f"partition offers ({asked}); cancelled. Ask for less (hydra.launcher.cpus_per_task=..., +cluster=...)")
+            asked = ", ".join(
+                f"{k}={self.params.get(k)}"
+                for k in ("partition", "cpus_per_task", "gpus_per_node", "mem_gb", "timeout_min")
+                if self.params.get(k) is not None
+            )
+            message = (
+                f"SLURM will never start this array ({blocked.state}, reason {blocked.reason}): the request exceeds "
+                "what the "
+                f"partition offers ({asked}); cancelled. Ask for less (hydra.launcher.cpus_per_task=..., +cluster=...)"
+            )
             log.error(message)
             cancel(jobs[0].job_id.split("_")[0])
             return {i: failed_return(job_overrides[i], RuntimeError(message)) for i in waiting}
@@ -157,9 +189,16 @@ class SubmititSweepMixin(SweepAwareMixin):
             # Ended (or gone) without a result file: give the file a moment to appear, then say why.
             if now - left_queue_at.setdefault(i, now) < RESULT_GRACE_SECONDS or jobs[i].paths.result_pickle.exists():
                 continue
-            cause = ("cancelled (scancel)" if task is not None and task.state == "CANCELLED"
-                     else f"ended {task.state}" if task is not None else "left the SLURM queue")
-            message = f"SLURM job {jobs[i].job_id} {cause} without a result; its run directory keeps the last checkpoint"
+            cause = (
+                "cancelled (scancel)"
+                if task is not None and task.state == "CANCELLED"
+                else f"ended {task.state}"
+                if task is not None
+                else "left the SLURM queue"
+            )
+            message = (
+                f"SLURM job {jobs[i].job_id} {cause} without a result; its run directory keeps the last checkpoint"
+            )
             log.error(message)
             verdicts[i] = failed_return(job_overrides[i], RuntimeError(message))
         return verdicts

@@ -10,12 +10,14 @@ times ``batch_size x segment_seconds x max_steps`` is the run's training compute
 that by the sustained FLOP/s the benchmark measured (its fast path's ``achieved_flops_per_s``),
 which assumes other compositions reach a similar fraction of peak on that device.
 """
+
 from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -46,7 +48,12 @@ def training_flops_per_audio_second(cfg: Any) -> float:
     torch.manual_seed(0)
     codec, discriminator, loss = build_codec(cfg), build_discriminator(cfg), build_loss(cfg)
     settings = TrainerSettings.from_config(cfg.trainer)
-    settings.bf16, settings.compile, settings.fused_optimizer, settings.cpu_bf16_discriminators = False, False, False, False
+    settings.bf16, settings.compile, settings.fused_optimizer, settings.cpu_bf16_discriminators = (
+        False,
+        False,
+        False,
+        False,
+    )
     step = GANStep(codec, discriminator, loss, settings, torch.device("cpu"), DistributedContext())
     batch = 0.1 * torch.randn(1, 1, codec.sample_rate, generator=torch.Generator().manual_seed(0))
     counter = FlopCounterMode(display=False)
@@ -60,21 +67,25 @@ def plan(sweep: str, overrides: Sequence[str] = (), flops_per_second: float | No
     rows, designs = [], {}
     for point in expand_points(sweep, overrides):
         cfg = compose_config(point)
-        design = tuple(o for o in point if not o.startswith("trainer.seed="))  # seeds share a design's model and compute
+        design = tuple(
+            o for o in point if not o.startswith("trainer.seed=")
+        )  # seeds share a design's model and compute
         if design not in designs:
             designs[design] = design_facts(cfg)
         facts = designs[design]
         s = cfg.trainer
         audio_seconds = float(s.batch_size) * float(s.segment_seconds) * int(s.max_steps)
         total = facts["training_flops_per_audio_second"] * audio_seconds
-        rows.append({
-            "run": " ".join(o for o in point[1:] if o not in overrides),
-            **facts,
-            "steps": int(s.max_steps),
-            "audio_seconds_seen": audio_seconds,
-            "training_pflops": total / 1e15,
-            "gpu_hours": total / flops_per_second / 3600.0 if flops_per_second else None,
-        })
+        rows.append(
+            {
+                "run": " ".join(o for o in point[1:] if o not in overrides),
+                **facts,
+                "steps": int(s.max_steps),
+                "audio_seconds_seen": audio_seconds,
+                "training_pflops": total / 1e15,
+                "gpu_hours": total / flops_per_second / 3600.0 if flops_per_second else None,
+            }
+        )
     return rows
 
 
@@ -101,17 +112,33 @@ def throughput_from_bench(path: Path) -> float:
 
 def format_plan(rows: list[dict[str, Any]], flops_source: str | None) -> str:
     header = ["run", "kbps", "tokens/s", "G params", "D params", "GFLOPs/audio-s", "steps", "PFLOPs", "GPU-hours"]
-    table = [[r["run"], f"{r['bitrate_kbps']:g}", f"{r['tokens_per_second']:g}", f"{r['params_generator'] / 1e6:.2f} M",
-              f"{r['params_discriminator'] / 1e6:.2f} M", f"{r['training_flops_per_audio_second'] / 1e9:.1f}", str(r["steps"]),
-              f"{r['training_pflops']:.3g}", "-" if r["gpu_hours"] is None else f"{r['gpu_hours']:.3g}"] for r in rows]
+    table = [
+        [
+            r["run"],
+            f"{r['bitrate_kbps']:g}",
+            f"{r['tokens_per_second']:g}",
+            f"{r['params_generator'] / 1e6:.2f} M",
+            f"{r['params_discriminator'] / 1e6:.2f} M",
+            f"{r['training_flops_per_audio_second'] / 1e9:.1f}",
+            str(r["steps"]),
+            f"{r['training_pflops']:.3g}",
+            "-" if r["gpu_hours"] is None else f"{r['gpu_hours']:.3g}",
+        ]
+        for r in rows
+    ]
     widths = [max(len(str(row[i])) for row in [header, *table]) for i in range(len(header))]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in table]
     total_pflops = sum(r["training_pflops"] for r in rows)
     if flops_source:
         hours = sum(r["gpu_hours"] for r in rows)
-        lines.append(f"{len(rows)} runs: {total_pflops:.3g} PFLOPs of training, about {hours:.3g} GPU-hours at {flops_source}")
+        lines.append(
+            f"{len(rows)} runs: {total_pflops:.3g} PFLOPs of training, about {hours:.3g} GPU-hours at {flops_source}"
+        )
     else:
-        lines.append(f"{len(rows)} runs: {total_pflops:.3g} PFLOPs of training; pass --bench BENCH.json (python -m codec.bench on the "
-                     "target GPU) or --flops-per-second for GPU-hours")
+        lines.append(
+            f"{len(rows)} runs: {total_pflops:.3g} PFLOPs of training; pass --bench BENCH.json (python -m "
+            "codec.bench on the "
+            "target GPU) or --flops-per-second for GPU-hours"
+        )
     return "\n".join(lines)

@@ -1,5 +1,6 @@
 """Launching-side bookkeeping of a sweep: its jobs, run directories, identities, and its one
 MLflow experiment and parent run, recorded in ``<sweep dir>/sweep.json``."""
+
 from __future__ import annotations
 
 import hashlib
@@ -7,14 +8,16 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from codec.config import plain_dict
 from codec.training.identity import run_identity
 from codec.training.status import read_status
 
@@ -43,7 +46,7 @@ class Sweep:
 
     # -- planning ----------------------------------------------------------------------------
     @classmethod
-    def plan(cls, master: DictConfig, hydra_context, job_overrides: Sequence[Sequence[str]]) -> "Sweep":
+    def plan(cls, master: DictConfig, hydra_context, job_overrides: Sequence[Sequence[str]]) -> Sweep:
         """Compose every job's config as its job will, to learn its run dir and identity."""
         sweep_dir = str(master.hydra.sweep.dir)
         jobs = []
@@ -54,15 +57,21 @@ class Sweep:
                     job_cfg.hydra.job.num = index
                 HydraConfig.instance().set_config(job_cfg)
                 run_dir = str((Path(str(job_cfg.hydra.sweep.dir)) / str(job_cfg.hydra.sweep.subdir)).resolve())
-                task_cfg = OmegaConf.to_container(OmegaConf.masked_copy(job_cfg, [k for k in job_cfg if k != "hydra"]), resolve=True)
+                task_cfg = plain_dict(OmegaConf.masked_copy(job_cfg, [str(k) for k in job_cfg if k != "hydra"]))
                 identity = run_identity(task_cfg)
                 status = read_status(Path(run_dir))
                 # Finished at a step budget at least this job's: a raised trainer.max_steps continues the run.
-                done = (status.get("state") == "finished" and status.get("identity") == identity
-                        and int(status.get("step", 0)) >= int(task_cfg["trainer"]["max_steps"]))
+                done = (
+                    status.get("state") == "finished"
+                    and status.get("identity") == identity
+                    and int(status.get("step", 0)) >= int(task_cfg["trainer"]["max_steps"])
+                )
                 # Stopped by a guardrail under the same guard settings: running it again would stop it again.
-                done = done or (status.get("state") == "stopped_early" and status.get("identity") == identity
-                                and status.get("guard_settings") == task_cfg.get("guard"))
+                done = done or (
+                    status.get("state") == "stopped_early"
+                    and status.get("identity") == identity
+                    and status.get("guard_settings") == task_cfg.get("guard")
+                )
                 jobs.append(PlannedJob(index, list(overrides), run_dir, identity, done))
         finally:
             HydraConfig.instance().set_config(master)
@@ -71,7 +80,11 @@ class Sweep:
         sweep = cls(digest, sweep_dir, jobs)
         previous = cls.load(Path(sweep_dir))
         if previous is not None and previous.sweep_id == sweep.sweep_id:
-            sweep.experiment_id, sweep.parent_run_id, sweep.history = previous.experiment_id, previous.parent_run_id, previous.history
+            sweep.experiment_id, sweep.parent_run_id, sweep.history = (
+                previous.experiment_id,
+                previous.parent_run_id,
+                previous.history,
+            )
         sweep.tracking_uri = _mlflow_uri(master)
         return sweep
 
@@ -107,11 +120,18 @@ class Sweep:
                 self.parent_run_id = None
         if self.parent_run_id is None:
             name = f"sweep {Path(self.sweep_dir).name}"
-            tags = {"sweep_id": self.sweep_id, "sweep_dir": str(Path(self.sweep_dir).resolve()), "role": "sweep",
-                    "sweep_overrides": " ".join(master.hydra.overrides.task)[:5000]}
+            tags = {
+                "sweep_id": self.sweep_id,
+                "sweep_dir": str(Path(self.sweep_dir).resolve()),
+                "role": "sweep",
+                "sweep_overrides": " ".join(master.hydra.overrides.task)[:5000],
+            }
             self.parent_run_id = client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
-        return [f"logger.experiment_id={self.experiment_id}", f"logger.parent_run_id={self.parent_run_id}",
-                f"logger.sweep_id={self.sweep_id}"]
+        return [
+            f"logger.experiment_id={self.experiment_id}",
+            f"logger.parent_run_id={self.parent_run_id}",
+            f"logger.sweep_id={self.sweep_id}",
+        ]
 
     def finish(self, returns: Sequence[JobReturn]) -> dict[str, int]:
         """Record the outcome; the parent run is FAILED if any job failed."""
@@ -140,7 +160,7 @@ class Sweep:
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, sweep_dir: Path) -> "Sweep | None":
+    def load(cls, sweep_dir: Path) -> Sweep | None:
         path = Path(sweep_dir) / SWEEP_FILE
         if not path.exists():
             return None
@@ -153,7 +173,7 @@ def _mlflow_uri(master: DictConfig) -> str | None:
     logger = master.get("logger") or {}
     if "MLflowLogger" not in str(logger.get("_target_", "")):
         return None
-    return str(logger.tracking_uri)
+    return str(logger.get("tracking_uri"))
 
 
 def skipped_return(job: PlannedJob) -> JobReturn:

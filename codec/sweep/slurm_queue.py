@@ -5,6 +5,7 @@ accounting (like the local one) gives it neither for a job that never starts or 
 and the launcher would wait forever. So the launcher also reads ``squeue``: a task that SLURM
 says can never run, or that left the queue without a result, is reported at once.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -13,11 +14,30 @@ from dataclasses import dataclass
 # Pending reasons that no amount of waiting resolves: the request exceeds what the partition,
 # its nodes or the account can ever give.
 NEVER_RUN_REASONS = (
-    "PartitionConfig", "ReqNodeNotAvail", "BadConstraints", "PartitionNodeLimit", "PartitionTimeLimit",
-    "InvalidQOS", "InvalidAccount", "QOSMaxCpuPerJobLimit", "QOSMaxMemoryPerJob", "QOSMaxGRESPerJob",
-    "AssocMaxCpuPerJobLimit", "AssocMaxMemPerJobLimit",
+    "PartitionConfig",
+    "ReqNodeNotAvail",
+    "BadConstraints",
+    "PartitionNodeLimit",
+    "PartitionTimeLimit",
+    "InvalidQOS",
+    "InvalidAccount",
+    "QOSMaxCpuPerJobLimit",
+    "QOSMaxMemoryPerJob",
+    "QOSMaxGRESPerJob",
+    "AssocMaxCpuPerJobLimit",
+    "AssocMaxMemPerJobLimit",
 )
-ENDED_STATES = ("CANCELLED", "COMPLETED", "FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED")
+ENDED_STATES = (
+    "CANCELLED",
+    "COMPLETED",
+    "FAILED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "PREEMPTED",
+)
 
 
 @dataclass(frozen=True)
@@ -34,8 +54,12 @@ def array_states(array_id: str) -> dict[str, TaskState] | None:
     """Task id (``<array>_<task>``) -> state and reason, including recently ended tasks; None if
     ``squeue`` cannot be asked (the caller then just keeps waiting)."""
     try:
-        result = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-j", array_id, "-o", "%i|%T|%r"],
-                                capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            ["squeue", "-h", "-r", "-t", "all", "-j", array_id, "-o", "%i|%T|%r"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     if result.returncode != 0:

@@ -1,4 +1,5 @@
 """The status table of a sweep: each run's varying overrides, state, step and best metrics."""
+
 from __future__ import annotations
 
 import time
@@ -6,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from codec.sweep.registry import Sweep
-from codec.training.timing import format_duration
 from codec.training.status import read_status
+from codec.training.timing import format_duration
 
 BEST_COLUMNS = ("mel_distance", "pesq_wb", "stoi")
 
@@ -21,7 +22,11 @@ def find_sweep_dir(sweep: str | None, runs_dir: Path) -> list[Path]:
         if (candidate / "sweep.json").exists():
             return [candidate]
     known = sorted(p.parent.name for p in (runs_dir / "multirun").glob("*/sweep.json"))
-    listing = f"known sweeps under {runs_dir / 'multirun'}: {', '.join(known)}" if known else f"no sweeps under {runs_dir / 'multirun'} yet"
+    listing = (
+        f"known sweeps under {runs_dir / 'multirun'}: {', '.join(known)}"
+        if known
+        else f"no sweeps under {runs_dir / 'multirun'} yet"
+    )
     raise FileNotFoundError(f"no sweep named {sweep!r} ({listing})")
 
 
@@ -37,19 +42,21 @@ def sweep_rows(sweep_dir: Path) -> tuple[Sweep, list[dict[str, Any]]]:
         if state == "finished" and status.get("identity") not in (None, job.identity):
             state = "stale"  # finished, but under a different configuration
         best = status.get("best", {})
-        rows.append({
-            "run": " ".join(o for o in job.overrides if o.split("=", 1)[0] in varying) or "(base)",
-            "state": state,
-            "step": status.get("step", 0),
-            "max_steps": status.get("max_steps", "?"),
-            **{f"best/{k}": best.get(k) for k in BEST_COLUMNS},
-            "updated": status.get("updated"),
-            "run_dir": str(run_dir),
-            "error": status.get("error", ""),
-            "guard": status.get("guard", ""),
-            "reason": status.get("reason", ""),
-            "cost": status.get("cost", {}),
-        })
+        rows.append(
+            {
+                "run": " ".join(o for o in job.overrides if o.split("=", 1)[0] in varying) or "(base)",
+                "state": state,
+                "step": status.get("step", 0),
+                "max_steps": status.get("max_steps", "?"),
+                **{f"best/{k}": best.get(k) for k in BEST_COLUMNS},
+                "updated": status.get("updated"),
+                "run_dir": str(run_dir),
+                "error": status.get("error", ""),
+                "guard": status.get("guard", ""),
+                "reason": status.get("reason", ""),
+                "cost": status.get("cost", {}),
+            }
+        )
     return sweep, rows
 
 
@@ -83,7 +90,9 @@ def format_table(sweep: Sweep, rows: list[dict[str, Any]]) -> str:
     failures = [f"  {r['run']}: {r['error']}" for r in rows if r["state"] == "failed" and r["error"]]
     if failures:
         lines += ["failures:", *failures]
-    guarded = [f"  {r['run']}: {r['guard']} at step {r['step']}: {r['reason']}" for r in rows if r["state"] == "stopped_early"]
+    guarded = [
+        f"  {r['run']}: {r['guard']} at step {r['step']}: {r['reason']}" for r in rows if r["state"] == "stopped_early"
+    ]
     if guarded:
         lines += ["stopped early by guardrails:", *guarded]
     lines.append(progress_line(rows))
@@ -103,12 +112,19 @@ def progress_line(rows: list[dict[str, Any]]) -> str:
     total_steps = sum(int(r["max_steps"]) if str(r["max_steps"]).isdigit() else int(r["step"] or 0) for r in rows)
     spent = sum(float(r["cost"].get("device_hours", 0.0)) for r in rows)
     paces = sorted(float(r["cost"]["seconds_per_step"]) for r in rows if r["cost"].get("seconds_per_step"))
-    line = f"progress: {done_steps}/{total_steps} steps ({100 * done_steps // max(total_steps, 1)}%), {spent:.3g} device-hours spent"
+    percent = 100 * done_steps // max(total_steps, 1)
+    line = f"progress: {done_steps}/{total_steps} steps ({percent}%), {spent:.3g} device-hours spent"
     pending = [r for r in rows if r["state"] not in DONE_STATES and str(r["max_steps"]).isdigit()]
     if not pending:
         return line + "; nothing left to run"
     if not paces:
         return line + "; ETA: unknown until a run reports its pace"
     median = paces[len(paces) // 2]
-    remaining = sum((int(r["max_steps"]) - int(r["step"] or 0)) * float(r["cost"].get("seconds_per_step") or median) for r in pending)
-    return line + f"; ETA {format_duration(remaining)} for {len(pending)} unfinished runs at their measured pace, one at a time"
+    remaining = sum(
+        (int(r["max_steps"]) - int(r["step"] or 0)) * float(r["cost"].get("seconds_per_step") or median)
+        for r in pending
+    )
+    return (
+        line
+        + f"; ETA {format_duration(remaining)} for {len(pending)} unfinished runs at their measured pace, one at a time"
+    )

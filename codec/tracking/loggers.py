@@ -3,6 +3,7 @@
 Resuming re-opens the same MLflow run, and steps at or below the last step already logged
 are dropped, so a resumed or requeued job logs no step twice.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -10,8 +11,9 @@ import fcntl
 import logging
 import math
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +54,15 @@ def open_client(tracking_uri: str):
             client = MlflowClient(tracking_uri=tracking_uri)
             client.search_experiments(max_results=1)
     except Exception as error:
-        raise TrackingStoreError(f"logger.tracking_uri={tracking_uri}: the MLflow store cannot be opened ({type(error).__name__}: {error})") from error
+        raise TrackingStoreError(
+            f"logger.tracking_uri={tracking_uri}: the MLflow store cannot be opened ({type(error).__name__}: {error})"
+        ) from error
     return client
 
 
 def sqlite_path(tracking_uri: str) -> Path | None:
     prefix = "sqlite:///"
-    return Path(tracking_uri[len(prefix):]) if tracking_uri.startswith(prefix) else None
+    return Path(tracking_uri[len(prefix) :]) if tracking_uri.startswith(prefix) else None
 
 
 @contextlib.contextmanager
@@ -77,7 +81,9 @@ class RunLogger:
 
     run_id: str | None = None
 
-    def start(self, run_name: str, params: Mapping[str, str], tags: Mapping[str, str], run_id: str | None = None) -> str | None:
+    def start(
+        self, run_name: str, params: Mapping[str, str], tags: Mapping[str, str], run_id: str | None = None
+    ) -> str | None:
         return None
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
@@ -112,8 +118,15 @@ class MLflowLogger(RunLogger):
     concurrent jobs neither race to create the experiment nor land in "Default".
     """
 
-    def __init__(self, tracking_uri: str, experiment_name: str, experiment_id: str | None = None,
-                 parent_run_id: str | None = None, sweep_id: str | None = None, run_name: str | None = None) -> None:
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment_name: str,
+        experiment_id: str | None = None,
+        parent_run_id: str | None = None,
+        sweep_id: str | None = None,
+        run_name: str | None = None,
+    ) -> None:
         self.tracking_uri = tracking_uri
         self.run_name = run_name
         self.experiment_name = experiment_name
@@ -136,7 +149,9 @@ class MLflowLogger(RunLogger):
             return str(self.experiment_id)
         return ensure_experiment(self.client, self.experiment_name)
 
-    def start(self, run_name: str, params: Mapping[str, str], tags: Mapping[str, str], run_id: str | None = None) -> str:
+    def start(
+        self, run_name: str, params: Mapping[str, str], tags: Mapping[str, str], run_id: str | None = None
+    ) -> str:
         if run_id is not None:
             self.run_id = run_id
             self.client.update_run(run_id, status="RUNNING")
@@ -170,7 +185,9 @@ class MLflowLogger(RunLogger):
         if self.run_id is None or step <= self._last_logged_step:
             return
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None and math.isfinite(float(v))]
+        items = [
+            Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None and math.isfinite(float(v))
+        ]
         for i in range(0, len(items), 1000):
             self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
 
@@ -194,7 +211,9 @@ class MLflowLogger(RunLogger):
         if self.run_id is None:
             return []
         experiment = self.client.get_run(self.run_id).info.experiment_id
-        return [f"mlflow ui --backend-store-uri {self.tracking_uri}   then  http://127.0.0.1:5000/#/experiments/{experiment}/runs/{self.run_id}"]
+        return [
+            f"mlflow ui --backend-store-uri {self.tracking_uri}   then  http://127.0.0.1:5000/#/experiments/{experiment}/runs/{self.run_id}"
+        ]
 
 
 # MLflow 3 opens an experiment on its GenAI overview unless told it holds model training runs.

@@ -1,4 +1,5 @@
 """Audio samples and spectrogram images written next to a run, for MLflow artifacts."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,8 +22,14 @@ def save_spectrograms(reference: torch.Tensor, estimate: torch.Tensor, sample_ra
     for axis, wav, title in zip(axes, (reference, estimate), ("original", "reconstruction")):
         spec = torch.stft(wav.flatten().float(), n_fft, n_fft // 4, window=window, return_complex=True).abs()
         image = 20 * torch.log10(spec + 1e-5)
-        axis.imshow(image.numpy(), origin="lower", aspect="auto", cmap="magma", vmin=float(image.max()) - 80,
-                    extent=(0, wav.numel() / sample_rate, 0, sample_rate / 2000))
+        axis.imshow(
+            image.numpy(),
+            origin="lower",
+            aspect="auto",
+            cmap="magma",
+            vmin=float(image.max()) - 80,
+            extent=(0, wav.numel() / sample_rate, 0, sample_rate / 2000),
+        )
         axis.set_title(title)
         axis.set_xlabel("time (s)")
     axes[0].set_ylabel("frequency (kHz)")

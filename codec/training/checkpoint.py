@@ -7,6 +7,7 @@ one truncated file never corrupts another. Loading verifies each candidate, newe
 file it skipped and why. Files are read with ``weights_only=True``: a checkpoint is data, and a
 crafted pickle cannot run code.
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,6 +22,14 @@ import torch
 
 log = logging.getLogger(__name__)
 STEP_FILE = re.compile(r"step_(\d+)\.pt$")
+
+
+def step_of(path: Path) -> int:
+    """The step in a ``step_<N>.pt`` file name (callers keep only names that match)."""
+    match = STEP_FILE.search(path.name)
+    if match is None:
+        raise ValueError(f"{path.name} is not a step checkpoint name")
+    return int(match.group(1))
 
 
 class CheckpointError(RuntimeError):
@@ -79,8 +88,10 @@ class CheckpointManager:
 
     def history(self) -> list[Path]:
         """Step files, oldest first (by step number, not by name)."""
-        return sorted((p for p in self.directory.glob("step_*.pt") if STEP_FILE.search(p.name)),
-                      key=lambda p: int(STEP_FILE.search(p.name).group(1)))
+        return sorted(
+            (p for p in self.directory.glob("step_*.pt") if STEP_FILE.search(p.name)),
+            key=step_of,
+        )
 
     def save(self, state: dict[str, Any], step: int) -> Path:
         path = atomic_torch_save(state, self.directory / f"step_{step:09d}.pt")
@@ -106,7 +117,7 @@ class CheckpointManager:
         from step 0 over them.
         """
         skipped: dict[str, str] = {}
-        newest_step = max((int(STEP_FILE.search(p.name).group(1)) for p in self.history()), default=-1)
+        newest_step = max((step_of(p) for p in self.history()), default=-1)
         for path in self.candidates():
             try:
                 state = safe_load(path, map_location)
@@ -122,5 +133,7 @@ class CheckpointManager:
             return LoadedCheckpoint(state, path, skipped)
         if skipped:
             reasons = "\n  ".join(f"{p}: {r}" for p, r in skipped.items())
-            raise CheckpointError(f"no checkpoint in {self.directory} can be loaded; move them away to start afresh:\n  {reasons}")
+            raise CheckpointError(
+                f"no checkpoint in {self.directory} can be loaded; move them away to start afresh:\n  {reasons}"
+            )
         return None

@@ -4,12 +4,13 @@ A sweep's answer is only worth what it cost to get, so every run carries its own
 accumulates across resumes (kept in the checkpoint), so a preempted and requeued run reports its
 whole training time, not only its last attempt's; time spent waiting in a queue is not counted.
 """
+
 from __future__ import annotations
 
 import resource
 import sys
 import time
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 

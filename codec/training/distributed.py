@@ -1,4 +1,5 @@
 """Process-group setup from torchrun or SLURM task variables: NCCL on GPU, gloo on CPU."""
+
 from __future__ import annotations
 
 import os
@@ -27,7 +28,9 @@ class DistributedContext:
 def _slurm_master_address() -> str:
     nodes = os.environ.get("SLURM_JOB_NODELIST", "127.0.0.1")
     try:
-        return subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True, text=True, check=True).stdout.split()[0]
+        return subprocess.run(
+            ["scontrol", "show", "hostnames", nodes], capture_output=True, text=True, check=True
+        ).stdout.split()[0]
     except (OSError, subprocess.CalledProcessError, IndexError):
         return nodes.split(",")[0]
 
@@ -46,9 +49,17 @@ def init_distributed(device_type: str) -> DistributedContext:
     if dist.is_available() and dist.is_initialized():
         return DistributedContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:  # torchrun
-        rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
+        rank, world, local = (
+            int(os.environ["RANK"]),
+            int(os.environ["WORLD_SIZE"]),
+            int(os.environ.get("LOCAL_RANK", 0)),
+        )
     elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in os.environ:  # srun tasks
-        rank, world, local = int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_NTASKS"]), int(os.environ.get("SLURM_LOCALID", 0))
+        rank, world, local = (
+            int(os.environ["SLURM_PROCID"]),
+            int(os.environ["SLURM_NTASKS"]),
+            int(os.environ.get("SLURM_LOCALID", 0)),
+        )
         os.environ.setdefault("MASTER_ADDR", _slurm_master_address())
         os.environ.setdefault("MASTER_PORT", str(20000 + int(os.environ.get("SLURM_JOB_ID", "0")) % 20000))
     else:

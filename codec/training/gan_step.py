@@ -5,11 +5,13 @@ the device-side non-finite flag; the loop (:mod:`codec.training.trainer`) owns e
 *when* (resume, cadence, checkpoints, evaluation). The same split as AudioCraft's solver base
 vs compression solver.
 """
+
 from __future__ import annotations
 
 import copy
 import logging
-from typing import Any, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from hydra.utils import instantiate
@@ -25,7 +27,9 @@ from codec.training.timing import NO_TIMING
 log = logging.getLogger(__name__)
 
 
-def split_outputs(outputs: list[DiscriminatorOutput], batch: int) -> tuple[list[DiscriminatorOutput], list[DiscriminatorOutput]]:
+def split_outputs(
+    outputs: list[DiscriminatorOutput], batch: int
+) -> tuple[list[DiscriminatorOutput], list[DiscriminatorOutput]]:
     """Split outputs of one pass over ``cat([real, fake])`` into real and fake halves."""
     real, fake = [], []
     for logits, features in outputs:
@@ -36,25 +40,38 @@ def split_outputs(outputs: list[DiscriminatorOutput], batch: int) -> tuple[list[
 
 def as_float(outputs: list[DiscriminatorOutput], with_features: bool = True) -> list[DiscriminatorOutput]:
     """Discriminator outputs in fp32 for the losses (they may come out of bf16 autocast)."""
-    return [DiscriminatorOutput(o.logits.float(), [f.float() for f in o.features] if with_features else []) for o in outputs]
+    return [
+        DiscriminatorOutput(o.logits.float(), [f.float() for f in o.features] if with_features else []) for o in outputs
+    ]
 
 
 def log_cpu_bf16_discriminators() -> None:
     """Say that the discriminators run in bf16 on CPU, and warn where the CPU has no bf16 units
     (there autocast emulates bf16 and is slower than float32)."""
     if torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        log.info("trainer.cpu_bf16_discriminators: the discriminators run under bf16 autocast on CPU; "
-                 "the generator, quantizer, STFTs and losses stay float32")
+        log.info(
+            "trainer.cpu_bf16_discriminators: the discriminators run under bf16 autocast on CPU; "
+            "the generator, quantizer, STFTs and losses stay float32"
+        )
     else:
-        log.warning("trainer.cpu_bf16_discriminators is on, but this CPU has no native bf16 (AVX512-BF16/AMX): "
-                    "the discriminators will run slower than in float32; set it false here")
+        log.warning(
+            "trainer.cpu_bf16_discriminators is on, but this CPU has no native bf16 (AVX512-BF16/AMX): "
+            "the discriminators will run slower than in float32; set it false here"
+        )
 
 
 class GANStep:
     """One discriminator update then one generator update per batch."""
 
-    def __init__(self, codec: Codec, discriminator: MultiDiscriminator, loss: CodecLoss, settings: TrainerSettings,
-                 device: torch.device, dist: DistributedContext) -> None:
+    def __init__(
+        self,
+        codec: Codec,
+        discriminator: MultiDiscriminator,
+        loss: CodecLoss,
+        settings: TrainerSettings,
+        device: torch.device,
+        dist: DistributedContext,
+    ) -> None:
         self.codec = codec
         self.discriminator = discriminator
         self.loss = loss
@@ -69,29 +86,38 @@ class GANStep:
         if self.ema_codec is not None:
             self.ema_codec.requires_grad_(False)
         self.autocast_enabled = s.bf16 and device.type == "cuda"
-        self.discriminator_autocast_enabled = self.autocast_enabled or (s.cpu_bf16_discriminators and device.type == "cpu")
+        self.discriminator_autocast_enabled = self.autocast_enabled or (
+            s.cpu_bf16_discriminators and device.type == "cpu"
+        )
         if self.discriminator_autocast_enabled and device.type == "cpu":
             log_cpu_bf16_discriminators()
         self.stft_windows = sorted(discriminator.stft_windows() | set(loss.mel.windows))
         self.first_nonfinite_step: torch.Tensor | None = None
 
-        self.codec_forward: torch.nn.Module = codec
-        self.discriminator_forward: torch.nn.Module = discriminator
-        self.discriminator_generator_pass: torch.nn.Module = discriminator
+        # Plain modules, DDP wrappers or compiled callables: each is only ever called.
+        self.codec_forward: Callable[..., Any] = codec
+        self.discriminator_forward: Callable[..., Any] = discriminator
+        self.discriminator_generator_pass: Callable[..., Any] = discriminator
         if dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [device.index] if device.type == "cuda" else None
             # EMA buffers are reduced inside the quantizer, so DDP need not broadcast buffers.
-            self.codec_forward = DDP(codec, device_ids=ids, broadcast_buffers=False,
-                                     find_unused_parameters=codec.quantizer.skips_codebooks_in_training)
+            self.codec_forward = DDP(
+                codec,
+                device_ids=ids,
+                broadcast_buffers=False,
+                find_unused_parameters=codec.quantizer.skips_codebooks_in_training,
+            )
             self.discriminator_forward = DDP(discriminator, device_ids=ids, broadcast_buffers=False)
         self.compile_enabled = enabled_on(s.compile, device.type)
         if self.compile_enabled:
             log.info("torch.compile is on (trainer.compile=%s): the first steps include compilation", s.compile)
             self.codec_forward = torch.compile(self.codec_forward)
             self.discriminator_forward = torch.compile(self.discriminator_forward)
-            self.discriminator_generator_pass = torch.compile(discriminator) if dist.enabled else self.discriminator_forward
+            self.discriminator_generator_pass = (
+                torch.compile(discriminator) if dist.enabled else self.discriminator_forward
+            )
 
     def _optimizer(self, node: dict, parameters: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
         """The configured optimizer; Adam/AdamW get the fused kernel when ``trainer.fused_optimizer``
@@ -120,7 +146,7 @@ class GANStep:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
-        if self.sched_g and state.get("sched_g"):
+        if self.sched_g and self.sched_d and state.get("sched_g"):
             self.sched_g.load_state_dict(state["sched_g"])
             self.sched_d.load_state_dict(state["sched_d"])
         if self.ema_codec is not None and state.get("ema_codec"):
@@ -161,7 +187,9 @@ class GANStep:
             with timer.phase("discriminator_forward_backward"):
                 self.discriminator.requires_grad_(True)
                 with self._autocast(self.discriminator_autocast_enabled):
-                    real_d, fake_d = split_outputs(self.discriminator_forward(joint.detach(), detach_bank(spectra)), size)
+                    real_d, fake_d = split_outputs(
+                        self.discriminator_forward(joint.detach(), detach_bank(spectra)), size
+                    )
                 loss_d = self.loss.discriminator(as_float(real_d, False), as_float(fake_d, False))
                 self.track_finite({"discriminator": loss_d}, step)
                 self.opt_d.zero_grad(set_to_none=True)
@@ -169,7 +197,10 @@ class GANStep:
                 grad_norm_d = self._clip(self.discriminator.parameters())
             with timer.phase("optimizer"):
                 self.opt_d.step()
-            discriminator_metrics = {"train/loss_discriminator": loss_d.detach(), "train/grad_norm_discriminator": grad_norm_d.detach()}
+            discriminator_metrics = {
+                "train/loss_discriminator": loss_d.detach(),
+                "train/grad_norm_discriminator": grad_norm_d.detach(),
+            }
 
         with timer.phase("generator_forward"):
             real_g = fake_g = None
@@ -179,7 +210,9 @@ class GANStep:
                 with self._autocast(self.discriminator_autocast_enabled):
                     real_g, fake_g = self._generator_pass(batch, fake, joint, spectra, real_spectra, fake_spectra)
                 real_g, fake_g = as_float(real_g), as_float(fake_g)
-            terms = self.loss.generator_terms(batch, fake, out.quantizer.losses["total"], real_g, fake_g, real_spectra, fake_spectra)
+            terms = self.loss.generator_terms(
+                batch, fake, out.quantizer.losses["total"], real_g, fake_g, real_spectra, fake_spectra
+            )
             loss_g = self.loss.total(terms)
             self.track_finite({"generator": loss_g, **terms}, step)
         with timer.phase("generator_backward"):
@@ -194,20 +227,29 @@ class GANStep:
             self._update_ema()
 
         metrics = {f"train/{k}": v.detach() for k, v in terms.items()}
-        metrics.update({
-            "train/loss_generator": loss_g.detach(),
-            "train/grad_norm_generator": grad_norm_g.detach(),
-            "train/commitment": out.quantizer.losses["commitment"].detach(),
-            **discriminator_metrics,
-        })
+        metrics.update(
+            {
+                "train/loss_generator": loss_g.detach(),
+                "train/grad_norm_generator": grad_norm_g.detach(),
+                "train/commitment": out.quantizer.losses["commitment"].detach(),
+                **discriminator_metrics,
+            }
+        )
         for key, values in out.quantizer.stats.items():
             metrics[f"train/codebook_{key}_mean"] = values.float().mean()
             if key == "replaced_fraction":
                 metrics[f"train/codebook_{key}_max"] = values.float().max()
         return metrics
 
-    def _generator_pass(self, real: torch.Tensor, fake: torch.Tensor, joint: torch.Tensor, spectra: SpectrumBank,
-                        real_spectra: SpectrumBank, fake_spectra: SpectrumBank) -> tuple[list[DiscriminatorOutput], list[DiscriminatorOutput]]:
+    def _generator_pass(
+        self,
+        real: torch.Tensor,
+        fake: torch.Tensor,
+        joint: torch.Tensor,
+        spectra: SpectrumBank,
+        real_spectra: SpectrumBank,
+        fake_spectra: SpectrumBank,
+    ) -> tuple[list[DiscriminatorOutput], list[DiscriminatorOutput]]:
         """The discriminators' verdicts on real and fake audio for the generator's losses.
 
         Real features are only feature-matching targets (detached there), so with
@@ -228,7 +270,9 @@ class GANStep:
         marker = torch.full((), step + 1, dtype=torch.long, device=finite.device)
         if self.first_nonfinite_step is None:
             self.first_nonfinite_step = torch.zeros((), dtype=torch.long, device=finite.device)
-        self.first_nonfinite_step = torch.where((self.first_nonfinite_step == 0) & ~finite, marker, self.first_nonfinite_step)
+        self.first_nonfinite_step = torch.where(
+            (self.first_nonfinite_step == 0) & ~finite, marker, self.first_nonfinite_step
+        )
 
     def nonfinite_step(self) -> int:
         """The first step with a non-finite loss, or 0 (this syncs with the device)."""
@@ -239,6 +283,7 @@ class GANStep:
         if self.ema_codec is None:
             return
         decay = self.settings.ema_decay
+        assert decay is not None  # ema_codec exists only with a decay
         for ema_p, p in zip(self.ema_codec.parameters(), self.codec.parameters()):
             ema_p.lerp_(p.detach(), 1.0 - decay)
         for ema_b, b in zip(self.ema_codec.buffers(), self.codec.buffers()):

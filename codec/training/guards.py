@@ -9,11 +9,12 @@ check stays in the trainer (it must also keep bad weights out of checkpoints).
 
 The ``guard`` config node's keys are :class:`Guardrails` arguments; ``guard=off`` disables all.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 COLLAPSE = "codebook_collapse"
 DIVERGENCE = "divergence"
@@ -54,14 +55,21 @@ class Guardrails:
         overpowering_max_discriminator_loss: float | None = 0.05,
         overpowering_patience: int = 10,
     ) -> None:
-        for name, value in (("collapse_patience", collapse_patience), ("divergence_patience", divergence_patience),
-                            ("overpowering_patience", overpowering_patience)):
+        for name, value in (
+            ("collapse_patience", collapse_patience),
+            ("divergence_patience", divergence_patience),
+            ("overpowering_patience", overpowering_patience),
+        ):
             if int(value) < 1:
                 raise ValueError(f"guard.{name}={value} must be a positive integer (evaluations or log steps in a row)")
         if divergence_factor is not None and not divergence_factor > 1.0:
-            raise ValueError(f"guard.divergence_factor={divergence_factor} must exceed 1 (a multiple of the best value) or be null")
+            raise ValueError(
+                f"guard.divergence_factor={divergence_factor} must exceed 1 (a multiple of the best value) or be null"
+            )
         if collapse_min_usage is not None and not 0.0 < collapse_min_usage <= 1.0:
-            raise ValueError(f"guard.collapse_min_usage={collapse_min_usage} must be a fraction of the codebook in (0, 1] or null")
+            raise ValueError(
+                f"guard.collapse_min_usage={collapse_min_usage} must be a fraction of the codebook in (0, 1] or null"
+            )
         self.collapse_min_perplexity = collapse_min_perplexity
         self.collapse_min_usage = collapse_min_usage
         self.collapse_patience = int(collapse_patience)
@@ -77,8 +85,12 @@ class Guardrails:
 
     # -- state (kept in checkpoints so a resumed run counts on where it stopped) --------------
     def state_dict(self) -> dict:
-        return {"collapsed_evals": self._collapsed_evals, "diverged_evals": self._diverged_evals,
-                "best": self._best, "streak": list(self._streak)}
+        return {
+            "collapsed_evals": self._collapsed_evals,
+            "diverged_evals": self._diverged_evals,
+            "best": self._best,
+            "streak": list(self._streak),
+        }
 
     def load_state_dict(self, state: Mapping) -> None:
         self._collapsed_evals = int(state.get("collapsed_evals", 0))
@@ -87,7 +99,9 @@ class Guardrails:
         self._streak = [float(v) for v in state.get("streak", [])]
 
     # -- monitors ------------------------------------------------------------------------------
-    def after_evaluation(self, step: int, metrics: Mapping[str, float], codebook: Mapping[str, Sequence[float]]) -> GuardStop | None:
+    def after_evaluation(
+        self, step: int, metrics: Mapping[str, float], codebook: Mapping[str, Sequence[float]]
+    ) -> GuardStop | None:
         """Check a validation result (``metrics`` without split prefix, ``codebook`` per-codebook lists)."""
         divergence = self._check_divergence(step, metrics)  # the step-0 baseline counts as a best value
         if step == 0:
@@ -107,8 +121,12 @@ class Guardrails:
                 failing.append(f"codebook {worst} {key} {values[worst]:.3g} < {threshold:g}")
         self._collapsed_evals = self._collapsed_evals + 1 if failing else 0
         if failing and self._collapsed_evals >= self.collapse_patience:
-            return GuardStop(COLLAPSE, f"codebook collapse: {'; '.join(failing)} for {self._collapsed_evals} evaluations in a row "
-                                       f"(guard.collapse_patience={self.collapse_patience})", step)
+            return GuardStop(
+                COLLAPSE,
+                f"codebook collapse: {'; '.join(failing)} for {self._collapsed_evals} evaluations in a row "
+                f"(guard.collapse_patience={self.collapse_patience})",
+                step,
+            )
         return None
 
     def _check_divergence(self, step: int, metrics: Mapping[str, float]) -> GuardStop | None:
@@ -119,9 +137,13 @@ class Guardrails:
         above = value > self.divergence_factor * self._best
         self._diverged_evals = self._diverged_evals + 1 if above else 0
         if above and self._diverged_evals >= self.divergence_patience:
-            return GuardStop(DIVERGENCE, f"divergence: valid {self.divergence_metric} {value:.4g} > {self.divergence_factor:g} x its best "
-                                         f"{self._best:.4g} for {self._diverged_evals} evaluations in a row "
-                                         f"(guard.divergence_patience={self.divergence_patience})", step)
+            return GuardStop(
+                DIVERGENCE,
+                f"divergence: valid {self.divergence_metric} {value:.4g} > {self.divergence_factor:g} x its best "
+                f"{self._best:.4g} for {self._diverged_evals} evaluations in a row "
+                f"(guard.divergence_patience={self.divergence_patience})",
+                step,
+            )
         return None
 
     def after_log(self, step: int, values: Mapping[str, float]) -> GuardStop | None:
@@ -136,7 +158,10 @@ class Guardrails:
             return None
         self._streak.append(float(adversarial))
         if len(self._streak) >= self.overpowering_patience and self._streak[-1] > self._streak[0]:
-            reason = (f"discriminator overpowering: discriminator loss below {ceiling:g} for {len(self._streak)} log steps in a row "
-                      f"while the generator's adversarial loss rose from {self._streak[0]:.4g} to {self._streak[-1]:.4g}")
+            reason = (
+                f"discriminator overpowering: discriminator loss below {ceiling:g} for {len(self._streak)} log steps "
+                "in a row "
+                f"while the generator's adversarial loss rose from {self._streak[0]:.4g} to {self._streak[-1]:.4g}"
+            )
             return GuardStop(OVERPOWERING, reason, step)
         return None

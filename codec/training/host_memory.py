@@ -7,6 +7,7 @@ turning ``mmap`` off for large blocks (``mallopt``) makes freed blocks reusable 
 Same arithmetic, same results; the process keeps its peak host memory instead of shrinking
 between steps. A no-op off glibc (other C libraries, macOS).
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -29,11 +30,15 @@ TOP_PAD_BYTES = 256 << 20
 def retain_freed_host_memory() -> bool:
     """Tell glibc's allocator to reuse freed blocks rather than unmap them. True when applied."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        log.info("retain_host_memory: not glibc (%s); allocator left as it is", platform.libc_ver()[0] or platform.system())
+        log.info(
+            "retain_host_memory: not glibc (%s); allocator left as it is", platform.libc_ver()[0] or platform.system()
+        )
         return False
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    applied = all(libc.mallopt(option, value) == 1 for option, value in (
-        (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES), (M_TOP_PAD, TOP_PAD_BYTES)))
+    applied = all(
+        libc.mallopt(option, value) == 1
+        for option, value in ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES), (M_TOP_PAD, TOP_PAD_BYTES))
+    )
     if not applied:
         log.warning("retain_host_memory: glibc refused a mallopt setting; allocator left partly as it was")
     return applied

@@ -11,24 +11,47 @@ files go. It drives all three places that need it:
 So raising ``trainer.max_steps`` continues the same run in the same directory and MLflow run,
 and a different ``data.path`` is a different run with its own directory.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from codec.config import flatten
 
 UNTRAINED_KEYS = (
     # where it runs, logs and writes, and the names it goes by
-    "hydra", "logger", "paths", "name", "sweep_name", "sweep", "cluster", "data.cache_dir",
+    "hydra",
+    "logger",
+    "paths",
+    "name",
+    "sweep_name",
+    "sweep",
+    "cluster",
+    "data.cache_dir",
     # how it is evaluated and reported, and when a doomed run is stopped
-    "eval", "guard", "probe", "trainer.log_every", "trainer.eval_every", "trainer.eval_at_start", "trainer.best_metric", "trainer.best_mode",
+    "eval",
+    "guard",
+    "probe",
+    "trainer.log_every",
+    "trainer.eval_every",
+    "trainer.eval_at_start",
+    "trainer.best_metric",
+    "trainer.best_mode",
     # how long it runs and how it is kept
-    "trainer.max_steps", "trainer.checkpoint_every", "trainer.keep_last", "trainer.max_requeues",
+    "trainer.max_steps",
+    "trainer.checkpoint_every",
+    "trainer.keep_last",
+    "trainer.max_requeues",
     # how fast, not what (same losses within float tolerance)
-    "trainer.num_workers", "trainer.device", "trainer.compile", "trainer.fused_optimizer",
-    "trainer.retain_host_memory", "trainer.real_features_without_grad",
+    "trainer.num_workers",
+    "trainer.device",
+    "trainer.compile",
+    "trainer.fused_optimizer",
+    "trainer.retain_host_memory",
+    "trainer.real_features_without_grad",
 )
 
 
@@ -70,8 +93,11 @@ def identity_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     the new config moves it off its former behaviour."""
     a, b = identity_items(old), identity_items(new)
     predated = {key for key in predated_options(old) if b.get(key) == ADDED_OPTION_DEFAULTS[key]}
-    return [f"{key}: {a.get(key)!r} -> {b.get(key)!r}" for key in sorted(set(a) | set(b))
-            if a.get(key) != b.get(key) and key not in predated]
+    return [
+        f"{key}: {a.get(key)!r} -> {b.get(key)!r}"
+        for key in sorted(set(a) | set(b))
+        if a.get(key) != b.get(key) and key not in predated
+    ]
 
 
 def predated_options(old: Mapping[str, Any]) -> list[str]:

@@ -3,6 +3,7 @@
 dies, so a killed run never leaves a stale lock. Unlike ``flock``, a record lock is not inherited
 by forked children, so data loader workers that outlive a killed trainer by a few seconds do not
 keep its run locked. The file records who holds the lock, for the message."""
+
 from __future__ import annotations
 
 import errno
@@ -12,6 +13,7 @@ import os
 import socket
 import time
 from pathlib import Path
+from typing import IO
 
 
 class RunDirectoryBusy(RuntimeError):
@@ -21,9 +23,9 @@ class RunDirectoryBusy(RuntimeError):
 class RunLock:
     def __init__(self, run_dir: Path) -> None:
         self.path = Path(run_dir) / ".lock"
-        self._handle = None
+        self._handle: IO[str] | None = None
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(self.path, "a+")
         try:
@@ -40,7 +42,8 @@ class RunLock:
             except json.JSONDecodeError:
                 who = {}
             raise RunDirectoryBusy(
-                f"{self.path.parent} is being trained by another process (pid {who.get('pid', '?')} on {who.get('host', '?')}, "
+                f"{self.path.parent} is being trained by another process (pid {who.get('pid', '?')} on "
+                f"{who.get('host', '?')}, "
                 f"started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(who.get('since', 0)))}); "
                 "wait for it to finish or stop it, then run this command again to resume"
             ) from None

@@ -1,10 +1,12 @@
 """The record of a run: what it is (overrides, identity, git commit, model facts) and where it
 is tracked (the MLflow run, ``status.json``, the resolved config beside the checkpoints)."""
+
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -16,7 +18,9 @@ from codec.training.status import read_status, write_status
 
 def git_commit(directory: Path) -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -43,8 +47,15 @@ def model_facts(codec: Codec, discriminator_params: int) -> dict[str, float]:
     }
 
 
-def start_run_record(logger: RunLogger, run_dir: Path, config: Mapping[str, Any], identity: str, max_steps: int,
-                     facts: Mapping[str, float], run_id: str | None = None) -> str | None:
+def start_run_record(
+    logger: RunLogger,
+    run_dir: Path,
+    config: Mapping[str, Any],
+    identity: str,
+    max_steps: int,
+    facts: Mapping[str, float],
+    run_id: str | None = None,
+) -> str | None:
     """Open (or re-open) the run's tracker entry and record it in ``status.json``.
 
     A run seen for the first time also gets its model facts, resolved config and git commit.
@@ -53,10 +64,26 @@ def start_run_record(logger: RunLogger, run_dir: Path, config: Mapping[str, Any]
     overrides = command_line_overrides()
     name = str(config.get("name"))
     commit = git_commit(Path(__file__).resolve().parents[2])
-    tags = {"identity": identity, "run_dir": str(Path(run_dir).resolve()), "overrides": overrides, "git_commit": commit, "name": name}
+    tags = {
+        "identity": identity,
+        "run_dir": str(Path(run_dir).resolve()),
+        "overrides": overrides,
+        "git_commit": commit,
+        "name": name,
+    }
     task_config = {k: v for k, v in config.items() if k != "hydra"}
-    new_run_id = logger.start(run_name=f"{name}:{overrides or 'default'}", params=flatten_config(task_config), tags=tags, run_id=run_id)
-    write_status(run_dir, state="running", run_id=new_run_id, identity=identity, overrides=overrides, max_steps=max_steps, name=name)
+    new_run_id = logger.start(
+        run_name=f"{name}:{overrides or 'default'}", params=flatten_config(task_config), tags=tags, run_id=run_id
+    )
+    write_status(
+        run_dir,
+        state="running",
+        run_id=new_run_id,
+        identity=identity,
+        overrides=overrides,
+        max_steps=max_steps,
+        name=name,
+    )
     if run_id is None:
         logger.log_metrics(dict(facts), 0)
         config_file = Path(run_dir) / "resolved_config.yaml"

@@ -1,12 +1,14 @@
 """The ``trainer`` config node as a typed object; unknown keys are rejected by name."""
+
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from codec.config import plain_dict
 from codec.training.warm_start import PARTS as WARM_START_PARTS
 
 
@@ -30,8 +32,12 @@ class TrainerSettings:
     discriminator_warmup_steps: int = 0
     discriminator_start_step: int = 0
     grad_clip: float | None = 1000.0
-    generator_optimizer: dict[str, Any] = field(default_factory=lambda: {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 3e-4})
-    discriminator_optimizer: dict[str, Any] = field(default_factory=lambda: {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 3e-4})
+    generator_optimizer: dict[str, Any] = field(
+        default_factory=lambda: {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 3e-4}
+    )
+    discriminator_optimizer: dict[str, Any] = field(
+        default_factory=lambda: {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 3e-4}
+    )
     scheduler: dict[str, Any] | None = None
     ema_decay: float | None = None
     device: str = "auto"
@@ -48,8 +54,8 @@ class TrainerSettings:
     init_parts: list[str] = field(default_factory=lambda: ["encoder", "decoder"])
 
     @classmethod
-    def from_config(cls, node: DictConfig | dict) -> "TrainerSettings":
-        values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    def from_config(cls, node: DictConfig | dict) -> TrainerSettings:
+        values = plain_dict(node) if isinstance(node, DictConfig) else dict(node)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -80,7 +86,9 @@ class TrainerSettings:
                 raise TrainerConfigError(f"trainer.{name}={getattr(self, name)!r} must be true, false or auto")
         unknown_parts = sorted(set(self.init_parts or []) - set(WARM_START_PARTS))
         if unknown_parts or not self.init_parts:
-            raise TrainerConfigError(f"trainer.init_parts={self.init_parts} must name one or more of {list(WARM_START_PARTS)}")
+            raise TrainerConfigError(
+                f"trainer.init_parts={self.init_parts} must name one or more of {list(WARM_START_PARTS)}"
+            )
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise TrainerConfigError(f"trainer.device={self.device!r} must be auto, cpu, cuda or cuda:N")
 

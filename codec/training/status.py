@@ -2,6 +2,7 @@
 
 The sweep status command reads these files; they are the run's own account of itself.
 """
+
 from __future__ import annotations
 
 import json

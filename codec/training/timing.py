@@ -3,12 +3,13 @@
 Training uses :data:`NO_TIMING`, which adds nothing to the step. A synchronizing timer waits for
 the device at each phase edge, so GPU work is charged to the phase that queued it.
 """
+
 from __future__ import annotations
 
 import contextlib
 import time
 from collections import defaultdict
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 

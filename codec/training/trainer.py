@@ -5,23 +5,24 @@ the run directory (checkpoints, status, samples) and in the run logger (MLflow o
 Running it again on the same run directory resumes from ``checkpoints/latest.pt``. The update of
 one batch lives in :mod:`codec.training.gan_step`, the run's record in :mod:`codec.training.run_record`.
 """
+
 from __future__ import annotations
 
 import logging
 import math
 import os
-import signal
 import random
 import re
+import signal
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from codec.config import ConfigError, build, build_codec, build_discriminator, build_loss, validate
+from codec.config import ConfigError, build, build_codec, build_discriminator, build_loss, plain_dict, validate
 from codec.evaluation import EvalResult, Evaluator
 from codec.probe import ProbeDataError, TokenProbes
 from codec.tracking import NullLogger, RunLogger
@@ -30,7 +31,7 @@ from codec.training.checkpoint import CheckpointManager
 from codec.training.cost import RunCost
 from codec.training.distributed import DistributedContext, any_rank, init_distributed, launch_rank
 from codec.training.gan_step import GANStep
-from codec.training.guards import GuardStop, Guardrails
+from codec.training.guards import Guardrails, GuardStop
 from codec.training.host_memory import retain_freed_host_memory
 from codec.training.identity import identity_diff, predated_options, run_identity
 from codec.training.run_lock import RunLock
@@ -67,8 +68,13 @@ def rng_state() -> dict[str, Any]:
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(position),
-                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "numpy": {
+            "name": name,
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(position),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
         "python": random.getstate(),
     }
 
@@ -78,8 +84,15 @@ def set_rng_state(rng: dict[str, Any]) -> None:
     if rng.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
     numpy_state = rng["numpy"]
-    np.random.set_state((numpy_state["name"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
-                         numpy_state["has_gauss"], numpy_state["gauss"]))
+    np.random.set_state(
+        (
+            numpy_state["name"],
+            numpy_state["keys"].numpy().astype(np.uint32),
+            numpy_state["pos"],
+            numpy_state["has_gauss"],
+            numpy_state["gauss"],
+        )
+    )
     version, internal, gauss_next = rng["python"]
     random.setstate((version, tuple(internal), gauss_next))
 
@@ -101,9 +114,11 @@ class Trainer:
         try:
             self.run_lock = RunLock(self.run_dir).acquire() if launch_rank() == 0 else None
         except PermissionError as error:
-            raise ConfigError(f"{self.run_dir} is not writable ({error.strerror}); choose another run directory "
-                              "(paths.runs=... or hydra.run.dir=...) or fix its permissions") from error
-        self.config = OmegaConf.to_container(cfg, resolve=True)
+            raise ConfigError(
+                f"{self.run_dir} is not writable ({error.strerror}); choose another run directory "
+                "(paths.runs=... or hydra.run.dir=...) or fix its permissions"
+            ) from error
+        self.config = plain_dict(cfg)
         try:
             self.settings = TrainerSettings.from_config(cfg.trainer)
         except TrainerConfigError as error:
@@ -168,8 +183,10 @@ class Trainer:
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as error:
-            raise ConfigError(f"{directory} is not writable ({error.strerror}); choose another run directory "
-                              "(paths.runs=... or hydra.run.dir=...) or fix its permissions") from error
+            raise ConfigError(
+                f"{directory} is not writable ({error.strerror}); choose another run directory "
+                "(paths.runs=... or hydra.run.dir=...) or fix its permissions"
+            ) from error
         return manager
 
     def _check_segment(self) -> None:
@@ -179,9 +196,12 @@ class Trainer:
         needed = max(2 * self.codec.hop_length, *self.gan.stft_windows)
         if samples < needed:
             raise ConfigError(
-                f"trainer.segment_seconds={s.segment_seconds} gives {samples} samples at {self.codec.sample_rate} Hz; at least "
+                f"trainer.segment_seconds={s.segment_seconds} gives {samples} samples at {self.codec.sample_rate} "
+                "Hz; at least "
                 f"{needed} are needed (two hops of {self.codec.hop_length} samples and the longest STFT window, "
-                f"{max(self.gan.stft_windows)}): raise trainer.segment_seconds to {needed / self.codec.sample_rate:.3f} or more")
+                f"{max(self.gan.stft_windows)}): raise trainer.segment_seconds to "
+                f"{needed / self.codec.sample_rate:.3f} or more"
+            )
 
     def _warm_start(self) -> dict[str, Any] | None:
         """Copy ``trainer.init_parts`` from ``trainer.init_from`` (before the optimizers and the
@@ -196,7 +216,13 @@ class Trainer:
             done = warm_start(self.codec, self.discriminator, self.settings.init_from, self.settings.init_parts)
         except WarmStartError as error:
             raise ConfigError(str(error)) from error
-        log.info("warm start: %s from %s (its step %d, %s weights)", ", ".join(done["parts"]), done["file"], done["step"], done["weights"])
+        log.info(
+            "warm start: %s from %s (its step %d, %s weights)",
+            ", ".join(done["parts"]),
+            done["file"],
+            done["step"],
+            done["weights"],
+        )
         return done
 
     def _check_training_scale(self) -> None:
@@ -207,8 +233,10 @@ class Trainer:
         try:
             self.codec.quantizer.check_training_scale(vectors)
         except ValueError as error:
-            raise ConfigError(f"{error} (the batch: trainer.batch_size={s.batch_size} x trainer.segment_seconds={s.segment_seconds} "
-                              f"x {self.codec.frame_rate:g} frames/s x {self.dist.world_size} rank(s) = {vectors} frames)") from error
+            raise ConfigError(
+                f"{error} (the batch: trainer.batch_size={s.batch_size} x trainer.segment_seconds={s.segment_seconds} "
+                f"x {self.codec.frame_rate:g} frames/s x {self.dist.world_size} rank(s) = {vectors} frames)"
+            ) from error
 
     # -- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -236,8 +264,10 @@ class Trainer:
                     f"{self.run_dir} holds a checkpoint of a different configuration; refusing to resume. "
                     f"Changed keys: {changes[:10]}. Use another run directory (hydra.run.dir=...) to start afresh."
                 )
-            log.info("the checkpoint predates options added since (%s); they keep its behaviour, resuming",
-                     ", ".join(predated_options(state.get("config", {}))))
+            log.info(
+                "the checkpoint predates options added since (%s); they keep its behaviour, resuming",
+                ", ".join(predated_options(state.get("config", {}))),
+            )
         self.step = int(state["step"])
         self.codec.load_state_dict(state["codec"])
         self.discriminator.load_state_dict(state["discriminator"])
@@ -270,7 +300,9 @@ class Trainer:
 
     def _start_logging(self) -> None:
         facts = model_facts(self.codec, sum(p.numel() for p in self.discriminator.parameters()))
-        self.run_id = start_run_record(self.logger, self.run_dir, self.config, self.identity, self.settings.max_steps, facts, self.run_id)
+        self.run_id = start_run_record(
+            self.logger, self.run_dir, self.config, self.identity, self.settings.max_steps, facts, self.run_id
+        )
 
     def train_step(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         """One GAN update at the current step (see :class:`~codec.training.gan_step.GANStep`)."""
@@ -295,15 +327,22 @@ class Trainer:
     def evaluate(self, split: str) -> EvalResult:
         if split == "valid":
             if self._valid_utterances is None:
-                self._valid_utterances = self.data.utterances("valid", self.evaluator.max_utterances, self.evaluator.max_seconds)
+                self._valid_utterances = self.data.utterances(
+                    "valid", self.evaluator.max_utterances, self.evaluator.max_seconds
+                )
             utterances = self._valid_utterances
         else:
             if self._test_utterances is None:
                 self._test_utterances = self.data.utterances("test", None, self.evaluator.max_seconds)
             utterances = self._test_utterances
         grammar = self.data.asr_grammar()
-        return self.evaluator.evaluate(self.gan.eval_model, utterances, self.device, self.data.transcripts(split),
-                                       str(grammar) if grammar else None)
+        return self.evaluator.evaluate(
+            self.gan.eval_model,
+            utterances,
+            self.device,
+            self.data.transcripts(split),
+            str(grammar) if grammar else None,
+        )
 
     def _log_eval(self, split: str, result: EvalResult) -> dict[str, float]:
         metrics = {f"{split}/{k}": v for k, v in result.metrics.items()}
@@ -314,7 +353,11 @@ class Trainer:
         sample_dir = self.run_dir / "samples" / f"{split}_step_{self.step:09d}"
         for path in save_samples(result.samples, self.codec.sample_rate, sample_dir):
             self.logger.log_artifact(path, f"samples/{split}_step_{self.step:09d}")
-        summary = ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items() if not k.endswith("_std") and not k.startswith("codebook_"))
+        summary = ", ".join(
+            f"{k}={v:.4g}"
+            for k, v in result.metrics.items()
+            if not k.endswith("_std") and not k.startswith("codebook_")
+        )
         log.info("step %d %s: %s", self.step, split, summary)
         return metrics
 
@@ -335,15 +378,20 @@ class Trainer:
             self.guard_stop = self.guards.after_evaluation(self.step, result.metrics, result.codebook)
         key = self.settings.best_metric
         if key not in metrics:
-            raise ConfigError(f"trainer.best_metric={key!r} is not among the validation metrics {sorted(metrics)[:12]}...")
+            raise ConfigError(
+                f"trainer.best_metric={key!r} is not among the validation metrics {sorted(metrics)[:12]}..."
+            )
         if self._is_better(metrics[key]):
             self.best_value = metrics[key]
             self.best_metrics = {k.split("/", 1)[1]: v for k, v in metrics.items() if not PER_CODEBOOK_KEY.search(k)}
             self.best_metrics["step"] = self.step
             step_file = self.save_checkpoint()
-            self.checkpoints.mark_best(step_file)
+            if step_file is not None:
+                self.checkpoints.mark_best(step_file)
             self.logger.log_metrics({f"best/{k}": v for k, v in self.best_metrics.items()}, self.step)
-            write_status(self.run_dir, best={k: self.best_metrics[k] for k in self.best_metrics if not k.endswith("_std")})
+            write_status(
+                self.run_dir, best={k: self.best_metrics[k] for k in self.best_metrics if not k.endswith("_std")}
+            )
 
     # -- the loop ----------------------------------------------------------------------------
     def _resume(self) -> None:
@@ -370,19 +418,32 @@ class Trainer:
                 log.info("run in %s already finished at step %d; nothing to do", self.run_dir, self.step)
                 return status
             if status.get("state") == "stopped_early" and status.get("guard_settings") == self.config.get("guard"):
-                log.info("run in %s was stopped at step %d by a guardrail (%s); nothing to do. Loosen guard.* or pick "
-                         "guard=off to train it on", self.run_dir, self.step, status.get("reason"))
+                log.info(
+                    "run in %s was stopped at step %d by a guardrail (%s); nothing to do. Loosen guard.* or pick "
+                    "guard=off to train it on",
+                    self.run_dir,
+                    self.step,
+                    status.get("reason"),
+                )
                 return status
             if self.dist.is_main:
                 self._start_logging()
                 log.info("run directory %s | %s | device %s", self.run_dir, self.logger.describe(), self.device)
-                self.logger.set_tags({f"metric_package.{name}": version for name, version in self.evaluator.packages().items()})
+                self.logger.set_tags(
+                    {f"metric_package.{name}": version for name, version in self.evaluator.packages().items()}
+                )
                 if self.warm_start is not None:
-                    self.logger.set_tags({"warm_start": f"{','.join(self.warm_start['parts'])} from {self.warm_start['file']} "
-                                                        f"(step {self.warm_start['step']})"})
+                    self.logger.set_tags(
+                        {
+                            "warm_start": f"{','.join(self.warm_start['parts'])} from {self.warm_start['file']} "
+                            f"(step {self.warm_start['step']})"
+                        }
+                    )
                 skipped = read_status(self.run_dir).get("skipped_checkpoints")
                 if skipped:
-                    self.logger.set_tags({"skipped_checkpoints": "; ".join(f"{k}: {v}" for k, v in skipped.items())[:5000]})
+                    self.logger.set_tags(
+                        {"skipped_checkpoints": "; ".join(f"{k}: {v}" for k, v in skipped.items())[:5000]}
+                    )
             if self.step == 0 and self.settings.eval_at_start and self.dist.is_main:
                 baseline = self.evaluate("valid")  # the untrained baseline
                 self._log_eval("valid", baseline)
@@ -431,12 +492,23 @@ class Trainer:
 
     def _record_guard_stop(self, stop: GuardStop) -> None:
         """A guardrail ended the run: status, tracker tag and status say which and why; the sweep goes on."""
-        write_status(self.run_dir, state="stopped_early", guard=stop.guard, reason=stop.reason, stopped_at_step=stop.step,
-                     guard_settings=self.config.get("guard"))
+        write_status(
+            self.run_dir,
+            state="stopped_early",
+            guard=stop.guard,
+            reason=stop.reason,
+            stopped_at_step=stop.step,
+            guard_settings=self.config.get("guard"),
+        )
         self.logger.set_tags({"guard": stop.guard, "stop_reason": stop.reason[:5000]})
         self.logger.finish("KILLED")
-        log.warning("stopped early at step %d by guardrail %s: %s; checkpoint %s kept", stop.step, stop.guard, stop.reason,
-                    self.checkpoints.latest)
+        log.warning(
+            "stopped early at step %d by guardrail %s: %s; checkpoint %s kept",
+            stop.step,
+            stop.guard,
+            stop.reason,
+            self.checkpoints.latest,
+        )
 
     def _save_rank_quantizer_state(self) -> None:
         """Each rank's codebooks, so their agreement across ranks can be checked."""
@@ -449,9 +521,15 @@ class Trainer:
         if self.step >= s.max_steps:
             return
         loader = self.data.train_loader(
-            s.batch_size, s.segment_seconds, s.seed, self.step, s.max_steps,
-            num_workers=s.num_workers, pin_memory=self.device.type == "cuda",
-            rank=self.dist.rank, world_size=self.dist.world_size,
+            s.batch_size,
+            s.segment_seconds,
+            s.seed,
+            self.step,
+            s.max_steps,
+            num_workers=s.num_workers,
+            pin_memory=self.device.type == "cuda",
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
         )
         window_start, window_steps = time.perf_counter(), 0
         loop_start, loop_first_step = window_start, self.step
@@ -463,14 +541,18 @@ class Trainer:
             metrics = self.train_step(batch)
             # *_max metrics are maxima over every step since the last log line, not the last step's.
             for key in [k for k in metrics if k.endswith("_max")]:
-                window_max[key] = metrics[key] if key not in window_max else torch.maximum(window_max[key], metrics[key])
+                window_max[key] = (
+                    metrics[key] if key not in window_max else torch.maximum(window_max[key], metrics[key])
+                )
             self.step += 1
             window_steps += 1
             if self.step % s.log_every == 0 or self.step == s.max_steps:
                 self._raise_if_nonfinite()
                 now = time.perf_counter()
                 values = {k: float(v) for k, v in {**metrics, **window_max}.items()}
-                values["train/throughput_audio_seconds_per_second"] = window_steps * s.batch_size * s.segment_seconds / max(now - window_start, 1e-9)
+                values["train/throughput_audio_seconds_per_second"] = (
+                    window_steps * s.batch_size * s.segment_seconds / max(now - window_start, 1e-9)
+                )
                 values["train/lr_generator"] = self.gan.opt_g.param_groups[0]["lr"]
                 values.update(self.cost.metrics(self.step))
                 self.logger.log_metrics(values, self.step)
@@ -478,11 +560,23 @@ class Trainer:
                     self.guard_stop = self.guards.after_log(self.step, values)
                 eta = (now - loop_start) / (self.step - loop_first_step) * (s.max_steps - self.step)
                 loss_d = values.get("train/loss_discriminator")
-                log.info("step %d/%d (%d%%): loss_g=%.4f loss_d=%s mel=%.4f (%.1f audio-s/s) ETA %s", self.step, s.max_steps,
-                         100 * self.step // s.max_steps, values["train/loss_generator"], "off" if loss_d is None else f"{loss_d:.4f}",
-                         values["train/mel"], values["train/throughput_audio_seconds_per_second"], format_duration(eta))
+                log.info(
+                    "step %d/%d (%d%%): loss_g=%.4f loss_d=%s mel=%.4f (%.1f audio-s/s) ETA %s",
+                    self.step,
+                    s.max_steps,
+                    100 * self.step // s.max_steps,
+                    values["train/loss_generator"],
+                    "off" if loss_d is None else f"{loss_d:.4f}",
+                    values["train/mel"],
+                    values["train/throughput_audio_seconds_per_second"],
+                    format_duration(eta),
+                )
                 if self.dist.is_main:  # heartbeat, cost and pace for the sweep status table
-                    write_status(self.run_dir, step=self.step, cost={k.split("/", 1)[1]: v for k, v in values.items() if k.startswith("cost/")})
+                    write_status(
+                        self.run_dir,
+                        step=self.step,
+                        cost={k.split("/", 1)[1]: v for k, v in values.items() if k.startswith("cost/")},
+                    )
                 window_start, window_steps, window_max = now, 0, {}
             if self.step % s.eval_every == 0 and self.step < s.max_steps:
                 self._validate_and_track_best()
@@ -494,8 +588,12 @@ class Trainer:
                     raise GuardStopped(self.guard_stop)
                 self.stop_reason = self.stop_reason or "a stop request on another rank"
                 self.save_checkpoint()
-                log.warning("stopped at step %d after %s; checkpoint %s saved; the same command resumes",
-                            self.step, self.stop_reason, self.checkpoints.latest)
+                log.warning(
+                    "stopped at step %d after %s; checkpoint %s saved; the same command resumes",
+                    self.step,
+                    self.stop_reason,
+                    self.checkpoints.latest,
+                )
                 raise StopRequested(self.stop_reason)
 
     def _run_probes(self) -> dict[str, float]:
@@ -505,8 +603,13 @@ class Trainer:
         start = time.monotonic()
         metrics = self.probes.run(self.gan.eval_model, self.data)
         self.logger.log_metrics(metrics, self.step)
-        log.info("token probes in %s: %s", format_duration(time.monotonic() - start),
-                 ", ".join(f"{k.split('/', 1)[1]}={v:.3g}" for k, v in metrics.items() if not k.startswith("probe/utterances")))
+        log.info(
+            "token probes in %s: %s",
+            format_duration(time.monotonic() - start),
+            ", ".join(
+                f"{k.split('/', 1)[1]}={v:.3g}" for k, v in metrics.items() if not k.startswith("probe/utterances")
+            ),
+        )
         return metrics
 
     def _finish(self) -> dict[str, Any]:
@@ -522,13 +625,21 @@ class Trainer:
         probes = self._run_probes()
         cost = self.cost.metrics(self.step)
         self.logger.log_metrics(cost, self.step)
-        status = write_status(self.run_dir, state="finished", step=self.step, cost={k.split("/", 1)[1]: v for k, v in cost.items()},
-                              test={k: v for k, v in test.metrics.items() if not k.endswith("_std")}, probe=probes)
+        status = write_status(
+            self.run_dir,
+            state="finished",
+            step=self.step,
+            cost={k.split("/", 1)[1]: v for k, v in cost.items()},
+            test={k: v for k, v in test.metrics.items() if not k.endswith("_std")},
+            probe=probes,
+        )
         self.logger.finish("FINISHED")
         log.info("finished at step %d; run directory %s", self.step, self.run_dir)
         for line in self.logger.where_to_look():
             log.info("open next: %s", line)
         log.info("open next: listen to %s", self.run_dir / "samples")
-        log.info("open next: python -m codec encode IN.wav OUT.npz --checkpoint %s", self.checkpoints.best if self.checkpoints.best.exists()
-                 else self.checkpoints.latest)
+        log.info(
+            "open next: python -m codec encode IN.wav OUT.npz --checkpoint %s",
+            self.checkpoints.best if self.checkpoints.best.exists() else self.checkpoints.latest,
+        )
         return status

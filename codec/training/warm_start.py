@@ -10,6 +10,7 @@ decoder and differ only in its quantizer.
 Its own checkpoint always wins: a run that has one resumes from it and the warm start is not
 applied again.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -34,10 +35,15 @@ def checkpoint_file(path: str | Path) -> Path:
             candidate = path / "checkpoints" / name
             if candidate.is_file():
                 return candidate
-        raise WarmStartError(f"trainer.init_from={str(path)!r} is a directory with no checkpoints/best.pt or checkpoints/latest.pt")
+        raise WarmStartError(
+            f"trainer.init_from={str(path)!r} is a directory with no checkpoints/best.pt or checkpoints/latest.pt"
+        )
     if not path.is_file():
-        raise WarmStartError(f"trainer.init_from={str(path)!r} does not exist: train that run first (the demo bitrate ladder starts from `python train.py`'s "
-                             "runs/demo/default), or give another checkpoint file or run directory")
+        raise WarmStartError(
+            f"trainer.init_from={str(path)!r} does not exist: train that run first (the demo bitrate ladder starts "
+            "from `python train.py`'s "
+            "runs/demo/default), or give another checkpoint file or run directory"
+        )
     return path
 
 
@@ -48,10 +54,12 @@ def _part_state(state: dict[str, Any], part: str) -> dict[str, Any]:
         return state["discriminator"]
     codec_state = state.get("ema_codec") or state["codec"]
     prefix = f"{part}."
-    return {key[len(prefix):]: value for key, value in codec_state.items() if key.startswith(prefix)}
+    return {key[len(prefix) :]: value for key, value in codec_state.items() if key.startswith(prefix)}
 
 
-def warm_start(codec: nn.Module, discriminator: nn.Module, path: str | Path, parts: list[str] | tuple[str, ...]) -> dict[str, Any]:
+def warm_start(
+    codec: nn.Module, discriminator: nn.Module, path: str | Path, parts: list[str] | tuple[str, ...]
+) -> dict[str, Any]:
     """Copy ``parts`` from the checkpoint at ``path`` into ``codec``/``discriminator``.
 
     Returns what was done (file, the source run's step, parts, ema or raw weights) for the run record. Every part
@@ -72,13 +80,23 @@ def warm_start(codec: nn.Module, discriminator: nn.Module, path: str | Path, par
         wanted = target.state_dict()
         missing = sorted(set(wanted) - set(source))
         unexpected = sorted(set(source) - set(wanted))
-        reshaped = sorted(key for key in set(wanted) & set(source) if tuple(wanted[key].shape) != tuple(source[key].shape))
+        reshaped = sorted(
+            key for key in set(wanted) & set(source) if tuple(wanted[key].shape) != tuple(source[key].shape)
+        )
         if missing or unexpected or reshaped:
-            details = "; ".join(f"{label}: {keys[:3]}" for label, keys in
-                                (("missing", missing), ("unexpected", unexpected), ("shape differs", reshaped)) if keys)
+            details = "; ".join(
+                f"{label}: {keys[:3]}"
+                for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape differs", reshaped))
+                if keys
+            )
             raise WarmStartError(
                 f"trainer.init_from={str(file)!r}: its {part} does not fit this run's {part} ({details}). "
-                f"Build the same {part} as the source run, or leave {part} out of trainer.init_parts")
+                f"Build the same {part} as the source run, or leave {part} out of trainer.init_parts"
+            )
         target.load_state_dict(source)
-    return {"file": str(file), "step": int(state.get("step", -1)), "parts": list(parts),
-            "weights": "ema" if state.get("ema_codec") else "raw"}
+    return {
+        "file": str(file),
+        "step": int(state.get("step", -1)),
+        "parts": list(parts),
+        "weights": "ema" if state.get("ema_codec") else "raw",
+    }

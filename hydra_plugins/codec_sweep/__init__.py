@@ -1,5 +1,6 @@
 """Hydra only instantiates launchers defined under the ``hydra_plugins`` namespace; these thin
 subclasses expose the sweep-aware launchers of :mod:`codec.sweep.launchers` there."""
+
 from codec.sweep import launchers as _impl
 
 
