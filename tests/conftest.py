@@ -38,6 +38,31 @@ def require_tool(name: str) -> str:
     return path
 
 
+TIERS = ("unit", "integration", "e2e")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist each worker, and every process a test starts, gets an equal share of
+    the cores: torch and BLAS otherwise size their pools to every core, and two workers would
+    each take all of them."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        share = str(max(1, (len(os.sched_getaffinity(0)) // workers)))
+        for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ[variable] = share
+        torch.set_num_threads(int(share))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test carries the marker of its tier folder, so ``-m unit`` and friends select tiers."""
+    for item in items:
+        parts = item.path.relative_to(REPO_ROOT / "tests").parts
+        tier = parts[0] if parts and parts[0] in TIERS else None
+        if tier is None:
+            raise pytest.UsageError(f"{item.nodeid}: tests live in tests/unit, tests/integration or tests/e2e")
+        item.add_marker(getattr(pytest.mark, tier))
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from codec.config import build, compose_config
+from codec.config import compose_config
 from codec.training.guards import COLLAPSE, DIVERGENCE, OVERPOWERING, Guardrails
 from tests.conftest import REPO_ROOT
-from tests.test_sweeps import run, status
+from tests.integration.sweep.test_local_sweeps import run, status
 
 # Points of one sweep, each a test-only config file (a searchpath group), so they differ in what is
 # trained and get their own run directories: guard settings alone are not part of a run's identity.
@@ -108,49 +108,6 @@ def test_guard_stops_reach_mlflow_and_the_status_table(guarded_sweep: Path) -> N
 def test_a_rerun_sweep_skips_guard_stopped_runs(guarded_sweep: Path) -> None:
     result = run(sweep_args(guarded_sweep), cwd=guarded_sweep)
     assert "4 already finished, 0 to launch" in result.stdout + result.stderr
-
-
-def test_default_thresholds_do_not_fire_on_a_healthy_learning_curve() -> None:
-    guards = build(compose_config([]).guard, "guard")
-    codebook = {"perplexity": [430.0, 512.0, 550.0, 470.0], "usage": [0.6, 0.7, 0.65, 0.6]}
-    # The README demo's valid mel curve (2.28 at step 0 -> 0.76) with healthy codebooks.
-    for step, mel in [(0, 2.28), (600, 1.02), (1200, 0.85), (1800, 0.76)]:
-        assert guards.after_evaluation(step, {"mel_distance": mel}, codebook) is None
-    for step in range(50, 1000, 50):  # discriminator loss near its start, adversarial loss wandering
-        assert guards.after_log(step, {"train/loss_discriminator": 1.9, "train/adversarial": 1.0 + step / 1000}) is None
-
-
-def test_each_monitor_needs_its_patience_and_resets_on_recovery() -> None:
-    guards = Guardrails(
-        collapse_min_perplexity=2.0,
-        collapse_patience=2,
-        divergence_factor=2.0,
-        divergence_patience=2,
-        overpowering_max_discriminator_loss=0.05,
-        overpowering_patience=3,
-    )
-    collapsed, healthy = {"perplexity": [1.2, 300.0]}, {"perplexity": [300.0, 300.0]}
-    assert guards.after_evaluation(0, {"mel_distance": 2.0}, collapsed) is None  # step 0: codebooks not initialised yet
-    assert guards.after_evaluation(100, {"mel_distance": 1.0}, collapsed) is None
-    assert guards.after_evaluation(200, {"mel_distance": 1.0}, healthy) is None  # recovered: the count restarts
-    assert guards.after_evaluation(300, {"mel_distance": 1.0}, collapsed) is None
-    stop = guards.after_evaluation(400, {"mel_distance": 1.0}, collapsed)
-    assert stop is not None and stop.guard == COLLAPSE and "codebook 0 perplexity 1.2 < 2" in stop.reason
-    assert guards.after_evaluation(500, {"mel_distance": 2.5}, healthy) is None  # 2.5 > 2 x 1.0, once
-    stop = guards.after_evaluation(600, {"mel_distance": 3.0}, healthy)
-    assert stop is not None and stop.guard == DIVERGENCE
-    # overpowering: a streak of low D loss with a rising adversarial loss; a high D loss breaks it
-    values = [(0.01, 1.0), (0.01, 1.1), (0.5, 1.2), (0.01, 1.3), (0.02, 1.4)]
-    assert all(
-        guards.after_log(i, {"train/loss_discriminator": d, "train/adversarial": a}) is None
-        for i, (d, a) in enumerate(values)
-    )
-    stop = guards.after_log(9, {"train/loss_discriminator": 0.01, "train/adversarial": 1.5})
-    assert stop is not None and stop.guard == OVERPOWERING and "from 1.3 to 1.5" in stop.reason
-    # resumable: the counts travel in the checkpoint
-    restored = Guardrails(collapse_patience=2)
-    restored.load_state_dict(guards.state_dict())
-    assert restored.state_dict() == guards.state_dict()
 
 
 def test_guard_off_and_bad_thresholds(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import HANG_GUARD_S, REPO_ROOT, require_tool
-from tests.test_sweeps import TINY_RUN
+from tests.integration.sweep.test_local_sweeps import TINY_RUN
 
 pytestmark = pytest.mark.slurm
 SLURM = ["hydra/launcher=submitit_slurm", "+cluster=localhost"]

@@ -12,7 +12,6 @@ import os
 import pickle
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -205,80 +204,6 @@ def test_crafted_pickles_are_refused_and_nothing_runs(tmp_path: Path) -> None:
 
 
 # -- many processes --------------------------------------------------------------------------------
-def assert_concurrent_runs_all_finish(tmp_path: Path, tracking_uri: str, count: int = 8) -> MlflowClient:
-    # One thread each: eight processes share two cores. A small corpus keeps the final evaluation short.
-    small = [
-        "trainer.max_steps=1",
-        "trainer.log_every=1",
-        "data.utterances.train=4",
-        "data.utterances.valid=1",
-        "data.utterances.test=1",
-    ]
-    processes = [
-        start(
-            [
-                *SMOKE,
-                *small,
-                f"logger.tracking_uri={tracking_uri}",
-                f"hydra.run.dir={tmp_path / f'run{i}'}",
-                f"trainer.seed={i}",
-            ],
-            cwd=tmp_path,
-            env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
-        )
-        for i in range(count)
-    ]
-    outputs = [p.communicate(timeout=HANG_GUARD_S)[0] for p in processes]
-    for process, output in zip(processes, outputs):
-        assert process.returncode == 0, output[-3000:]
-    client = MlflowClient(tracking_uri=tracking_uri)
-    runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
-    assert sorted(r.info.status for r in runs) == ["FINISHED"] * count
-    default = client.get_experiment_by_name("Default")
-    assert default is None or not client.search_runs([default.experiment_id])
-    return client
-
-
-def test_eight_runs_start_at_once_on_a_fresh_sqlite_store(tmp_path: Path) -> None:
-    assert_concurrent_runs_all_finish(tmp_path, f"sqlite:///{tmp_path / 'fresh.db'}")
-
-
-def test_eight_runs_start_at_once_against_an_mlflow_server(tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
-            "--default-artifact-root",
-            str(tmp_path / "artifacts"),
-            "--workers",
-            "1",
-        ],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-
-        def ready() -> bool:
-            with socket.socket() as probe:
-                return probe.connect_ex(("127.0.0.1", port)) == 0
-
-        wait_for(ready, "the mlflow server to listen", server, timeout=120)
-        assert_concurrent_runs_all_finish(tmp_path, f"http://127.0.0.1:{port}")
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
 
 
 def test_a_second_identical_command_is_refused_while_the_first_runs(tmp_path: Path) -> None:

@@ -13,8 +13,7 @@ from mlflow.tracking import MlflowClient
 from scipy import stats
 
 from analysis.report import build_report
-from analysis.stats import paired_difference, paired_table, verdict
-from tests.test_sweeps import run
+from tests.integration.sweep.test_local_sweeps import run
 
 METRIC = "best/mel_distance"
 
@@ -90,31 +89,3 @@ def test_matched_budget_sweep_report_matches_scipy_on_logged_values(matched_swee
     means = {label[d]: np.mean(list(v.values())) for d, v in values.items()}
     assert winners.winner[0] == min(means, key=means.get)
     assert winners["mean"][0] == pytest.approx(min(means.values()))
-
-
-def test_paired_difference_bootstrap_from_ten_seeds_matches_scipy() -> None:
-    rng = np.random.default_rng(3)
-    a = rng.normal(1.0, 0.1, 12)
-    b = a + rng.normal(0.05, 0.02, 12)
-    result = paired_difference(a, b)
-    assert result["method"] == "bootstrap"
-    direct = stats.bootstrap((a - b,), np.mean, confidence_level=0.95, method="BCa", n_resamples=9999, random_state=0)
-    assert result["ci_low"] == pytest.approx(direct.confidence_interval.low)
-    assert result["ci_high"] == pytest.approx(direct.confidence_interval.high)
-    assert verdict(result, higher_is_better=False) == "A better"  # a is lower and lower is better
-    assert verdict(result, higher_is_better=True) == "A worse"
-
-
-def test_too_few_seeds_and_guard_stopped_runs_give_no_verdict() -> None:
-    frame = pd.DataFrame(
-        {
-            "status": ["FINISHED", "FINISHED", "FINISHED", "KILLED"],
-            "run_name": ["a1", "b1", "a2", "b2"],
-            "quantizer.groups": [1, 2, 1, 2],
-            "trainer.seed": [1, 1, 2, 2],
-            METRIC: [1.0, 2.0, 1.1, 0.1],
-        }
-    )
-    row = paired_table(frame, METRIC, higher_is_better=False).iloc[0]
-    assert row.n_seeds == 1 and row.verdict == "not distinguishable at 1 seeds"  # the stopped run does not count
-    assert row.method.startswith("none")

@@ -8,8 +8,6 @@ A key that the preset sets over the chosen option must be named in the start-up 
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from typing import Any
 
 import pytest
@@ -31,7 +29,6 @@ from codec.config import (
 )
 from codec.quantization.fsq import FiniteScalarQuantizer
 from codec.quantization.grvq import GroupResidualVQ
-from tests.conftest import REPO_ROOT
 
 # The default experiment (demo), one that sets encoder keys and one that sets quantizer keys.
 PRESETS = ["demo", "hificodec_24k_240x_8cb", "encodec_24k_320x_12cb"]
@@ -175,33 +172,3 @@ def test_quantizer_options_are_four_different_models() -> None:
         "single_vq": ("GroupResidualVQ", 1, 1, 4096),
         "fsq": ("FiniteScalarQuantizer", 1, 1, 1000),
     }
-
-
-def test_info_names_preset_keys_over_a_chosen_option() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "codec", "info", "experiment=encodec_24k_320x_12cb", "quantizer=single_vq"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert (
-        "experiment=encodec_24k_320x_12cb sets quantizer.layers over your choice quantizer=single_vq" in result.stderr
-    )
-    # An explicit key on the command line wins and is not reported.
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "codec",
-            "info",
-            "experiment=encodec_24k_320x_12cb",
-            "quantizer=single_vq",
-            "quantizer.layers=1",
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert "sets" not in result.stderr and '"layers": 1' in result.stdout
