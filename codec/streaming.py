@@ -4,7 +4,7 @@ A causal SEANet looks only at the past, so it can code audio as it arrives: each
 keeps the last ``kernel - stride`` input samples of the previous chunk, each transposed
 convolution keeps the tail of its output that the next chunk's frames overlap, and each LSTM
 keeps its hidden state. With chunks of whole frames (multiples of the hop), the streamed output
-equals the offline output within float tolerance (``tests/test_streaming.py``). The algorithmic
+equals the offline output within float tolerance (``tests/unit/test_streaming.py``). The algorithmic
 latency is one chunk: a frame is coded once its last sample has arrived.
 
 Non-causal models are refused: their centred convolutions look ahead by half a kernel at every
