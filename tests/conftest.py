@@ -42,15 +42,17 @@ TIERS = ("unit", "integration", "e2e")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Under pytest-xdist each worker, and every process a test starts, gets an equal share of
-    the cores: torch and BLAS otherwise size their pools to every core, and two workers would
-    each take all of them."""
+    """Under pytest-xdist each worker is pinned to its own share of the cores, and so is every
+    process its tests start (affinity is inherited; runs size their thread pools from it). Without
+    this, torch and BLAS in each worker size their pools to every core and the workers fight."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    if workers > 1:
-        share = str(max(1, (len(os.sched_getaffinity(0)) // workers)))
-        for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-            os.environ[variable] = share
-        torch.set_num_threads(int(share))
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    cores = sorted(os.sched_getaffinity(0))
+    if workers > 1 and worker.startswith("gw") and len(cores) >= workers:
+        share = len(cores) // workers
+        index = int(worker[2:]) % workers
+        os.sched_setaffinity(0, cores[index * share : (index + 1) * share])
+        torch.set_num_threads(share)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

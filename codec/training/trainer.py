@@ -29,6 +29,7 @@ from codec.tracking import NullLogger, RunLogger
 from codec.tracking.media import save_samples
 from codec.training.checkpoint import CheckpointManager
 from codec.training.cost import RunCost
+from codec.training.cpu_budget import apply_cpu_budget, cpu_budget
 from codec.training.distributed import DistributedContext, any_rank, init_distributed, launch_rank
 from codec.training.gan_step import GANStep
 from codec.training.guards import Guardrails, GuardStop
@@ -135,6 +136,8 @@ class Trainer:
             torch.cuda.set_device(self.device)
         if enabled_on(self.settings.retain_host_memory, self.device.type, auto_on="cpu"):
             retain_freed_host_memory()
+        self.cpu_budget = cpu_budget()
+        apply_cpu_budget(self.cpu_budget)
         self.stop_requested = False
         self.stop_reason = ""
         self.stop_signal: int | None = None
@@ -147,6 +150,7 @@ class Trainer:
         self.data = build(cfg.data, "data")
         self.data.prepare()  # missing paths and unusable folders fail here, before training
         self.evaluator: Evaluator = build(cfg.eval, "eval")
+        self.evaluator.workers = self.cpu_budget.workers(self.evaluator.workers)
         # Guardrails that end a run which cannot succeed (guard=off: none).
         self.guards: Guardrails | None = build(cfg.guard, "guard") if cfg.get("guard") else None
         self.guard_stop: GuardStop | None = None
@@ -428,7 +432,13 @@ class Trainer:
                 return status
             if self.dist.is_main:
                 self._start_logging()
-                log.info("run directory %s | %s | device %s", self.run_dir, self.logger.describe(), self.device)
+                log.info(
+                    "run directory %s | %s | device %s | %s",
+                    self.run_dir,
+                    self.logger.describe(),
+                    self.device,
+                    self.cpu_budget.describe(),
+                )
                 self.logger.set_tags(
                     {f"metric_package.{name}": version for name, version in self.evaluator.packages().items()}
                 )
@@ -526,7 +536,7 @@ class Trainer:
             s.seed,
             self.step,
             s.max_steps,
-            num_workers=s.num_workers,
+            num_workers=self.cpu_budget.workers(s.num_workers),
             pin_memory=self.device.type == "cuda",
             rank=self.dist.rank,
             world_size=self.dist.world_size,
