@@ -9,6 +9,7 @@ On top of the stock launchers each one:
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -82,6 +83,7 @@ class LocalSweepLauncher(SweepAwareMixin, BasicLauncher):
 # How often the launcher looks at the queue while it waits, and how long a task that left the
 # queue may take to show its result file (shared file systems can lag) before it counts as lost.
 QUEUE_POLL_SECONDS = 2.0
+LOCAL_POLL_SECONDS = 0.5
 RESULT_GRACE_SECONDS = 30.0
 
 
@@ -104,7 +106,7 @@ class SubmititSweepMixin(SweepAwareMixin):
             raise JobFailedError(f"{type(ret._return_value).__name__}: {ret._return_value}") from ret._return_value
         return ret
 
-    def _submit(self, job_overrides: list[list[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+    def _executor(self) -> Any:
         import submitit
 
         executor = submitit.AutoExecutor(
@@ -121,11 +123,19 @@ class SubmititSweepMixin(SweepAwareMixin):
             }
         )
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        return executor
+
+    def _job_arguments(self, job_overrides: list[list[str]], initial_job_idx: int) -> list[tuple]:
         arguments = []
         for offset, overrides in enumerate(job_overrides):
             index = initial_job_idx + offset
             log.info("\t#%d : %s", index, " ".join(filter_overrides(overrides)))
             arguments.append((list(overrides), "hydra.sweep.dir", index, f"job_id_for_{index}", Singleton.get_state()))
+        return arguments
+
+    def _submit(self, job_overrides: list[list[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        executor = self._executor()
+        arguments = self._job_arguments(job_overrides, initial_job_idx)
         jobs = executor.map_array(self, *zip(*arguments))
         log.info(
             "submitted %d job(s) as %s array %s",
@@ -204,8 +214,49 @@ class SubmititSweepMixin(SweepAwareMixin):
         return verdicts
 
 
+def core_slots(cpus_per_task: int | None, array_parallelism: int | None = None) -> list[list[int]]:
+    """This machine's usable cores cut into one disjoint set of ``cpus_per_task`` cores per job slot:
+    floor(cores / cpus_per_task) slots, fewer if ``array_parallelism`` says so, at least one."""
+    cores = sorted(os.sched_getaffinity(0))
+    per_task = max(1, min(int(cpus_per_task or 1), len(cores)))
+    count = max(1, len(cores) // per_task)
+    if array_parallelism:
+        count = max(1, min(count, int(array_parallelism)))
+    return [cores[i * per_task : (i + 1) * per_task] for i in range(count)]
+
+
 class SubmititLocalSweepLauncher(SubmititSweepMixin, LocalLauncher):
-    """submitit's local executor: jobs as background processes on this machine."""
+    """submitit's local executor: jobs as background processes on this machine, at most one per
+    slot of ``cpus_per_task`` cores at a time, each pinned to its slot's cores (``taskset``), so
+    that runs side by side never share a core and each sizes its threads to its own cores.
+
+    submitit's local executor starts every job of an array at once and ignores
+    ``array_parallelism``; this launcher queues them itself."""
+
+    def _submit(self, job_overrides: list[list[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        executor = self._executor()
+        arguments = self._job_arguments(job_overrides, initial_job_idx)
+        free = core_slots(self.params.get("cpus_per_task"), self.params.get("array_parallelism"))
+        log.info("%d job(s), at most %d at once, on cores %s", len(arguments), len(free), free)
+        queued = list(range(len(arguments)))
+        running: dict[int, tuple[Any, list[int]]] = {}
+        returns: dict[int, JobReturn] = {}
+        while queued or running:
+            while queued and free:
+                index, cores = queued.pop(0), free.pop(0)
+                executor.update_parameters(local_setup=[f"taskset -pc {','.join(map(str, cores))} $$ > /dev/null"])
+                running[index] = (executor.submit(self, *arguments[index]), cores)
+            for index, (job, cores) in list(running.items()):
+                if job.done():
+                    try:
+                        returns[index] = job.results()[0]
+                    except Exception as error:  # the job exited non-zero or died: record it and go on
+                        returns[index] = failed_return(job_overrides[index], error)
+                    del running[index]
+                    free.append(cores)
+            if running:  # every slot is busy, or nothing waits for one
+                time.sleep(LOCAL_POLL_SECONDS)
+        return [returns[index] for index in range(len(arguments))]
 
 
 class SlurmSweepLauncher(SubmititSweepMixin, SlurmLauncher):

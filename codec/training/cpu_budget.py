@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,15 @@ class CpuBudget:
 
     def describe(self) -> str:
         return f"{self.cores} core(s) from {self.source}"
+
+    def record(self) -> dict[str, Any]:
+        """For ``status.json``: the budget and the cores this process may run on."""
+        return {
+            "cores": self.cores,
+            "source": self.source,
+            "affinity": sorted(os.sched_getaffinity(0)),
+            "since": time.time(),
+        }
 
 
 def cpu_budget(environ: Mapping[str, str] | None = None) -> CpuBudget:

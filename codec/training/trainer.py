@@ -439,6 +439,7 @@ class Trainer:
                     self.device,
                     self.cpu_budget.describe(),
                 )
+                write_status(self.run_dir, cpu_budget=self.cpu_budget.record())
                 self.logger.set_tags(
                     {f"metric_package.{name}": version for name, version in self.evaluator.packages().items()}
                 )
