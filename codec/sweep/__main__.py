@@ -1,5 +1,6 @@
-"""``python -m codec.sweep status [SWEEP] [--runs DIR] [--json]`` and
-``python -m codec.sweep plan SWEEP [OVERRIDES ...] [--bench FILE | --flops-per-second F] [--json]``."""
+"""``codec-sweep status [SWEEP] [--runs DIR] [--json]``,
+``codec-sweep plan SWEEP [OVERRIDES ...] [--bench FILE | --flops-per-second F] [--json]`` and
+``codec-sweep sync [SWEEP | RUN_DIR] [--runs DIR]`` (``python -m codec.sweep`` works the same)."""
 
 from __future__ import annotations
 
@@ -33,9 +34,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     rate.add_argument("--flops-per-second", type=float, help="sustained training FLOP/s of the target device")
     price.add_argument("--json", action="store_true", help="machine-readable output")
+    sync = commands.add_parser(
+        "sync", help="send to MLflow what runs' tracking journals still hold (after a tracking server outage)"
+    )
+    sync.add_argument("sweep", nargs="?", help="sweep directory or name, or a run directory (default: all sweeps)")
+    sync.add_argument("--runs", default="runs", help="the runs directory (paths.runs)")
     args = parser.parse_args(argv)
     if args.command == "plan":
         return _plan(args)
+    if args.command == "sync":
+        return _sync(args)
     try:
         sweep_dirs = find_sweep_dir(args.sweep, Path(args.runs))
     except FileNotFoundError as error:
@@ -75,3 +83,32 @@ def _plan(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def _sync(args: argparse.Namespace) -> int:
+    from codec.sweep.registry import Sweep
+    from codec.tracking.sync import RunDirectoryBusy, pending_records, sync_run
+
+    if args.sweep and (Path(args.sweep) / "status.json").exists():
+        run_dirs = [Path(args.sweep)]
+    else:
+        try:
+            sweep_dirs = find_sweep_dir(args.sweep, Path(args.runs))
+        except FileNotFoundError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        run_dirs = [Path(job.run_dir) for d in sweep_dirs if (sweep := Sweep.load(d)) for job in sweep.jobs]
+    failures = 0
+    for run_dir in run_dirs:
+        waiting = pending_records(run_dir)
+        if not waiting:
+            continue
+        try:
+            sent = sync_run(run_dir)
+            print(f"{run_dir}: sent {sent} record(s)")
+        except RunDirectoryBusy:
+            print(f"{run_dir}: training now; its own sender sends its {waiting} record(s)")
+        except Exception as error:  # the server is still away, or the run's config is gone
+            failures += 1
+            print(f"{run_dir}: {waiting} record(s) not sent: {error}", file=sys.stderr)
+    return 1 if failures else 0

@@ -114,6 +114,7 @@ def record_failure(cfg: DictConfig, run_dir: Path, error: BaseException) -> None
         from codec.tracking import flatten_config
 
         logger = instantiate(cfg.logger)
+        logger.attach(run_dir)
         name = f"{cfg.get('name')}:{status.get('overrides') or run_dir.name}"
         run_id = logger.start(
             run_name=name,
@@ -121,6 +122,8 @@ def record_failure(cfg: DictConfig, run_dir: Path, error: BaseException) -> None
             tags={"run_dir": str(Path(run_dir).resolve()), "error": reason[:5000]},
         )
         logger.finish("FAILED")
-        write_status(run_dir, run_id=run_id)
+        logger.close()
+        if run_id or logger.run_id:
+            write_status(run_dir, run_id=run_id or logger.run_id)
     except Exception as tracking_error:  # never hide the original failure behind a tracking one
         log.error("could not record the failure in MLflow: %s", tracking_error)

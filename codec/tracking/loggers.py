@@ -81,6 +81,17 @@ class RunLogger:
 
     run_id: str | None = None
 
+    def attach(self, run_dir: Path) -> None:
+        """Called once the run directory is known, before :meth:`start`."""
+
+    @property
+    def started(self) -> bool:
+        """Whether :meth:`start` has opened (or queued the opening of) the run."""
+        return self.run_id is not None
+
+    def close(self) -> None:
+        """The run is over: deliver what is pending, within the logger's own time limit."""
+
     def start(
         self, run_name: str, params: Mapping[str, str], tags: Mapping[str, str], run_id: str | None = None
     ) -> str | None:
@@ -167,7 +178,13 @@ class MLflowLogger(RunLogger):
             all_tags["mlflow.parentRunId"] = str(self.parent_run_id)
         if self.sweep_id:
             all_tags["sweep_id"] = str(self.sweep_id)
-        run = self.client.create_run(self._experiment(), run_name=self.run_name or run_name, tags=all_tags)
+        self.experiment_id = self._experiment()
+        key = all_tags.get("run_key")
+        found = self.client.search_runs([self.experiment_id], f"tags.run_key = '{key}'", max_results=1) if key else []
+        if found:  # created by an earlier send whose acknowledgement was lost: the same run, once
+            self.run_id = found[0].info.run_id
+            return self.run_id
+        run = self.client.create_run(self.experiment_id, run_name=self.run_name or run_name, tags=all_tags)
         self.run_id = run.info.run_id
         self._log_params(params)
         return self.run_id
@@ -179,12 +196,13 @@ class MLflowLogger(RunLogger):
         for i in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[i : i + 100])
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+    def log_metrics(self, metrics: Mapping[str, float], step: int, timestamp_ms: int | None = None) -> None:
+        """``timestamp_ms`` keeps a replayed record identical to its first send, so MLflow stores it once."""
         from mlflow.entities import Metric
 
         if self.run_id is None or step <= self._last_logged_step:
             return
-        now = int(time.time() * 1000)
+        now = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
         items = [
             Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None and math.isfinite(float(v))
         ]

@@ -165,6 +165,7 @@ class Trainer:
             self.logger: RunLogger = NullLogger()  # only rank 0 talks to the tracker
         else:
             self.logger = logger if logger is not None else build(cfg.logger, "logger")
+        self.logger.attach(self.run_dir)
         self.gan = GANStep(self.codec, self.discriminator, self.loss, self.settings, self.device, self.dist)
         self._check_segment()
 
@@ -484,8 +485,13 @@ class Trainer:
             raise
         finally:
             self.evaluator.close()
+            self.logger.close()
             if self.run_lock is not None:
                 self.run_lock.release()
+
+    def _known_run_id(self) -> dict[str, str]:
+        """The tracker's run id for status.json once the sender has it (it may still be on its way)."""
+        return {"run_id": self.logger.run_id} if self.logger.run_id else {}
 
     def _record_failure(self, error: BaseException) -> None:
         """status.json and the MLflow run say FAILED with the reason; a failure before the run was
@@ -493,7 +499,7 @@ class Trainer:
         reason = f"{type(error).__name__}: {error}"
         write_status(self.run_dir, state="failed", error=reason)
         try:
-            if self.logger.run_id is None:
+            if not self.logger.started:
                 self._start_logging()
                 write_status(self.run_dir, state="failed", error=reason)
             self.logger.set_tags({"error": reason[:5000]})
@@ -587,6 +593,7 @@ class Trainer:
                         self.run_dir,
                         step=self.step,
                         cost={k.split("/", 1)[1]: v for k, v in values.items() if k.startswith("cost/")},
+                        **self._known_run_id(),
                     )
                 window_start, window_steps, window_max = now, 0, {}
             if self.step % s.eval_every == 0 and self.step < s.max_steps:
@@ -643,6 +650,7 @@ class Trainer:
             cost={k.split("/", 1)[1]: v for k, v in cost.items()},
             test={k: v for k, v in test.metrics.items() if not k.endswith("_std")},
             probe=probes,
+            **self._known_run_id(),
         )
         self.logger.finish("FINISHED")
         log.info("finished at step %d; run directory %s", self.step, self.run_dir)

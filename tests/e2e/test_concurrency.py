@@ -3,15 +3,13 @@
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import HANG_GUARD_S
-from tests.integration.training.test_reliability import SMOKE, start, wait_for
+from tests.integration.training.test_reliability import SMOKE, start
+from tests.mlflow_server import MlflowServer
 
 
 def assert_concurrent_runs_all_finish(tmp_path: Path, tracking_uri: str, count: int = 8) -> MlflowClient:
@@ -53,38 +51,8 @@ def test_eight_runs_start_at_once_on_a_fresh_sqlite_store(tmp_path: Path) -> Non
 
 
 def test_eight_runs_start_at_once_against_an_mlflow_server(tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
-            "--default-artifact-root",
-            str(tmp_path / "artifacts"),
-            "--workers",
-            "1",
-        ],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server = MlflowServer(tmp_path).start()
     try:
-
-        def ready() -> bool:
-            with socket.socket() as probe:
-                return probe.connect_ex(("127.0.0.1", port)) == 0
-
-        wait_for(ready, "the mlflow server to listen", server, timeout=120)
-        assert_concurrent_runs_all_finish(tmp_path, f"http://127.0.0.1:{port}")
+        assert_concurrent_runs_all_finish(tmp_path, server.uri)
     finally:
-        server.terminate()
-        server.wait(timeout=60)
+        server.stop()
