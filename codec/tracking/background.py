@@ -92,6 +92,8 @@ class BackgroundMLflowLogger(RunLogger):
         self.journal = Journal(run_dir)
         marked = [r["step"] for r in self.journal.records("metrics") if STEP_MARKER_METRIC in r["metrics"]]
         self._last_logged_step = max(marked, default=-1)
+        if self.journal.sent < len(self.journal):  # what an earlier attempt left: send it now
+            self._start_sender()
 
     @property
     def run_id(self) -> str | None:  # type: ignore[override]
@@ -105,6 +107,7 @@ class BackgroundMLflowLogger(RunLogger):
         if self.journal is None:
             raise RuntimeError("BackgroundMLflowLogger.attach(run_dir) must come before logging")
         self.journal.append(op, **payload)
+        self._start_sender()
         self._wake.set()
 
     def start(
@@ -117,7 +120,6 @@ class BackgroundMLflowLogger(RunLogger):
         first = self.journal.records("start")
         key = first[0]["tags"]["run_key"] if first else uuid.uuid4().hex
         self._append("start", run_name=run_name, params=dict(params), tags={**tags, "run_key": key}, run_id=run_id)
-        self._start_sender()
         return self.run_id or run_id
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:

@@ -486,8 +486,18 @@ class Trainer:
         finally:
             self.evaluator.close()
             self.logger.close()
+            self._record_run_id()
             if self.run_lock is not None:
                 self.run_lock.release()
+
+    def _record_run_id(self) -> None:
+        """Once the sender has sent the run's opening, status.json names the tracker's run."""
+        if not self.logger.run_id or read_status(self.run_dir).get("run_id") == self.logger.run_id:
+            return
+        try:
+            write_status(self.run_dir, run_id=self.logger.run_id)
+        except OSError as error:  # a full or read-only disk: the journal still holds the run id
+            log.warning("could not write the run id to %s: %s", self.run_dir / "status.json", error)
 
     def _known_run_id(self) -> dict[str, str]:
         """The tracker's run id for status.json once the sender has it (it may still be on its way)."""
