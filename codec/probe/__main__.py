@@ -38,20 +38,44 @@ def probe_config(checkpoint_config: dict, overrides: Sequence[str]) -> DictConfi
     return merged
 
 
-def log_to_run(run_dir: Path, tracking_uri: str | None, metrics: dict[str, float], step: int) -> str | None:
-    """Add ``metrics`` to the MLflow run that trained ``run_dir``; the run id, or None when there is none."""
+def log_to_run(
+    run_dir: Path, tracking_uri: str | None, metrics: dict[str, float], step: int, wait_s: float = 60.0
+) -> tuple[str | None, bool]:
+    """Add ``metrics`` to the MLflow run that trained ``run_dir`` through the run's tracking journal,
+    waiting at most ``wait_s`` for the server: what it does not take by then stays in the journal
+    for the run's next start or ``codec-sweep sync``. Returns the run id (None when the run has no
+    MLflow run) and whether the metrics were sent."""
     run_id = read_status(run_dir).get("run_id")
     if not run_id or not tracking_uri:
-        return None
+        return None, False
+    import threading
     import time
 
-    from mlflow.entities import Metric
+    from codec.tracking.background import replay
+    from codec.tracking.journal import Journal
+    from codec.tracking.loggers import MLflowLogger
+    from codec.training.run_lock import RunDirectoryBusy, RunLock
 
-    from codec.tracking.loggers import open_client
+    try:
+        lock = RunLock(run_dir).acquire()
+    except RunDirectoryBusy as error:  # training now: its own sender owns the journal
+        raise ProbeLogError(f"{run_dir} is training now; probe metrics not logged ({error})") from None
+    try:
+        journal = Journal(run_dir)
+        if journal.run_id is None:  # a run tracked before journals existed: its status names the run
+            journal.acknowledge(journal.sent, run_id)
+        journal.append("metrics", metrics=metrics, step=step, time_ms=int(time.time() * 1000))
+        remote = MLflowLogger(tracking_uri, experiment_name="")
+        sender = threading.Thread(target=replay, args=(journal, remote), daemon=True)
+        sender.start()
+        sender.join(wait_s)
+        return run_id, journal.sent == len(journal)
+    finally:
+        lock.release()
 
-    now = int(time.time() * 1000)
-    open_client(tracking_uri).log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
-    return run_id
+
+class ProbeLogError(RuntimeError):
+    """The probe metrics could not be added to the run's tracking journal."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -81,10 +105,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_log:
         run_dir = args.checkpoint.resolve().parent.parent
         tracking_uri = (cfg.get("logger") or {}).get("tracking_uri")
-        run_id = log_to_run(run_dir, tracking_uri, metrics, int(state.get("step", 0)))
-        print(
-            f"logged to MLflow run {run_id}" if run_id else f"no MLflow run recorded for {run_dir}; metrics not logged"
-        )
+        try:
+            run_id, sent = log_to_run(run_dir, tracking_uri, metrics, int(state.get("step", 0)))
+        except ProbeLogError as error:
+            print(f"warning: {error}", file=sys.stderr)
+            return 0
+        if run_id is None:
+            print(f"no MLflow run recorded for {run_dir}; metrics not logged")
+        elif sent:
+            print(f"logged to MLflow run {run_id}")
+        else:
+            print(
+                f"MLflow ({tracking_uri}) did not answer in time: the metrics wait in {run_dir / 'tracking'} "
+                f"for the run's next start or `codec-sweep sync {run_dir}`"
+            )
     return 0
 
 
