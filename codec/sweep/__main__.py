@@ -81,10 +81,6 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
-
-
 def _sync(args: argparse.Namespace) -> int:
     from codec.sweep.registry import Sweep
     from codec.tracking.sync import RunDirectoryBusy, pending_records, sync_run
@@ -112,3 +108,7 @@ def _sync(args: argparse.Namespace) -> int:
             failures += 1
             print(f"{run_dir}: {waiting} record(s) not sent: {error}", file=sys.stderr)
     return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -104,13 +104,32 @@ class Sweep:
 
     # -- MLflow ------------------------------------------------------------------------------
     def register(self, master: DictConfig) -> list[str]:
-        """Create (or reopen) the experiment and parent run once; returns the job overrides."""
+        """Create (or reopen) the experiment and parent run once; returns the job overrides.
+
+        A tracking server that cannot be reached does not stop the sweep: its runs start without a
+        parent run, each keeping its records in its journal until the server answers."""
         if self.tracking_uri is None:
             return []
+        from codec.tracking.background import CLIENT_ENVIRONMENT
 
+        for key, value in CLIENT_ENVIRONMENT.items():
+            os.environ.setdefault(key, value)
+        try:
+            return self._register(master, self.tracking_uri)
+        except Exception as error:
+            log.warning(
+                "tracking server %s cannot be reached (%s): the sweep starts without an MLflow parent run; "
+                "each run keeps its records in its journal and sends them when the server answers",
+                self.tracking_uri,
+                str(error).splitlines()[0][:200] if str(error) else type(error).__name__,
+            )
+            self.parent_run_id = None
+            return [f"logger.sweep_id={self.sweep_id}"]
+
+    def _register(self, master: DictConfig, tracking_uri: str) -> list[str]:
         from codec.tracking.loggers import ensure_experiment, open_client
 
-        client = open_client(self.tracking_uri)
+        client = open_client(tracking_uri)
         if self.experiment_id is None:
             self.experiment_id = ensure_experiment(client, str(master.logger.experiment_name))
         if self.parent_run_id is not None:
@@ -145,10 +164,13 @@ class Sweep:
         if self.tracking_uri is not None and self.parent_run_id is not None:
             from mlflow.tracking import MlflowClient
 
-            client = MlflowClient(tracking_uri=self.tracking_uri)
-            for key, value in counts.items():
-                client.log_metric(self.parent_run_id, f"sweep/{key}", value, step=len(self.history))
-            client.set_terminated(self.parent_run_id, status="FAILED" if counts["failed"] else "FINISHED")
+            try:
+                client = MlflowClient(tracking_uri=self.tracking_uri)
+                for key, value in counts.items():
+                    client.log_metric(self.parent_run_id, f"sweep/{key}", value, step=len(self.history))
+                client.set_terminated(self.parent_run_id, status="FAILED" if counts["failed"] else "FINISHED")
+            except Exception as error:  # the runs' own records are safe in their journals
+                log.warning("could not close the sweep's MLflow parent run %s: %s", self.parent_run_id, error)
         return counts
 
     # -- persistence -------------------------------------------------------------------------

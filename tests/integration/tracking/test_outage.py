@@ -148,3 +148,38 @@ def test_sigterm_during_an_outage_stops_at_a_step_with_its_checkpoint(tmp_path: 
     assert record["state"] == "preempted" and record["checkpoint_step"] == record["step"] > 0
     assert (run_dir / "checkpoints" / f"step_{record['step']:09d}.pt").exists()
     assert "record(s) not sent" in log_text(run_dir)  # they wait in the journal for the next start
+
+
+def test_a_sweep_trains_with_its_server_down_and_sync_delivers_every_run_later(tmp_path: Path) -> None:
+    server = MlflowServer(tmp_path)  # not started: nothing listens on its port
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "train.py"), "-m", "experiment=smoke", "quantizer.groups=1,2"]
+        + [f"trainer.log_every={LOG_EVERY}", "trainer.max_steps=20", "eval.workers=0"]
+        + [f"logger.tracking_uri={server.uri}", "logger.flush_timeout_s=1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "cannot be reached" in result.stdout + result.stderr
+    sweep = json.loads((tmp_path / "runs" / "multirun" / "smoke" / "sweep.json").read_text())
+    run_dirs = [tmp_path / job["run_dir"] for job in sweep["jobs"]]
+    assert [status(d)["state"] for d in run_dirs] == ["finished", "finished"]
+    server.start()
+    try:
+        synced = subprocess.run(
+            [sys.executable, "-m", "codec.sweep", "sync", "smoke"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=HANG_GUARD_S,
+        )
+        assert synced.returncode == 0, synced.stdout + synced.stderr
+        assert [marker_steps(server.uri, d) for d in run_dirs] == [[10, 20], [10, 20]]
+        again = subprocess.run(
+            [sys.executable, "-m", "codec.sweep", "sync", "smoke"], cwd=tmp_path, capture_output=True, text=True
+        )
+        assert again.returncode == 0 and again.stdout == ""  # nothing left to send
+    finally:
+        server.stop()
