@@ -77,6 +77,9 @@ def test_six_run_sweep_is_one_array_with_one_mlflow_parent(tmp_path: Path) -> No
         f"experiment=smoke,quantizer.groups={g},quantizer.layers={n}" for g in (1, 2, 4) for n in (1, 2)
     )
     assert all((sweep_dir / n / "checkpoints" / "latest.pt").exists() for n in names)
+    # Each job sized its threads to the cores SLURM gave it (the profile's cpus_per_task=1).
+    budgets = [json.loads((sweep_dir / n / "status.json").read_text())["cpu_budget"] for n in names]
+    assert all(b["cores"] == 1 and b["source"] == "SLURM_CPUS_PER_TASK" for b in budgets), budgets
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("smoke")
     children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{record['parent_run_id']}'")
