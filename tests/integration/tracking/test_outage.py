@@ -12,6 +12,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import HANG_GUARD_S, REPO_ROOT
+from tests.integration.sweep.test_local_sweeps import run
 from tests.integration.training.test_reliability import wait_for
 from tests.mlflow_server import MlflowServer
 
@@ -114,14 +115,7 @@ def test_a_run_killed_during_an_outage_delivers_every_step_once_after_restart(tm
         process.kill()  # SIGKILL: nothing is flushed, the journal holds what was not sent
         process.wait(timeout=HANG_GUARD_S)
         server.start()
-        again = subprocess.run(
-            [sys.executable, str(REPO_ROOT / "train.py"), *args],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=HANG_GUARD_S,
-        )
-        assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
+        run(args, cwd=tmp_path)  # the same command again: resumes, and sends what the journal holds
         steps = marker_steps(server.uri, run_dir)
     finally:
         process.kill()
@@ -152,16 +146,11 @@ def test_sigterm_during_an_outage_stops_at_a_step_with_its_checkpoint(tmp_path: 
 
 def test_a_sweep_trains_with_its_server_down_and_sync_delivers_every_run_later(tmp_path: Path) -> None:
     server = MlflowServer(tmp_path)  # not started: nothing listens on its port
-    result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "train.py"), "-m", "experiment=smoke", "quantizer.groups=1,2"]
-        + [f"trainer.log_every={LOG_EVERY}", "trainer.max_steps=20", "eval.workers=0"]
-        + [f"logger.tracking_uri={server.uri}", "logger.flush_timeout_s=1"],
+    result = run(
+        ["-m", "experiment=smoke", "quantizer.groups=1,2", f"trainer.log_every={LOG_EVERY}", "trainer.max_steps=20"]
+        + ["eval.workers=0", f"logger.tracking_uri={server.uri}", "logger.flush_timeout_s=1"],
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=HANG_GUARD_S,
     )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert "cannot be reached" in result.stdout + result.stderr
     sweep = json.loads((tmp_path / "runs" / "multirun" / "smoke" / "sweep.json").read_text())
     run_dirs = [tmp_path / job["run_dir"] for job in sweep["jobs"]]
