@@ -1,5 +1,5 @@
-"""End-to-end training through train.py: the README demo, real speech, kill-and-resume,
-NaN losses, evaluate.py and the encode/decode command line."""
+"""Training through train.py: kill-and-resume, NaN losses, settings refused before training, more
+steps on the same run, the weight EMA and warm start."""
 
 from __future__ import annotations
 
