@@ -11,6 +11,7 @@ Codes files are meant to be shared, so they are plain data: a NumPy ``.npz`` arc
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from omegaconf import OmegaConf
 
 from codec.config import build_codec
 from codec.data.audio_io import read_audio, write_audio
+from codec.messages import error_summary
 from codec.model import Codec
 from codec.training.checkpoint import safe_load
 
@@ -37,9 +39,7 @@ def load_codec(checkpoint: Path | str, device: str | torch.device = "cpu", use_e
     try:
         state = safe_load(path)
     except Exception as error:
-        raise ValueError(
-            f"{path} is not a loadable training checkpoint ({type(error).__name__}: {str(error).splitlines()[0][:300]})"
-        ) from error
+        raise ValueError(f"{path} is not a loadable training checkpoint ({error_summary(error)})") from error
     if not isinstance(state, dict) or "config" not in state or "codec" not in state:
         raise ValueError(f"{path} is not a training checkpoint written by train.py")
     codec = build_codec(OmegaConf.create(dict(state["config"])))
@@ -94,15 +94,43 @@ def read_codes(codes_path: Path | str) -> dict[str, Any]:
 
 
 def decode_file(codec: Codec, codes_path: Path | str, audio_path: Path | str) -> torch.Tensor:
+    """Decode a codes file, refusing codes another codec wrote (their numbers would mean other
+    vectors: wrong audio without a word), codes outside the codebooks and files with no frames."""
     fields = read_codes(codes_path)
-    if (
-        int(fields["sample_rate"]) != codec.sample_rate
-        or int(fields["groups"]) != codec.quantizer.groups
-        or int(fields["codebook_size"]) != codec.quantizer.codebook_size
-    ):
-        raise ValueError(f"{codes_path} was encoded by a different codec (sample rate, groups or codebook size differ)")
+    check_codes_fit(codec, fields, codes_path)
     device = next(codec.parameters()).device
     codes = torch.from_numpy(fields["codes"].astype(np.int64)).unsqueeze(0).to(device)
     wav = codec.decode(codes, length=int(fields["length"]))[0]
     write_audio(audio_path, wav, codec.sample_rate)
     return wav
+
+
+def _layout(sample_rate: int, groups: int, layers: int, codebook_size: int) -> str:
+    return f"{groups} groups x {layers} layers of {codebook_size} codes at {sample_rate} Hz"
+
+
+def check_codes_fit(codec: Codec, fields: Mapping[str, Any], codes_path: Path | str) -> None:
+    quantizer = codec.quantizer
+    written = str(fields.get("identity", ""))
+    mine = str(getattr(codec, "identity", ""))
+    theirs = _layout(
+        int(fields["sample_rate"]), int(fields["groups"]), int(fields["layers"]), int(fields["codebook_size"])
+    )
+    ours = _layout(codec.sample_rate, quantizer.groups, quantizer.layers, quantizer.codebook_size)
+    if (written and mine and written != mine) or (
+        int(fields["sample_rate"]) != codec.sample_rate
+        or int(fields["groups"]) != quantizer.groups
+        or int(fields["codebook_size"]) != quantizer.codebook_size
+    ):
+        raise ValueError(
+            f"{codes_path} was encoded by codec {written[:12] or '?'} ({theirs}); this checkpoint is codec "
+            f"{mine[:12] or '?'} ({ours}): decode with the checkpoint that encoded it"
+        )
+    codes = fields["codes"]
+    if codes.ndim != 2 or codes.shape[-1] == 0:
+        raise ValueError(f"{codes_path} holds no frames (codes of shape {tuple(codes.shape)})")
+    low, high = int(codes.min()), int(codes.max())
+    if low < 0 or high >= quantizer.codebook_size:
+        raise ValueError(
+            f"{codes_path} holds codes from {low} to {high}, outside this codec's 0..{quantizer.codebook_size - 1}"
+        )

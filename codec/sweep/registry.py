@@ -18,6 +18,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from codec.config import plain_dict
+from codec.messages import error_summary
 from codec.training.identity import run_identity
 from codec.training.status import read_status
 
@@ -121,7 +122,7 @@ class Sweep:
                 "tracking server %s cannot be reached (%s): the sweep starts without an MLflow parent run; "
                 "each run keeps its records in its journal and sends them when the server answers",
                 self.tracking_uri,
-                str(error).splitlines()[0][:200] if str(error) else type(error).__name__,
+                error_summary(error, 200),
             )
             self.parent_run_id = None
             return [f"logger.sweep_id={self.sweep_id}"]

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from codec.messages import error_summary
 from codec.tracking.journal import Journal
 from codec.tracking.loggers import STEP_MARKER_METRIC, MLflowLogger, RunLogger
 
@@ -187,7 +188,7 @@ class BackgroundMLflowLogger(RunLogger):
                     log.warning(
                         "tracking is behind: %s cannot be reached (%s); training goes on and every record waits in %s",
                         self.tracking_uri,
-                        str(error).splitlines()[0][:200] if str(error) else type(error).__name__,
+                        error_summary(error, 200),
                         self.journal.path,
                     )
                 self._wake.wait(BACKOFF_SECONDS[min(attempt, len(BACKOFF_SECONDS) - 1)])

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from codec.messages import error_summary
+
 log = logging.getLogger(__name__)
 STEP_FILE = re.compile(r"step_(\d+)\.pt$")
 
@@ -124,7 +126,7 @@ class CheckpointManager:
                 if not isinstance(state, dict) or "step" not in state:
                     raise ValueError("not a training checkpoint (no 'step')")
             except Exception as error:  # torch raises several types for truncated or foreign files
-                skipped[str(path)] = f"{type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}"
+                skipped[str(path)] = f"{error_summary(error)}"
                 log.warning("skipping checkpoint %s: %s", path, skipped[str(path)])
                 continue
             if path == self.latest and int(state["step"]) < newest_step:

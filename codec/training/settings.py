@@ -60,7 +60,8 @@ class TrainerSettings:
         unknown = sorted(set(values) - known)
         if unknown:
             raise TrainerConfigError(f"trainer.{unknown[0]} is not a trainer setting; known settings: {sorted(known)}")
-        settings = cls(**values)
+        types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+        settings = cls(**{name: _typed(name, types[name], value) for name, value in values.items()})
         settings.check()
         return settings
 
@@ -91,6 +92,24 @@ class TrainerSettings:
             )
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise TrainerConfigError(f"trainer.device={self.device!r} must be auto, cpu, cuda or cuda:N")
+
+
+def _typed(name: str, annotation: str, value: Any) -> Any:
+    """``value`` as the setting's declared number type: an integral float such as ``1e3`` is an int;
+    anything else that is not a number is refused naming the key and the type expected."""
+    if value is None or isinstance(value, bool) or annotation not in ("int", "float", "float | None", "int | None"):
+        return value
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            expected = "an integer" if annotation.startswith("int") else "a number"
+            raise TrainerConfigError(f"trainer.{name}={value!r} must be {expected}") from None
+    if annotation.startswith("int"):
+        if not float(value).is_integer():
+            raise TrainerConfigError(f"trainer.{name}={value!r} must be an integer")
+        return int(value)
+    return float(value)
 
 
 def adversarial_from(settings: TrainerSettings) -> int:

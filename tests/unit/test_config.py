@@ -154,6 +154,28 @@ def test_trainer_settings_reject_bad_values_by_name() -> None:
     assert enabled_on(True, "cpu") and not enabled_on(False, "cuda")
 
 
+def test_trainer_numbers_accept_integral_floats_and_refuse_words_naming_the_key() -> None:
+    """``trainer.max_steps=1e3`` reaches the trainer as a float: it is the integer 1000. A word, or a
+    fraction where an integer is needed, is refused before training with the key and the type."""
+    from codec.training.settings import TrainerConfigError, TrainerSettings
+
+    settings = TrainerSettings.from_config({"max_steps": 1e3, "segment_seconds": "0.5", "ema_decay": 0.999})
+    assert settings.max_steps == 1000 and isinstance(settings.max_steps, int) and settings.segment_seconds == 0.5
+    with pytest.raises(TrainerConfigError, match=r"trainer\.batch_size='two' must be an integer"):
+        TrainerSettings.from_config({"batch_size": "two"})
+    with pytest.raises(TrainerConfigError, match=r"trainer\.max_steps=1.5 must be an integer"):
+        TrainerSettings.from_config({"max_steps": 1.5})
+    with pytest.raises(TrainerConfigError, match=r"trainer\.segment_seconds='long' must be a number"):
+        TrainerSettings.from_config({"segment_seconds": "long"})
+
+
+def test_an_exception_with_an_empty_message_is_named_by_its_type() -> None:
+    from codec.messages import error_summary
+
+    assert error_summary(EOFError()) == "EOFError"
+    assert error_summary(ValueError("first\nsecond"), limit=3) == "ValueError: fir"
+
+
 def sweep_points(name: str) -> list[list[str]]:
     """Every override list a ready sweep definition expands to (the sweeper's cross product)."""
     from codec.sweep.plan import expand_points

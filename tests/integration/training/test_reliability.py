@@ -337,6 +337,7 @@ BAD_SETTINGS = {
         "data.bad_files='ignore' is unknown",
     ),
     "empty data path": (["data=folder", "data.path="], "data.path is empty"),
+    "a word for a number": (["trainer.batch_size=two"], "trainer.batch_size='two' must be an integer"),
 }
 
 

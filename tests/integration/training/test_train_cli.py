@@ -333,3 +333,62 @@ def test_warm_start_takes_the_weight_ema_when_the_source_kept_one(tmp_path: Path
     assert keys  # the EMA differs from the raw weights, so the check below can tell them apart
     for key in keys:
         assert torch.allclose(state["codec"][key], source_state["ema_codec"][key], atol=1e-12), key
+
+
+def test_an_integral_float_step_count_trains_that_many_steps(tmp_path: Path) -> None:
+    """``trainer.max_steps=1e1`` used to pass every check and fail at step 0."""
+    train(
+        ["experiment=smoke", "trainer.max_steps=1e1", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path
+    )
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["state"] == "finished" and status["step"] == 10
+
+
+def test_a_zero_byte_checkpoint_is_named_in_one_line_by_every_command(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    wav = tmp_path / "a.wav"
+    sf.write(str(wav), np.zeros(16000, dtype=np.float32), 16000)
+    commands = [
+        [sys.executable, "-m", "codec", "encode", str(wav), str(tmp_path / "a.npz"), "--checkpoint", str(empty)],
+        [sys.executable, str(REPO_ROOT / "evaluate.py"), f"checkpoint={empty}"],
+    ]
+    for command in commands:
+        result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=HANG_GUARD_S)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert result.stderr.strip() == f"error: {empty} is not a loadable training checkpoint (EOFError)"
+
+
+def test_codes_decode_only_with_the_codec_that_wrote_them(tmp_path: Path) -> None:
+    """Codes from one run decoded with another run's checkpoint of the same layout used to exit 0
+    with wrong audio; codes out of range or with no frames ended in tracebacks."""
+    checkpoints = []
+    for seed in (1, 2):
+        run_dir = tmp_path / f"seed{seed}"
+        train(["experiment=smoke", f"trainer.seed={seed}", "logger=none", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+        checkpoints.append(run_dir / "checkpoints" / "latest.pt")
+    wav = tmp_path / "a.wav"
+    sf.write(str(wav), 0.1 * np.sin(np.linspace(0, 800, 16000)).astype(np.float32), 16000)
+    codes = tmp_path / "a.npz"
+
+    def codec_cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "codec", *args], cwd=tmp_path, capture_output=True, text=True, timeout=HANG_GUARD_S
+        )
+
+    assert codec_cli("encode", str(wav), str(codes), "--checkpoint", str(checkpoints[0])).returncode == 0
+    assert (
+        codec_cli("decode", str(codes), str(tmp_path / "ok.wav"), "--checkpoint", str(checkpoints[0])).returncode == 0
+    )
+    wrong = codec_cli("decode", str(codes), str(tmp_path / "wrong.wav"), "--checkpoint", str(checkpoints[1]))
+    assert wrong.returncode == 2 and "decode with the checkpoint that encoded it" in wrong.stderr, wrong.stderr
+    assert not (tmp_path / "wrong.wav").exists()
+    fields = dict(np.load(codes))
+    for name, values, message in (
+        ("range.npz", np.full_like(fields["codes"], 9999), "outside this codec's 0..1023"),
+        ("negative.npz", -np.ones_like(fields["codes"]), "holds codes from -1"),
+        ("empty.npz", fields["codes"][:, :0], "holds no frames"),
+    ):
+        np.savez(tmp_path / name, **{**fields, "codes": values})
+        result = codec_cli("decode", str(tmp_path / name), str(tmp_path / "x.wav"), "--checkpoint", str(checkpoints[0]))
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
