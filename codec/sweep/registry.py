@@ -111,10 +111,9 @@ class Sweep:
         parent run, each keeping its records in its journal until the server answers."""
         if self.tracking_uri is None:
             return []
-        from codec.tracking.background import CLIENT_ENVIRONMENT
+        from codec.tracking.background import fail_fast_client
 
-        for key, value in CLIENT_ENVIRONMENT.items():
-            os.environ.setdefault(key, value)
+        fail_fast_client()
         try:
             return self._register(master, self.tracking_uri)
         except Exception as error:

@@ -30,6 +30,12 @@ CLIENT_ENVIRONMENT = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUE
 BACKOFF_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 
 
+def fail_fast_client() -> None:
+    """Make this process's MLflow client calls fail fast (callers retry on their own terms)."""
+    for key, value in CLIENT_ENVIRONMENT.items():
+        os.environ.setdefault(key, value)
+
+
 def ship(remote: MLflowLogger, record: Mapping[str, Any], run_id: str | None) -> str | None:
     """Send one journal record through ``remote``; returns the tracker's run id."""
     op = record["op"]
@@ -76,8 +82,7 @@ class BackgroundMLflowLogger(RunLogger):
         run_name: str | None = None,
         flush_timeout_s: float = 60.0,
     ) -> None:
-        for key, value in CLIENT_ENVIRONMENT.items():
-            os.environ.setdefault(key, value)
+        fail_fast_client()
         self.remote = MLflowLogger(tracking_uri, experiment_name, experiment_id, parent_run_id, sweep_id, run_name)
         self.tracking_uri = tracking_uri
         self.flush_timeout_s = float(flush_timeout_s)

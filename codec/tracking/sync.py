@@ -7,13 +7,12 @@ left. This is for runs that ended while the tracking server was away and will no
 from __future__ import annotations
 
 import inspect
-import os
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from codec.config import plain_dict
-from codec.tracking.background import CLIENT_ENVIRONMENT, replay
+from codec.tracking.background import fail_fast_client, replay
 from codec.tracking.journal import JOURNAL_DIR, Journal
 from codec.tracking.loggers import MLflowLogger
 from codec.training.run_lock import RunDirectoryBusy, RunLock
@@ -31,8 +30,7 @@ def sync_run(run_dir: Path) -> int:
     sent. A run that is training now is left to its own sender (:class:`RunDirectoryBusy`)."""
     if not pending_records(run_dir):
         return 0
-    for key, value in CLIENT_ENVIRONMENT.items():
-        os.environ.setdefault(key, value)
+    fail_fast_client()
     config = OmegaConf.load(Path(run_dir) / "resolved_config.yaml")
     wanted = set(inspect.signature(MLflowLogger).parameters)
     arguments = {k: v for k, v in plain_dict(config.logger).items() if k in wanted}
