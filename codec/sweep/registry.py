@@ -128,10 +128,12 @@ class Sweep:
 
     def _register(self, master: DictConfig, tracking_uri: str) -> list[str]:
         from codec.tracking.loggers import ensure_experiment, open_client
+        from codec.tracking.store import artifact_location
 
         client = open_client(tracking_uri)
         if self.experiment_id is None:
-            self.experiment_id = ensure_experiment(client, str(master.logger.experiment_name))
+            name = str(master.logger.experiment_name)
+            self.experiment_id = ensure_experiment(client, name, artifact_location(tracking_uri, name))
         if self.parent_run_id is not None:
             try:
                 client.update_run(self.parent_run_id, status="RUNNING")

@@ -6,14 +6,14 @@ are dropped, so a resumed or requeued job logs no step twice.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
 import math
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from codec.tracking.store import TrackingStoreError, artifact_location, prepare_sqlite_store, sqlite_path
 
 log = logging.getLogger(__name__)
 
@@ -33,47 +33,24 @@ def flatten_config(config: Mapping[str, Any]) -> dict[str, str]:
     return flat
 
 
-class TrackingStoreError(RuntimeError):
-    """The tracking store cannot be opened; names the URI and the cause."""
-
-
 def open_client(tracking_uri: str):
-    """An ``MlflowClient`` on a store that is ready; a local SQLite store is created or upgraded
-    under an exclusive file lock.
-
-    MLflow migrates a fresh SQLite file when a client first opens it; several processes doing so
-    at once race ("duplicate column name", "table ... already exists") and can leave the file
-    unusable. The first process to take the lock creates the schema; the others find it ready.
-    """
+    """An ``MlflowClient`` on a store that is ready; a local SQLite store is first made whole
+    (``codec.tracking.store``: built aside and renamed in, under the store's lock)."""
     from mlflow.tracking import MlflowClient
 
     path = sqlite_path(tracking_uri)
-    lock = contextlib.nullcontext() if path is None else _file_lock(path.with_name(path.name + ".lock"))
     try:
-        with lock:
-            client = MlflowClient(tracking_uri=tracking_uri)
-            client.search_experiments(max_results=1)
+        if path is not None:
+            prepare_sqlite_store(path)
+        client = MlflowClient(tracking_uri=tracking_uri)
+        client.search_experiments(max_results=1)
+    except TrackingStoreError:
+        raise
     except Exception as error:
         raise TrackingStoreError(
             f"logger.tracking_uri={tracking_uri}: the MLflow store cannot be opened ({type(error).__name__}: {error})"
         ) from error
     return client
-
-
-def sqlite_path(tracking_uri: str) -> Path | None:
-    prefix = "sqlite:///"
-    return Path(tracking_uri[len(prefix) :]) if tracking_uri.startswith(prefix) else None
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class RunLogger:
@@ -158,7 +135,9 @@ class MLflowLogger(RunLogger):
     def _experiment(self) -> str:
         if self.experiment_id:
             return str(self.experiment_id)
-        return ensure_experiment(self.client, self.experiment_name)
+        return ensure_experiment(
+            self.client, self.experiment_name, artifact_location(self.tracking_uri, self.experiment_name)
+        )
 
     def start(
         self, run_name: str, params: Mapping[str, str], tags: Mapping[str, str], run_id: str | None = None
@@ -238,13 +217,13 @@ class MLflowLogger(RunLogger):
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
-def ensure_experiment(client, name: str) -> str:
-    """Id of the experiment ``name``, created if missing (tolerating a concurrent creator) and
-    tagged so the UI opens it in its model-training view."""
+def ensure_experiment(client, name: str, location: str | None = None) -> str:
+    """Id of the experiment ``name``, created if missing (tolerating a concurrent creator) with its
+    artifacts at ``location``, and tagged so the UI opens it in its model-training view."""
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         try:
-            experiment_id = client.create_experiment(name, tags=EXPERIMENT_KIND)
+            experiment_id = client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
         except Exception:
             experiment = client.get_experiment_by_name(name)
             if experiment is None:
