@@ -53,13 +53,17 @@ class SweepAwareMixin:
         returns: dict[int, JobReturn] = {job.index: skipped_return(job) for job in sweep.jobs if job.finished}
         if pending:
             names = sweep.child_run_names() if extra else {}
-            launched = self._submit(
-                [
-                    job.overrides + extra + ([f"logger.run_name='{names[job.index]}'"] if names else [])
-                    for job in pending
-                ],
-                initial_job_idx,
-            )
+            try:
+                launched = self._submit(
+                    [
+                        job.overrides + extra + ([f"logger.run_name='{names[job.index]}'"] if names else [])
+                        for job in pending
+                    ],
+                    initial_job_idx,
+                )
+            except BaseException as error:  # Ctrl-C, a stop signal, a launcher error: the parent says so
+                sweep.interrupt(error)
+                raise
             returns.update({job.index: ret for job, ret in zip(pending, launched)})
         ordered = [returns[job.index] for job in sweep.jobs]
         counts = sweep.finish(ordered) if pending else {"skipped": len(sweep.jobs)}

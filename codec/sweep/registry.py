@@ -33,6 +33,7 @@ class PlannedJob:
     run_dir: str
     identity: str
     finished: bool = False
+    max_steps: int | None = None  # so a point that never started still counts in the progress
 
 
 @dataclass
@@ -65,7 +66,7 @@ class Sweep:
                 done = (
                     status.get("state") == "finished"
                     and status.get("identity") == identity
-                    and int(status.get("step", 0)) >= int(task_cfg["trainer"]["max_steps"])
+                    and int(status.get("step", 0)) >= int(float(task_cfg["trainer"]["max_steps"]))
                 )
                 # Stopped by a guardrail under the same guard settings: running it again would stop it again.
                 done = done or (
@@ -73,7 +74,8 @@ class Sweep:
                     and status.get("identity") == identity
                     and status.get("guard_settings") == task_cfg.get("guard")
                 )
-                jobs.append(PlannedJob(index, list(overrides), run_dir, identity, done))
+                max_steps = int(float(task_cfg["trainer"]["max_steps"]))
+                jobs.append(PlannedJob(index, list(overrides), run_dir, identity, done, max_steps))
         finally:
             HydraConfig.instance().set_config(master)
         key = [str(Path(sweep_dir).resolve()), sorted(" ".join(j.overrides) for j in jobs)]
@@ -174,6 +176,22 @@ class Sweep:
             except Exception as error:  # the runs' own records are safe in their journals
                 log.warning("could not close the sweep's MLflow parent run %s: %s", self.parent_run_id, error)
         return counts
+
+    def interrupt(self, error: BaseException) -> None:
+        """The launcher stopped before every job returned: record it and close the parent run KILLED."""
+        reason = "interrupted (Ctrl-C)" if isinstance(error, KeyboardInterrupt) else error_summary(error, 500)
+        self.history.append({"time": time.time(), "interrupted": reason})
+        self.save()
+        if self.tracking_uri is None or self.parent_run_id is None:
+            return
+        from mlflow.tracking import MlflowClient
+
+        try:
+            client = MlflowClient(tracking_uri=self.tracking_uri)
+            client.set_tag(self.parent_run_id, "interrupted", reason)
+            client.set_terminated(self.parent_run_id, status="KILLED")
+        except Exception as tracking_error:
+            log.warning("could not close the sweep's MLflow parent run %s: %s", self.parent_run_id, tracking_error)
 
     # -- persistence -------------------------------------------------------------------------
     def save(self) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,35 @@ from codec.training.status import read_status
 from codec.training.timing import format_duration
 
 BEST_COLUMNS = ("mel_distance", "pesq_wb", "stoi")
+# A "running" run on another host whose status has not been written for this long counts as lost
+# (on this host, its process is looked up instead).
+SILENT_AFTER_S = 30 * 60
+
+
+def lost_reason(status: dict[str, Any], now: float, silent_after_s: float = SILENT_AFTER_S) -> str | None:
+    """Why a run whose status says "running" is not running any more; None when it may be."""
+    if status.get("state") != "running":
+        return None
+    host, pid = status.get("host"), status.get("pid")
+    if host == socket.gethostname() and isinstance(pid, int):
+        return None if _process_alive(pid) else f"its process {pid} on {host} is gone"
+    beat = status.get("heartbeat") or status.get("updated")
+    if isinstance(beat, (int, float)) and now - beat > silent_after_s:
+        return f"no heartbeat from {host or 'its host'} for {format_duration(now - beat)}"
+    return None
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a reused pid: alive, but not a Python process
+        return b"python" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True
 
 
 def find_sweep_dir(sweep: str | None, runs_dir: Path) -> list[Path]:
@@ -41,19 +72,22 @@ def sweep_rows(sweep_dir: Path) -> tuple[Sweep, list[dict[str, Any]]]:
         state = status.get("state", "pending")
         if state == "finished" and status.get("identity") not in (None, job.identity):
             state = "stale"  # finished, but under a different configuration
+        lost = lost_reason(status, time.time())
+        if lost:
+            state = "lost"
         best = status.get("best", {})
         rows.append(
             {
                 "run": " ".join(o for o in job.overrides if o.split("=", 1)[0] in varying) or "(base)",
                 "state": state,
                 "step": status.get("step", 0),
-                "max_steps": status.get("max_steps", "?"),
+                "max_steps": status.get("max_steps", job.max_steps or "?"),
                 **{f"best/{k}": best.get(k) for k in BEST_COLUMNS},
                 "updated": status.get("updated"),
                 "run_dir": str(run_dir),
                 "error": status.get("error", ""),
                 "guard": status.get("guard", ""),
-                "reason": status.get("reason", ""),
+                "reason": lost or status.get("reason", ""),
                 "cost": status.get("cost", {}),
             }
         )
@@ -90,6 +124,9 @@ def format_table(sweep: Sweep, rows: list[dict[str, Any]]) -> str:
     failures = [f"  {r['run']}: {r['error']}" for r in rows if r["state"] == "failed" and r["error"]]
     if failures:
         lines += ["failures:", *failures]
+    lost = [f"  {r['run']}: {r['reason']}; the same command resumes it" for r in rows if r["state"] == "lost"]
+    if lost:
+        lines += ["lost (killed without a word; last checkpoint kept):", *lost]
     guarded = [
         f"  {r['run']}: {r['guard']} at step {r['step']}: {r['reason']}" for r in rows if r["state"] == "stopped_early"
     ]
@@ -99,7 +136,7 @@ def format_table(sweep: Sweep, rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-DONE_STATES = ("finished", "failed", "stopped_early", "stale")
+DONE_STATES = ("finished", "failed", "stopped_early", "stale", "lost")
 
 
 def progress_line(rows: list[dict[str, Any]]) -> str:

@@ -138,10 +138,26 @@ class BackgroundMLflowLogger(RunLogger):
         self._append("artifact", path=str(Path(path).resolve()), artifact_path=artifact_path)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        self._append("tags", tags={k: str(v) for k, v in tags.items()})
+        self._append_or_send("tags", tags={k: str(v) for k, v in tags.items()})
 
     def finish(self, status: str = "FINISHED") -> None:
-        self._append("finish", status=status)
+        self._append_or_send("finish", status=status)
+
+    def _append_or_send(self, op: str, **payload: Any) -> None:
+        """A run's closing records reach the tracker even when its journal cannot be written (its
+        directory deleted, a full disk): they are then sent directly, once."""
+        try:
+            self._append(op, **payload)
+        except OSError as error:
+            if self.run_id is None:
+                raise
+            log.warning(
+                "tracking: the journal cannot be written (%s); sending '%s' to %s directly",
+                error,
+                op,
+                self.tracking_uri,
+            )
+            ship(self.remote, {"op": op, **payload}, self.run_id)
 
     def close(self) -> None:
         """Give the sender up to ``flush_timeout_s`` to catch up, then leave the rest in the journal."""

@@ -35,7 +35,7 @@ def flatten_config(config: Mapping[str, Any]) -> dict[str, str]:
 
 def open_client(tracking_uri: str):
     """An ``MlflowClient`` on a store that is ready; a local SQLite store is first made whole
-    (``codec.tracking.store``: built aside and renamed in, under the store's lock)."""
+    (``codec.tracking.store``: built aside and linked in whole, under the store's lock)."""
     from mlflow.tracking import MlflowClient
 
     path = sqlite_path(tracking_uri)

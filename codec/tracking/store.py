@@ -3,7 +3,7 @@
 MLflow creates and migrates a fresh SQLite file in place, in dozens of steps. A process killed
 in between (SIGKILL, a second Ctrl-C) leaves a file that every later run fails to open ("table
 ... already exists", "duplicate column name"). Here a new store is built in a temporary file and
-renamed into place once complete, under a lock per store, so no reader ever sees it half-made.
+linked into place once complete, under a lock per store, so no reader ever sees it half-made.
 A half-made file left by an older version (or by MLflow alone) is recognised: if it holds no
 runs it is moved aside and rebuilt, saying so; if it holds runs it is never touched, and the
 error names the file and what to do.
@@ -111,7 +111,7 @@ def prepare_sqlite_store(path: Path) -> None:
 
 
 def _build(path: Path) -> None:
-    """Create and migrate the schema in a temporary file, then rename it into place."""
+    """Create and migrate the schema in a temporary file, then link it into place."""
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     building = path.with_name(f".{path.name}.building-{os.getpid()}")
@@ -120,7 +120,12 @@ def _build(path: Path) -> None:
     store.engine.dispose()
     if not inspect_store(building).complete:
         raise TrackingStoreError(f"{path}: MLflow did not finish creating its schema in {building}")
-    os.replace(building, path)
+    try:  # a hard link, not a rename: a store another tool (mlflow ui) made meanwhile is kept, not replaced
+        os.link(building, path)
+    except FileExistsError:
+        log.info("%s appeared while a new store was being built; using it", path)
+    finally:
+        building.unlink()
 
 
 @contextlib.contextmanager

@@ -10,6 +10,8 @@ crafted pickle cannot run code.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import re
@@ -42,7 +44,7 @@ def atomic_torch_save(obj: Any, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as handle:
+    with _written_whole_or_removed(tmp, path), open(tmp, "wb") as handle:
         torch.save(obj, handle)
         handle.flush()
         os.fsync(handle.fileno())
@@ -53,11 +55,31 @@ def atomic_torch_save(obj: Any, path: Path) -> Path:
 def atomic_copy(source: Path, target: Path) -> None:
     """An independent copy of ``source`` at ``target``, replaced atomically."""
     tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-    with open(source, "rb") as src, open(tmp, "wb") as dst:
+    with _written_whole_or_removed(tmp, target), open(source, "rb") as src, open(tmp, "wb") as dst:
         shutil.copyfileobj(src, dst, length=16 << 20)
         dst.flush()
         os.fsync(dst.fileno())
     os.replace(tmp, target)
+
+
+# Below this much free space a failed write is reported as a full disk, whatever the writer said
+# (torch.save reports one as "unexpected pos ...").
+FULL_DISK_BYTES = 1 << 20
+
+
+@contextlib.contextmanager
+def _written_whole_or_removed(tmp: Path, target: Path):
+    """A failed write leaves no partial temporary file behind, and a full disk is named as such."""
+    try:
+        yield
+    except BaseException as error:
+        full = isinstance(error, Exception) and shutil.disk_usage(tmp.parent).free < FULL_DISK_BYTES
+        tmp.unlink(missing_ok=True)
+        if full and not (isinstance(error, OSError) and error.errno == errno.ENOSPC):
+            raise OSError(
+                errno.ENOSPC, f"No space left on device writing {target} ({error_summary(error, 200)})"
+            ) from error
+        raise
 
 
 def safe_load(path: Path | str, map_location: str | torch.device = "cpu") -> Any:

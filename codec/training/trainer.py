@@ -36,7 +36,7 @@ from codec.training.guards import Guardrails, GuardStop
 from codec.training.host_memory import retain_freed_host_memory
 from codec.training.identity import identity_diff, predated_options, run_identity
 from codec.training.run_lock import RunLock
-from codec.training.run_record import model_facts, start_run_record
+from codec.training.run_record import RunRecorder, model_facts, start_run_record
 from codec.training.settings import TrainerConfigError, TrainerSettings, enabled_on
 from codec.training.status import read_status, write_status
 from codec.training.timing import format_duration
@@ -166,6 +166,7 @@ class Trainer:
         else:
             self.logger = logger if logger is not None else build(cfg.logger, "logger")
         self.logger.attach(self.run_dir)
+        self.recorder = RunRecorder(self.run_dir, self.logger)
         self.gan = GANStep(self.codec, self.discriminator, self.loss, self.settings, self.device, self.dist)
         self._check_segment()
 
@@ -432,6 +433,7 @@ class Trainer:
                 )
                 return status
             if self.dist.is_main:
+                self.recorder.keep_reserve()
                 self._start_logging()
                 log.info(
                     "run directory %s | %s | device %s | %s",
@@ -470,14 +472,16 @@ class Trainer:
         except StopRequested:
             if self.dist.is_main:
                 by_user = self.stop_signal == signal.SIGINT
-                write_status(self.run_dir, state="stopped" if by_user else "preempted", reason=self.stop_reason)
-                self.logger.set_tags({"last_preemption": self.stop_reason})
-                self.logger.finish("KILLED")
+                self.recorder.end(
+                    "stopped" if by_user else "preempted",
+                    "KILLED",
+                    {"last_preemption": self.stop_reason},
+                    reason=self.stop_reason,
+                )
             raise
         except KeyboardInterrupt:
             if self.dist.is_main:  # a second Ctrl-C: aborted mid-step, the last checkpoint stands
-                write_status(self.run_dir, state="stopped", reason="aborted by a second Ctrl-C")
-                self.logger.finish("KILLED")
+                self.recorder.end("stopped", "KILLED", reason="aborted by a second Ctrl-C")
             raise
         except BaseException as error:
             if self.dist.is_main:
@@ -499,7 +503,7 @@ class Trainer:
         except OSError as error:  # a full or read-only disk: the journal still holds the run id
             log.warning("could not write the run id to %s: %s", self.run_dir / "status.json", error)
 
-    def _known_run_id(self) -> dict[str, str]:
+    def _known_run_id(self) -> dict[str, Any]:
         """The tracker's run id for status.json once the sender has it (it may still be on its way)."""
         return {"run_id": self.logger.run_id} if self.logger.run_id else {}
 
@@ -507,28 +511,24 @@ class Trainer:
         """status.json and the MLflow run say FAILED with the reason; a failure before the run was
         opened still opens it (re-using the id a previous attempt recorded) so it can say so."""
         reason = f"{type(error).__name__}: {error}"
-        write_status(self.run_dir, state="failed", error=reason)
-        try:
-            if not self.logger.started:
+        if not self.logger.started:
+            try:
                 self._start_logging()
-                write_status(self.run_dir, state="failed", error=reason)
-            self.logger.set_tags({"error": reason[:5000]})
-            self.logger.finish("FAILED")
-        except Exception as tracking_error:  # never hide the original failure behind a tracking one
-            log.error("could not record the failure in the tracker: %s", tracking_error)
+            except Exception as tracking_error:  # never hide the original failure behind a tracking one
+                log.error("could not open the run in the tracker to record its failure: %s", tracking_error)
+        self.recorder.end("failed", "FAILED", {"error": reason[:5000]}, error=reason)
 
     def _record_guard_stop(self, stop: GuardStop) -> None:
         """A guardrail ended the run: status, tracker tag and status say which and why; the sweep goes on."""
-        write_status(
-            self.run_dir,
-            state="stopped_early",
+        self.recorder.end(
+            "stopped_early",
+            "KILLED",
+            {"guard": stop.guard, "stop_reason": stop.reason[:5000]},
             guard=stop.guard,
             reason=stop.reason,
             stopped_at_step=stop.step,
             guard_settings=self.config.get("guard"),
         )
-        self.logger.set_tags({"guard": stop.guard, "stop_reason": stop.reason[:5000]})
-        self.logger.finish("KILLED")
         log.warning(
             "stopped early at step %d by guardrail %s: %s; checkpoint %s kept",
             stop.step,
@@ -599,8 +599,7 @@ class Trainer:
                     format_duration(eta),
                 )
                 if self.dist.is_main:  # heartbeat, cost and pace for the sweep status table
-                    write_status(
-                        self.run_dir,
+                    self.recorder.heartbeat(
                         step=self.step,
                         cost={k.split("/", 1)[1]: v for k, v in values.items() if k.startswith("cost/")},
                         **self._known_run_id(),
@@ -653,16 +652,15 @@ class Trainer:
         probes = self._run_probes()
         cost = self.cost.metrics(self.step)
         self.logger.log_metrics(cost, self.step)
-        status = write_status(
-            self.run_dir,
-            state="finished",
+        status = self.recorder.end(
+            "finished",
+            "FINISHED",
             step=self.step,
             cost={k.split("/", 1)[1]: v for k, v in cost.items()},
             test={k: v for k, v in test.metrics.items() if not k.endswith("_std")},
             probe=probes,
             **self._known_run_id(),
         )
-        self.logger.finish("FINISHED")
         log.info("finished at step %d; run directory %s", self.step, self.run_dir)
         for line in self.logger.where_to_look():
             log.info("open next: %s", line)
