@@ -10,6 +10,7 @@ from pathlib import Path
 
 from codec.config import ConfigError, compose_config, describe, describe_preset_overrides, preset_overrides_of_choices
 from codec.data.audio_io import AudioFileError
+from codec.messages import error_summary
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -33,12 +34,29 @@ def _pairs(source: Path, target: Path, suffixes: tuple[str, ...], new_suffix: st
     return [(f, (target / f.relative_to(source)).with_suffix(new_suffix)) for f in files]
 
 
+class SomeFilesFailed(Exception):
+    """A folder was processed past its bad files; names each with its reason."""
+
+
 def _each(pairs: list[tuple[Path, Path]], action) -> list:
-    results = []
+    """``action`` on every pair. A folder goes on past a bad file and lists every bad one at the end
+    (:class:`SomeFilesFailed`); a single file fails at once."""
+    if len(pairs) == 1:
+        return [action(*pairs[0])]
+    results, failures = [], []
     for index, (source, target) in enumerate(pairs, 1):
-        results.append(action(source, target))
-        if len(pairs) > 1:
-            print(f"[{index}/{len(pairs)}] {source} -> {target}", file=sys.stderr)
+        try:
+            results.append(action(source, target))
+        except (ValueError, AudioFileError, OSError, RuntimeError) as error:
+            failures.append(f"  {source}: {error_summary(error, 300)}")
+            print(f"[{index}/{len(pairs)}] {source}: FAILED ({error_summary(error, 120)})", file=sys.stderr)
+            continue
+        print(f"[{index}/{len(pairs)}] {source} -> {target}", file=sys.stderr)
+    if failures:
+        raise SomeFilesFailed(
+            f"{len(failures)} of {len(pairs)} file(s) failed; the other {len(results)} were written:\n"
+            + "\n".join(failures)
+        )
     return results
 
 
@@ -106,3 +124,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, ValueError, AudioFileError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except SomeFilesFailed as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1

@@ -46,6 +46,7 @@ def load_codec(checkpoint: Path | str, device: str | torch.device = "cpu", use_e
     weights = state["ema_codec"] if use_ema and state.get("ema_codec") else state["codec"]
     codec.load_state_dict(weights)
     codec.identity = state.get("identity", "")
+    codec.split_record = state.get("splits")  # valid and test as the run recorded them (None if older)
     return codec.to(device).eval()
 
 

@@ -32,6 +32,10 @@ class Codec(nn.Module):
     the :class:`~codec.quantization.base.BaseQuantizer` contract.
     """
 
+    # Set when loaded from a training checkpoint: the run's identity and its recorded valid/test split.
+    identity: str = ""
+    split_record: dict[str, Any] | None = None
+
     def __init__(
         self, encoder: nn.Module, quantizer: BaseQuantizer, sample_rate: int, decoder: nn.Module | None = None
     ) -> None:

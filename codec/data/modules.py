@@ -14,6 +14,7 @@ from codec.data.demo_corpus import ensure_demo_corpus
 from codec.data.manifest import BAD_FILE_POLICIES, AudioEntry, Manifest, scan_folder
 from codec.data.resample_cache import cache_resampled
 from codec.data.speech_corpus import GRAMMAR_FILE, SPLIT_FOLDERS, TRANSCRIPT_SUFFIX, ensure_speech_corpus
+from codec.data.split_record import make_record, relative_name
 from codec.signals import ignore_stop_signals
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,54 @@ class AudioDataModule:
             "valid": shuffled[self.test_count : self.test_count + self.valid_count],
             "train": shuffled[self.test_count + self.valid_count :],
         }
+
+    def split_rule(self) -> str:
+        """How :meth:`assign_splits` chose, for the split record."""
+        return (
+            f"{type(self).__name__}: seeded shuffle (split_seed={self.split_seed}), then "
+            f"test_count={self.test_count}, valid_count={self.valid_count}, the rest trains"
+        )
+
+    def split_record(self) -> dict:
+        """The split as drawn now, by file names relative to the data root (``codec.data.split_record``)."""
+        root = self.root()
+        names = {split: [relative_name(e.name, root) for e in entries] for split, entries in self.prepare().items()}
+        return make_record(root, self.split_rule(), names)
+
+    def keep_recorded_split(self, record: dict) -> list[str]:
+        """Use a run's recorded split instead of drawing one; returns warnings naming what changed.
+
+        Splits present in ``record`` replace the drawn ones (a checkpoint's record holds valid and
+        test only). A recorded file that is gone is an error; added files are left out.
+        """
+        drawn = self.prepare()
+        root = self.root()
+        by_name = {relative_name(e.name, root): e for entries in drawn.values() for e in entries}
+        recorded: dict[str, list[str]] = record["splits"]
+        gone = sorted(n for names in recorded.values() for n in names if n not in by_name)
+        if gone:
+            shown = ", ".join(gone[:5]) + (f" and {len(gone) - 5} more" if len(gone) > 5 else "")
+            raise DataError(
+                f"{len(gone)} file(s) of the run's recorded split (made over {record['root']}) are not usable under "
+                f"{root}: {shown}. Restore them, point data.path at the run's data, or start a new run"
+            )
+        kept = {n for names in recorded.values() for n in names}
+        self._splits = {
+            split: sorted((by_name[n] for n in recorded[split]), key=lambda e: e.name) if split in recorded else entries
+            for split, entries in drawn.items()
+        }
+        warnings = []
+        if "train" in recorded:
+            added = sorted(set(by_name) - kept)
+            if added:
+                shown = ", ".join(added[:5]) + (f" and {len(added) - 5} more" if len(added) > 5 else "")
+                warnings.append(
+                    f"{len(added)} file(s) added under {root} since the split was recorded are not used by this run "
+                    f"(start a new run to train on them): {shown}"
+                )
+        if "train" not in recorded:  # the training files must not include held-out ones
+            self._splits["train"] = [e for e in drawn["train"] if relative_name(e.name, root) not in kept]
+        return warnings
 
     def split(self, name: str) -> list[AudioEntry]:
         """The files of a split, or of all splits for ``"all"``."""
@@ -232,6 +281,9 @@ class SpeechDataModule(AudioDataModule):
 
     def root(self) -> Path:
         return ensure_speech_corpus(self.cache_dir, self.sample_rate, self.voices, self.utterance_counts, self.seed)
+
+    def split_rule(self) -> str:
+        return "SpeechDataModule: the corpus' own train/valid/test folders (held-out voices and sentences)"
 
     def assign_splits(self, entries: list[AudioEntry]) -> dict[str, list[AudioEntry]]:
         root = self.root().resolve()

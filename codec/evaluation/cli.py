@@ -8,7 +8,9 @@ Two modes:
 
   codec-eval reference=DIR decoded=DIR [sample_rate=16000] [grammar=FILE.jsgf] [overrides]
       No checkpoint: score a folder of decoded audio (any external codec) against a folder of
-      references, paired by relative path and file stem (``a/b.wav`` <-> ``a/b.flac``).
+      references, paired by relative path and file stem (``a/b.wav`` <-> ``a/b.flac``). Missing,
+      extra and doubled stems, and pairs whose lengths differ by more than ``hop`` samples
+      (default 1024), are all listed and nothing is scored.
 
 Metrics come from ``eval.metrics`` (e.g. ``'eval.metrics=[pesq_wb,stoi,visqol,dnsmos,wer]'``).
 WER uses ``<reference>.txt`` beside a reference file as its transcript where one exists, and a
@@ -19,27 +21,36 @@ Prints a table and writes JSON with per-utterance scores and file names.
 from __future__ import annotations
 
 import json
+import logging
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from codec.config import ConfigError, build, compose_config
 from codec.data import AudioFileError, DataError, read_audio
 from codec.data.audio_io import AUDIO_SUFFIXES
+from codec.data.modules import ALL_FILES
+from codec.data.split_record import read_record
 from codec.evaluation import EvalResult, Evaluator
 from codec.evaluation.evaluator import aggregate
 from codec.inference import load_codec
 
-OWN_KEYS = ("checkpoint", "split", "output", "device", "reference", "decoded", "grammar")
+log = logging.getLogger(__name__)
+
+OWN_KEYS = ("checkpoint", "split", "output", "device", "reference", "decoded", "grammar", "hop")
+# The largest length gap between a reference and its decoded file that is still padding to whole
+# frames, in samples at sample_rate: at or above the hop of the common codecs (EnCodec 320, DAC 512).
+DEFAULT_HOP = 1024
 USAGE = (
     "usage: codec-eval checkpoint=PATH [data=folder data.path=DIR] [split=test|valid|train|all] [output=FILE.json] "
     "[device=cpu]\n"
-    "       codec-eval reference=DIR decoded=DIR [sample_rate=HZ] [grammar=FILE.jsgf] [output=FILE.json]"
+    "       codec-eval reference=DIR decoded=DIR [sample_rate=HZ] [hop=SAMPLES] [grammar=FILE.jsgf] [output=FILE.json]"
 )
 
 
 def parse(argv: list[str]) -> tuple[dict[str, str | None], list[str]]:
-    own: dict[str, str | None] = {"split": "test", "output": None, "device": "cpu", "grammar": None}
+    own: dict[str, str | None] = {"split": "test", "output": None, "device": "cpu", "grammar": None, "hop": None}
     overrides = []
     for arg in argv:
         key, _, value = arg.partition("=")
@@ -54,47 +65,94 @@ def parse(argv: list[str]) -> tuple[dict[str, str | None], list[str]]:
     return own, overrides
 
 
-def audio_files(folder: Path) -> dict[str, Path]:
-    """Audio files under ``folder`` keyed by relative path without suffix."""
+def audio_files(folder: Path) -> dict[str, list[Path]]:
+    """Audio files under ``folder`` keyed by relative path without suffix (two files may share a key)."""
     if not folder.is_dir():
         raise DataError(f"{folder} does not exist or is not a directory")
-    files = {}
+    files: dict[str, list[Path]] = {}
     for path in sorted(folder.rglob("*")):
         if path.is_file() and path.suffix.lower() in AUDIO_SUFFIXES:
-            files[str(path.relative_to(folder).with_suffix(""))] = path
+            files.setdefault(str(path.relative_to(folder).with_suffix("")), []).append(path)
     if not files:
         raise DataError(f"{folder} holds no audio files ({', '.join(sorted(AUDIO_SUFFIXES))})")
     return files
 
 
-def score_folders(
-    evaluator: Evaluator, reference_dir: Path, decoded_dir: Path, sample_rate: int, grammar: str | None
-) -> EvalResult:
-    """Pairs of files with the same relative stem, cut to the shorter (codecs pad to whole frames)."""
-    references, decoded = audio_files(reference_dir), audio_files(decoded_dir)
+def _listed(names: list[str], limit: int = 5) -> str:
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def pairing_problems(references: dict[str, list[Path]], decoded: dict[str, list[Path]], decoded_dir: Path) -> list[str]:
+    """Every reason the two folders do not pair one to one, one line each."""
+    problems = []
     missing = sorted(set(references) - set(decoded))
     if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise DataError(f"{len(missing)} reference file(s) have no decoded counterpart in {decoded_dir}: {shown}")
+        problems.append(
+            f"{len(missing)} reference file(s) have no decoded counterpart in {decoded_dir}: {_listed(missing)}"
+        )
+    extra = sorted(set(decoded) - set(references))
+    if extra:
+        problems.append(f"{len(extra)} decoded file(s) have no reference: {_listed(extra)}")
+    for side, files in (("reference", references), ("decoded", decoded)):
+        doubled = sorted(" and ".join(p.name for p in paths) for paths in files.values() if len(paths) > 1)
+        if doubled:
+            problems.append(f"{len(doubled)} {side} stem(s) name two files (ambiguous): {_listed(doubled)}")
+    return problems
+
+
+def score_folders(
+    evaluator: Evaluator, reference_dir: Path, decoded_dir: Path, sample_rate: int, grammar: str | None, hop: int
+) -> EvalResult:
+    """Pairs of files with the same relative stem. Their lengths may differ by at most ``hop``
+    samples (codecs pad to whole frames), and are cut to the shorter; a bigger gap (a truncated
+    or padded file) is refused, since scoring the overlap would flatter it."""
+    references, decoded = audio_files(reference_dir), audio_files(decoded_dir)
+    problems = pairing_problems(references, decoded, decoded_dir)
     names, pairs, transcripts = [], [], []
-    for key, reference_path in references.items():
+    for key in sorted(set(references) & set(decoded)):
+        if len(references[key]) > 1 or len(decoded[key]) > 1:
+            continue
+        reference_path, decoded_path = references[key][0], decoded[key][0]
         reference = read_audio(reference_path, sample_rate)
-        estimate = read_audio(decoded[key], sample_rate)
+        estimate = read_audio(decoded_path, sample_rate)
+        gap = abs(reference.shape[-1] - estimate.shape[-1])
+        if gap > hop:
+            problems.append(
+                f"{decoded_path}: {estimate.shape[-1]} samples against {reference.shape[-1]} in {reference_path} "
+                f"(at {sample_rate} Hz; more than hop={hop} apart)"
+            )
+            continue
         length = min(reference.shape[-1], estimate.shape[-1])
         pairs.append((reference[:, :length], estimate[:, :length]))
         names.append(str(reference_path))
         sidecar = reference_path.with_suffix(".txt")
         transcripts.append(sidecar.read_text().strip() if sidecar.is_file() else None)
+    if problems:
+        raise DataError("the folders do not pair one to one; nothing was scored:\n  " + "\n  ".join(problems))
     if grammar is None and (reference_dir / "grammar.jsgf").is_file():
         grammar = str(reference_dir / "grammar.jsgf")
     per_utterance = evaluator.score_pairs(pairs, transcripts, grammar)
     return EvalResult(aggregate(per_utterance), per_utterance, names=names, packages=evaluator.packages())
 
 
-def score_checkpoint(evaluator: Evaluator, cfg, own: dict) -> EvalResult:
-    codec = load_codec(own["checkpoint"], own["device"])
+def score_checkpoint(evaluator: Evaluator, cfg, own: dict, codec) -> EvalResult:
+    """The run's own split: the one its checkpoint (or its ``splits.json``) recorded, never one drawn
+    afresh, so no training file is scored as held out."""
     data = build(cfg.data, "data")
-    utterances = data.utterances(own["split"], None, evaluator.max_seconds)
+    split = own["split"]
+    record = read_record(Path(own["checkpoint"]).resolve().parent.parent) or codec.split_record
+    if split != ALL_FILES and record and split in record["splits"]:
+        for warning in data.keep_recorded_split({**record, "splits": {split: record["splits"][split]}}):
+            log.warning(warning)
+        log.info("scoring the run's recorded %s split (%d files)", split, len(record["splits"][split]))
+    elif split != ALL_FILES:
+        log.warning(
+            "%s records no %s split (written before splits were recorded): drawing one from the data.* settings, "
+            "which may differ from the run's",
+            own["checkpoint"],
+            split,
+        )
+    utterances = data.utterances(split, None, evaluator.max_seconds)
     grammar = own["grammar"] or data.asr_grammar()
     return evaluator.evaluate(
         codec, utterances, own["device"], data.transcripts(own["split"]), str(grammar) if grammar else None
@@ -120,42 +178,55 @@ def main(argv: Sequence[str] | None = None) -> int:
         own, overrides = parse(argv)
         checkpoint, reference, decoded = own.get("checkpoint"), own.get("reference"), own.get("decoded")
         if checkpoint:
-            sample_rate = load_codec(checkpoint, "cpu").sample_rate
-            overrides = [f"sample_rate={sample_rate}", *overrides]
+            codec = load_codec(checkpoint, str(own["device"]))
+            overrides = [f"sample_rate={codec.sample_rate}", *overrides]
         cfg = compose_config(overrides)
         if own["split"] == "all" and "valid_count" in cfg.data:  # no split needed: score every file
             cfg = compose_config([*overrides, "data.valid_count=0", "data.test_count=0"])
         with build(cfg.eval, "eval") as evaluator:
             source: dict[str, str | int | None]
             if checkpoint:
-                result = score_checkpoint(evaluator, cfg, own)
+                result = score_checkpoint(evaluator, cfg, own, codec)
                 source = {"checkpoint": checkpoint, "split": own["split"]}
                 default_output = Path(checkpoint).with_suffix(f".{own['split']}_metrics.json")
             else:
                 assert reference and decoded  # parse() requires both without a checkpoint
-                result = score_folders(evaluator, Path(reference), Path(decoded), int(cfg.sample_rate), own["grammar"])
+                hop = int(own["hop"] or DEFAULT_HOP)
+                result = score_folders(
+                    evaluator, Path(reference), Path(decoded), int(cfg.sample_rate), own["grammar"], hop
+                )
                 source = {"reference": reference, "decoded": decoded, "sample_rate": int(cfg.sample_rate)}
                 default_output = Path(decoded).with_name(Path(decoded).name + "_metrics.json")
     except (ConfigError, DataError, AudioFileError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print_table(result)
-    output = Path(own["output"] or default_output)
-    output.write_text(
-        json.dumps(
-            {
-                **source,
-                "utterances": len(result.per_utterance),
-                "metrics": result.metrics,
-                "packages": result.packages,
-                "per_utterance": result.per_utterance_records(),
-                "codebook": result.codebook,
-            },
-            indent=2,
-        )
-    )
+    report = {
+        **source,
+        "utterances": len(result.per_utterance),
+        "metrics": result.metrics,
+        "packages": result.packages,
+        "per_utterance": result.per_utterance_records(),
+        "codebook": result.codebook,
+    }
+    output = write_report(json.dumps(report, indent=2), Path(own["output"] or default_output))
     print(f"wrote {output}")
     return 0
+
+
+def write_report(text: str, output: Path) -> Path:
+    """Write the scores where asked; if that fails (a read-only folder, a full disk), to the working
+    directory, then to the temporary directory, saying where: computed scores are never lost."""
+    for place in (output, Path.cwd() / output.name, Path(tempfile.gettempdir()) / output.name):
+        try:
+            place.write_text(text)
+        except OSError as error:
+            print(f"warning: could not write {place} ({error.strerror or error})", file=sys.stderr)
+            continue
+        if place != output:
+            print(f"warning: the scores were written to {place} instead of {output}", file=sys.stderr)
+        return place
+    raise OSError(f"the scores could not be written to {output}, the working directory or the temporary directory")
 
 
 if __name__ == "__main__":

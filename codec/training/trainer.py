@@ -23,6 +23,7 @@ import torch
 from omegaconf import DictConfig
 
 from codec.config import ConfigError, build, build_codec, build_discriminator, build_loss, plain_dict, validate
+from codec.data.split_record import checkpoint_record, read_record, write_record
 from codec.evaluation import EvalResult, Evaluator
 from codec.probe import ProbeDataError, TokenProbes
 from codec.tracking import NullLogger, RunLogger
@@ -149,6 +150,7 @@ class Trainer:
         self.loss = build_loss(cfg).to(self.device)
         self.data = build(cfg.data, "data")
         self.data.prepare()  # missing paths and unusable folders fail here, before training
+        self.split_record = self._fix_split()
         self.evaluator: Evaluator = build(cfg.eval, "eval")
         self.evaluator.workers = self.cpu_budget.workers(self.evaluator.workers)
         # Guardrails that end a run which cannot succeed (guard=off: none).
@@ -179,6 +181,25 @@ class Trainer:
         self.run_id: str | None = None
         self._valid_utterances: list | None = None
         self._test_utterances: list | None = None
+
+    def _fix_split(self) -> dict[str, Any]:
+        """The split recorded at the run's first start is kept by every later start (a resume, a
+        requeue, a rerun over changed data: ``codec.data.split_record`` says why and how)."""
+        record = read_record(self.run_dir)
+        if record is None:
+            record = self.data.split_record()
+            if self.dist.is_main:
+                write_record(self.run_dir, record)
+        else:
+            for warning in self.data.keep_recorded_split(record):
+                log.warning(warning)
+        empty = [split for split in ("valid", "test") if not self.data.split(split)]
+        if empty:
+            raise ConfigError(
+                f"the {' and '.join(empty)} split(s) hold no files, so the run could not be evaluated; "
+                f"set data.valid_count and data.test_count to at least 1"
+            )
+        return record
 
     def _checkpoint_manager(self) -> CheckpointManager:
         """The checkpoint directory, checked writable now rather than at the first checkpoint."""
@@ -259,6 +280,7 @@ class Trainer:
             "rng": rng_state(),
             "guards": self.guards.state_dict() if self.guards is not None else {},
             "cost": self.cost.state_dict(),
+            "splits": checkpoint_record(self.split_record),
         }
         return state
 

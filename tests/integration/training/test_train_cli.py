@@ -392,3 +392,14 @@ def test_codes_decode_only_with_the_codec_that_wrote_them(tmp_path: Path) -> Non
         np.savez(tmp_path / name, **{**fields, "codes": values})
         result = codec_cli("decode", str(tmp_path / name), str(tmp_path / "x.wav"), "--checkpoint", str(checkpoints[0]))
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+    # A folder decode goes on past the bad files and lists each (it used to stop at the first, unnamed).
+    folder = tmp_path / "codes"
+    folder.mkdir()
+    for name in ("range.npz", "empty.npz"):
+        (tmp_path / name).rename(folder / name)
+    np.savez(folder / "good.npz", **fields)
+    result = codec_cli("decode", str(folder), str(tmp_path / "decoded"), "--checkpoint", str(checkpoints[0]))
+    assert result.returncode == 1 and "2 of 3 file(s) failed; the other 1 were written" in result.stderr
+    assert f"{folder / 'range.npz'}: " in result.stderr and f"{folder / 'empty.npz'}: " in result.stderr
+    assert (tmp_path / "decoded" / "good.wav").exists() and "Traceback" not in result.stderr
