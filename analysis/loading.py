@@ -36,6 +36,7 @@ class SweepRef:
     sweep_id: str
     tracking_uri: str | None
     parent_run_id: str | None = None
+    sweep_dir: str | None = None  # known when found by directory or name: its sweep.json lists every point
 
 
 def find_sweep(sweep: str, runs_dir: str | Path = "runs", tracking_uri: str | None = None) -> SweepRef:
@@ -44,7 +45,9 @@ def find_sweep(sweep: str, runs_dir: str | Path = "runs", tracking_uri: str | No
         record = candidate / "sweep.json"
         if record.exists():
             data = json.loads(record.read_text())
-            return SweepRef(data["sweep_id"], tracking_uri or data.get("tracking_uri"), data.get("parent_run_id"))
+            return SweepRef(
+                data["sweep_id"], tracking_uri or data.get("tracking_uri"), data.get("parent_run_id"), str(candidate)
+            )
     if tracking_uri is None:
         raise FileNotFoundError(f"no sweep.json for {sweep!r} under {runs_dir}; pass a sweep id with tracking_uri")
     return SweepRef(sweep, tracking_uri)
@@ -100,8 +103,24 @@ def load_sweep(sweep: str, tracking_uri: str | None = None, runs_dir: str | Path
         row.update(run.data.metrics)
         rows.append(row)
     if not rows:
-        raise LookupError(f"no runs tagged sweep_id={ref.sweep_id} in {ref.tracking_uri}")
+        raise LookupError(
+            f"no runs tagged sweep_id={ref.sweep_id} in {ref.tracking_uri}: none of the sweep's points has started"
+        )
     frame = pd.DataFrame(rows).sort_values("run_name", kind="stable").reset_index(drop=True)
+    for column in frame.columns:  # an integer param stays an integer where a failed run has no value
+        values = [row[column] for row in rows if row.get(column) is not None]
+        if "." in column and values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            frame[column] = frame[column].astype("Int64")
     frame.attrs["sweep_id"] = ref.sweep_id
     frame.attrs["tracking_uri"] = ref.tracking_uri
+    frame.attrs["never_started"] = never_started(ref, frame)
     return frame
+
+
+def never_started(ref: SweepRef, frame: pd.DataFrame) -> list[str]:
+    """The overrides of the sweep's points that have no MLflow run (the sweep was stopped first)."""
+    if ref.sweep_dir is None:
+        return []
+    jobs = json.loads((Path(ref.sweep_dir) / "sweep.json").read_text()).get("jobs", [])
+    tracked = {str(Path(d).resolve()) for d in frame["run_dir"].dropna()} if "run_dir" in frame else set()
+    return [" ".join(job["overrides"]) for job in jobs if str(Path(job["run_dir"]).resolve()) not in tracked]

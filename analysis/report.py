@@ -63,6 +63,39 @@ def quality_metric(frame: pd.DataFrame, chosen: str | None = None) -> tuple[str,
     raise KeyError("the sweep has no quality metric (best/pesq_wb, best/stoi or best/mel_distance)")
 
 
+def split_by_outcome(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(runs to compare, the rest). Finished runs and runs a guardrail stopped (their best-so-far
+    metrics are real) are compared; failed, stopped and still running ones are listed apart, so a
+    failed run's missing params never make every key look like an axis."""
+    guarded = frame["guard"].fillna("").astype(str) != "" if "guard" in frame else False
+    complete = (frame["status"] == "FINISHED") | guarded
+    return frame[complete].reset_index(drop=True), frame[~complete].reset_index(drop=True)
+
+
+OUTCOME_NAMES = {"FAILED": "failed", "KILLED": "stopped", "RUNNING": "running", "SCHEDULED": "scheduled"}
+
+
+def outcome_counts(unfinished: pd.DataFrame, never_started: list[str]) -> str:
+    counts = unfinished["status"].map(lambda s: OUTCOME_NAMES.get(s, s)).value_counts().to_dict()
+    if never_started:
+        counts["never started"] = len(never_started)
+    return ", ".join(f"{name}: {count}" for name, count in counts.items()) or "no runs"
+
+
+def unfinished_table(unfinished: pd.DataFrame, never_started: list[str]) -> pd.DataFrame:
+    """The runs that were not compared, with why: each one's overrides, outcome and reason."""
+    rows = [
+        {
+            "run": run.get("run_name", ""),
+            "outcome": OUTCOME_NAMES.get(run["status"], run["status"]),
+            "reason": run.get("error") or run.get("stop_reason") or "",
+        }
+        for _, run in unfinished.iterrows()
+    ]
+    rows += [{"run": overrides, "outcome": "never started", "reason": ""} for overrides in never_started]
+    return pd.DataFrame(rows, columns=["run", "outcome", "reason"])
+
+
 def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
     columns = [c for c in SUMMARY_COLUMNS if c in frame.columns]
     table = frame[columns].copy()
@@ -109,17 +142,24 @@ def build_report(
     """Write ``report.html``, ``sweep.csv`` and the PNG plots into ``out``; returns the HTML path."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    frame = load_sweep(sweep, tracking_uri, runs_dir)
-    frame.to_csv(out / "sweep.csv", index=False)
+    everything = load_sweep(sweep, tracking_uri, runs_dir)
+    everything.to_csv(out / "sweep.csv", index=False)
+    frame, unfinished = split_by_outcome(everything)
+    never = everything.attrs.get("never_started", [])
+    if frame.empty:
+        raise LookupError(f"the sweep has no finished run yet ({outcome_counts(unfinished, never)})")
     quality, higher = quality_metric(frame, metric)
     title = f"Sweep {Path(str(sweep)).name}"
     sections = [
-        f"<h1>{html.escape(title)}</h1><p class='id'>sweep id {html.escape(str(frame.attrs['sweep_id']))}</p>",
-        f"<p>{len(frame)} runs; varying: {html.escape(', '.join(varying_params(frame)) or 'nothing')}; "
+        f"<h1>{html.escape(title)}</h1><p class='id'>sweep id {html.escape(str(everything.attrs['sweep_id']))}</p>",
+        f"<p>{len(frame)} finished runs; varying: {html.escape(', '.join(varying_params(frame)) or 'nothing')}; "
         f"quality metric: {quality}.</p>",
         "<h2>Runs</h2>",
         _table(summary_table(frame)),
     ]
+    if len(unfinished) or never:
+        sections += [f"<h2>Not finished ({html.escape(outcome_counts(unfinished, never))})</h2>"]
+        sections += ["<p>Left out of every table and plot below.</p>", _table(unfinished_table(unfinished, never))]
     if SEED_KEY in varying_params(frame):
         metrics = [m for m in (quality, "model/bitrate_kbps", "cost/device_hours") if m in frame.columns]
         sections += ["<h2>Seed replicates (mean ± std)</h2>", _table(aggregate_seeds(frame, metrics))]

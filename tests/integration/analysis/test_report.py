@@ -188,3 +188,24 @@ def test_unknown_sweep_is_a_clear_error(tmp_path: Path) -> None:
         text=True,
     )
     assert result.returncode == 2 and "no sweep.json" in result.stderr
+
+
+def test_a_failed_point_leaves_the_comparison_readable(tmp_path: Path) -> None:
+    """Found: one failed point (no params in MLflow) made ~80 keys "vary", every label a full
+    config, and integers print as floats (groups=1.0)."""
+    subprocess.run(
+        [sys.executable, str(REPO_ROOT / "train.py"), "-m", "experiment=smoke", "quantizer.groups=1,2,3"],
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=HANG_GUARD_S,
+    )  # fmt: skip  (groups=3 does not divide the 16 latent channels: that point fails before training)
+    out = tmp_path / "report"
+    result = subprocess.run(
+        [sys.executable, "-m", "analysis.report", "smoke", "--out", str(out)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=HANG_GUARD_S,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    page = (out / "report.html").read_text()
+    assert "2 finished runs; varying: quantizer.groups;" in page
+    assert "groups=1<" in page and "groups=2<" in page and "groups=1.0" not in page
+    assert "Not finished (failed: 1)" in page and "quantizer.groups=3 must divide encoder.dimension=16" in page

@@ -170,3 +170,10 @@ def test_ctrl_c_on_a_sweep_closes_its_parent_run(tmp_path: Path) -> None:
     assert by_role["sweep"].data.tags["interrupted"]
     assert by_role["child"].info.status == "KILLED"
     assert json.loads((sweep / "sweep.json").read_text())["history"][-1]["interrupted"]
+    # The report says why there is nothing to compare (it used to say "the sweep has no quality metric").
+    report = subprocess.run(
+        [sys.executable, "-m", "analysis.report", "smoke", "--out", str(tmp_path / "report")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=HANG_GUARD_S,
+    )  # fmt: skip
+    assert report.returncode == 2
+    assert "the sweep has no finished run yet (stopped: 1, never started: 1)" in report.stderr, report.stderr
