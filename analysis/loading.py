@@ -31,6 +31,9 @@ META_COLUMNS = (
 )
 
 
+CONFIG_TAG = "config."
+
+
 @dataclass
 class SweepRef:
     sweep_id: str
@@ -100,6 +103,8 @@ def load_sweep(sweep: str, tracking_uri: str | None = None, runs_dir: str | Path
             "stop_reason": run.data.tags.get("stop_reason", ""),
         }
         row.update({key: _parse(value) for key, value in run.data.params.items()})
+        # Keys that do not change what is trained are tags ``config.<key>`` (older runs: params).
+        row.update({k[len(CONFIG_TAG) :]: _parse(v) for k, v in run.data.tags.items() if k.startswith(CONFIG_TAG)})
         row.update(run.data.metrics)
         rows.append(row)
     if not rows:

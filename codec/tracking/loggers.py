@@ -150,6 +150,7 @@ class MLflowLogger(RunLogger):
             # A run first recorded as a failure before training (bad config) lacks the params.
             known = self.client.get_run(run_id).data.params
             self._log_params({k: v for k, v in params.items() if k not in known})
+            self.set_tags(tags)  # e.g. a raised step budget (config.trainer.max_steps)
             log.info("resuming MLflow run %s (last logged step %d)", run_id, self._last_logged_step)
             return run_id
         all_tags = dict(tags)
@@ -193,9 +194,12 @@ class MLflowLogger(RunLogger):
             self.client.log_artifact(self.run_id, str(path), artifact_path)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
+        from mlflow.entities import RunTag
+
         if self.run_id is not None:
-            for key, value in tags.items():
-                self.client.set_tag(self.run_id, key, str(value))
+            items = [RunTag(key, str(value)) for key, value in tags.items()]
+            for i in range(0, len(items), 100):
+                self.client.log_batch(self.run_id, tags=items[i : i + 100])
 
     def finish(self, status: str = "FINISHED") -> None:
         if self.run_id is not None:

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from codec.model import Codec
 from codec.tracking import RunLogger, flatten_config
-from codec.training.identity import trained_overrides
+from codec.training.identity import is_untrained_key, trained_overrides
 from codec.training.status import read_status, write_status
 
 log = logging.getLogger(__name__)
@@ -58,18 +58,31 @@ def model_facts(codec: Codec, discriminator_params: int) -> dict[str, float]:
     }
 
 
+CONFIG_TAG_PREFIX = "config."
+TAG_VALUE_LIMIT = 5000
+
+
+def split_untrained(params: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """(params that change what is trained, the rest as ``config.<key>`` tags)."""
+    trained = {k: v for k, v in params.items() if not is_untrained_key(k)}
+    tags = {f"{CONFIG_TAG_PREFIX}{k}": v[:TAG_VALUE_LIMIT] for k, v in params.items() if is_untrained_key(k)}
+    return trained, tags
+
+
 def start_run_record(
     logger: RunLogger,
     run_dir: Path,
     config: Mapping[str, Any],
     identity: str,
     max_steps: int,
-    facts: Mapping[str, float],
     run_id: str | None = None,
 ) -> str | None:
     """Open (or re-open) the run's tracker entry and record it in ``status.json``.
 
-    A run seen for the first time also gets its model facts, resolved config and git commit.
+    Params are the keys that change what is trained; the others (names, paths, step budget,
+    evaluation settings: ``UNTRAINED_KEYS``) are ``config.<key>`` tags, so MLflow's comparison of
+    a sweep's runs shows the overrides that vary, not the run names. A run seen for the first time
+    also gets its resolved config and git commit.
     """
     run_id = run_id or read_status(run_dir).get("run_id")
     overrides = command_line_overrides()
@@ -83,8 +96,9 @@ def start_run_record(
         "name": name,
     }
     task_config = {k: v for k, v in config.items() if k != "hydra"}
+    params, untrained = split_untrained(flatten_config(task_config))
     new_run_id = logger.start(
-        run_name=f"{name}:{overrides or 'default'}", params=flatten_config(task_config), tags=tags, run_id=run_id
+        run_name=f"{name}:{overrides or 'default'}", params=params, tags={**tags, **untrained}, run_id=run_id
     )
     write_status(
         run_dir,
@@ -97,7 +111,6 @@ def start_run_record(
         **process_record(),
     )
     if run_id is None:
-        logger.log_metrics(dict(facts), 0)
         config_file = Path(run_dir) / "resolved_config.yaml"
         config_file.write_text(OmegaConf.to_yaml(OmegaConf.create(task_config)))
         commit_file = Path(run_dir) / "git_commit.txt"

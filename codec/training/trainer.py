@@ -179,6 +179,7 @@ class Trainer:
         self.best_value: float | None = None
         self.best_metrics: dict[str, float] = {}
         self.run_id: str | None = None
+        self.first_start = False  # set when the tracker run is opened; the model facts follow the baseline
         self._valid_utterances: list | None = None
         self._test_utterances: list | None = None
 
@@ -327,10 +328,18 @@ class Trainer:
             torch.backends.cudnn.benchmark = False
 
     def _start_logging(self) -> None:
-        facts = model_facts(self.codec, sum(p.numel() for p in self.discriminator.parameters()))
+        self.first_start = (self.run_id or read_status(self.run_dir).get("run_id")) is None
         self.run_id = start_run_record(
-            self.logger, self.run_dir, self.config, self.identity, self.settings.max_steps, facts, self.run_id
+            self.logger, self.run_dir, self.config, self.identity, self.settings.max_steps, self.run_id
         )
+
+    def _log_model_facts(self) -> None:
+        """Sizes and rates, once per run, after the step-0 baseline: MLflow's run comparison colours by
+        a run's first-logged metric, which should be its quality metric, not its parameter count."""
+        if self.first_start:
+            discriminator_params = sum(p.numel() for p in self.discriminator.parameters())
+            self.logger.log_metrics(model_facts(self.codec, discriminator_params), 0)
+            self.first_start = False
 
     def train_step(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         """One GAN update at the current step (see :class:`~codec.training.gan_step.GANStep`)."""
@@ -374,6 +383,8 @@ class Trainer:
 
     def _log_eval(self, split: str, result: EvalResult) -> dict[str, float]:
         metrics = {f"{split}/{k}": v for k, v in result.metrics.items()}
+        if self.settings.best_metric in metrics:  # first, so a first start logs it before anything else
+            metrics = {self.settings.best_metric: metrics[self.settings.best_metric], **metrics}
         for key, values in result.codebook.items():
             for index, value in enumerate(values):
                 metrics[f"{split}/codebook_{index:02d}_{key}"] = value
@@ -485,6 +496,8 @@ class Trainer:
                 self._log_eval("valid", baseline)
                 if self.guards is not None:
                     self.guards.after_evaluation(0, baseline.metrics, baseline.codebook)
+            if self.dist.is_main:
+                self._log_model_facts()
             self._loop()
             return self._finish()
         except GuardStopped as stopped:

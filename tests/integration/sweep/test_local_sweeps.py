@@ -12,6 +12,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from codec.config import available_options
+from codec.training.identity import is_untrained_key
 from tests.conftest import HANG_GUARD_S, REPO_ROOT
 
 TINY_RUN = ["experiment=smoke"]
@@ -52,7 +53,7 @@ def test_sweep_definitions_compose(sweep: str) -> None:
 def test_local_sweep_runs_skips_finished_and_tolerates_failure(tmp_path: Path) -> None:
     """A local multirun: one parent MLflow run, a failing point that does not stop the others,
     a re-run that launches only what did not finish."""
-    result = run(["-m", "quantizer.groups=1,2,3", *TINY_RUN], cwd=tmp_path, check=False)
+    result = run(["-m", "quantizer.groups=1,2,3", *TINY_RUN, "trainer.eval_at_start=true"], cwd=tmp_path, check=False)
     assert result.returncode != 0  # the sweep reports its failed point
     sweep_dir = tmp_path / "runs" / "multirun" / "smoke"
     sweep = json.loads((sweep_dir / "sweep.json").read_text())
@@ -81,6 +82,16 @@ def test_local_sweep_runs_skips_finished_and_tolerates_failure(tmp_path: Path) -
     assert sorted(r.info.run_name for r in children) == ["groups=1", "groups=2", "groups=3"]
     assert parent[0].info.run_name == "sweep smoke"
     assert experiment.tags.get("mlflow.experimentKind") == "custom_model_development"
+    # MLflow 3.17's Compare page plots the first three differing params (sorted) and colours them by
+    # the first metric the runs share (its UI bundle: diffParamKeys.sort().slice(0,3) and
+    # sharedMetricKeys.slice(0,1)). Found: model/params_generator against logger.run_name. Keys that
+    # do not change what is trained are tags now, and the run's best metric is its first.
+    finished = [client.get_run(r.info.run_id) for r in children if r.info.status == "FINISHED"]
+    differing = sorted(k for k in finished[0].data.params if len({r.data.params.get(k) for r in finished}) > 1)
+    assert differing[:3] == ["quantizer.groups"]
+    assert [next(iter(r.data.metrics)) for r in finished] == ["valid/mel_distance"] * 2
+    assert not [k for r in finished for k in r.data.params if is_untrained_key(k)]
+    assert {r.data.tags["config.logger.run_name"] for r in finished} == {"groups=1", "groups=2"}
 
     table = status(tmp_path, "smoke")
     assert "quantizer.groups=3" in table and "failed: 1" in table and "finished: 2" in table
@@ -91,7 +102,7 @@ def test_local_sweep_runs_skips_finished_and_tolerates_failure(tmp_path: Path) -
         missing.returncode == 2 and "no sweep named 'nope' (known sweeps under runs/multirun: smoke)" in missing.stderr
     )
 
-    again = run(["-m", "quantizer.groups=1,2", *TINY_RUN], cwd=tmp_path)
+    again = run(["-m", "quantizer.groups=1,2", *TINY_RUN, "trainer.eval_at_start=true"], cwd=tmp_path)
     assert "2 already finished, 0 to launch" in again.stdout + again.stderr
 
 
