@@ -119,6 +119,7 @@ def load_sweep(sweep: str, tracking_uri: str | None = None, runs_dir: str | Path
     frame.attrs["sweep_id"] = ref.sweep_id
     frame.attrs["tracking_uri"] = ref.tracking_uri
     frame.attrs["never_started"] = never_started(ref, frame)
+    frame.attrs["sweep_dir"] = ref.sweep_dir
     return frame
 
 

@@ -63,6 +63,26 @@ def quality_metric(frame: pd.DataFrame, chosen: str | None = None) -> tuple[str,
     raise KeyError("the sweep has no quality metric (best/pesq_wb, best/stoi or best/mel_distance)")
 
 
+def decide_sections(frame: pd.DataFrame) -> list[str]:
+    """The sequential verdicts of ``codec-sweep decide``, if it ran on this sweep: each pair's seeds,
+    repeated CI and whether it ended decided, undecided at the cap, or out of budget."""
+    from analysis.sequential import design_values, verdict_table
+    from codec.sweep.decide import DecidePlan
+
+    sweep_dir = frame.attrs.get("sweep_dir")
+    plan = DecidePlan.load(Path(sweep_dir)) if sweep_dir else None
+    if plan is None:
+        return []
+    table = verdict_table(design_values(frame, plan.metric), plan.design, plan.higher_is_better)
+    rounds = ", ".join(f"round {r['round']}: {sum(len(s) for s in r['seeds'].values())} runs" for r in plan.rounds)
+    return [
+        f"<h2>Sequential verdicts on {html.escape(plan.metric)} (codec-sweep decide)</h2>",
+        f"<p>{html.escape(plan.design.describe(len(table)))}; alpha {plan.alpha}; "
+        f"{html.escape(rounds or 'no rounds')}.</p>",
+        _table(table.drop(columns=["decided"])),
+    ]
+
+
 def split_by_outcome(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(runs to compare, the rest). Finished runs and runs a guardrail stopped (their best-so-far
     metrics are real) are compared; failed, stopped and still running ones are listed apart, so a
@@ -157,6 +177,7 @@ def build_report(
         "<h2>Runs</h2>",
         _table(summary_table(frame)),
     ]
+    sections += decide_sections(everything)
     if len(unfinished) or never:
         sections += [f"<h2>Not finished ({html.escape(outcome_counts(unfinished, never))})</h2>"]
         sections += ["<p>Left out of every table and plot below.</p>", _table(unfinished_table(unfinished, never))]

@@ -28,6 +28,7 @@ heavy-tailed noise and the power against a one-standard-deviation difference.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -107,7 +108,9 @@ def z_scores(differences: np.ndarray) -> np.ndarray:
         t = mean / (spread / math.sqrt(n))
     z = stats.norm.ppf(stats.t.cdf(t, n - 1))
     flat = ~(spread > 0)
-    z[flat] = np.sign(mean[flat]) * np.inf
+    z[flat] = 0.0
+    shifted = flat & (mean != 0)
+    z[shifted] = np.sign(mean[shifted]) * np.inf
     return z
 
 
@@ -201,3 +204,59 @@ def seeds_needed(spread: float, effect: float, design: SequentialDesign, level: 
         return None
     needed = ((design.boundary(design.max_seeds, level) + stats.norm.ppf(0.8)) * spread / abs(effect)) ** 2
     return int(math.ceil(needed))
+
+
+def design_values(frame, metric: str) -> dict[str, dict[int, float]]:
+    """Finished runs' ``metric`` by design (everything that varies but the seed) and seed."""
+    from analysis.stats import designs, finished_runs
+    from analysis.tables import SEED_KEY
+
+    if metric not in frame.columns:
+        raise KeyError(f"{metric!r} is not a metric of the sweep")
+    if SEED_KEY not in frame.columns:
+        raise KeyError(f"{SEED_KEY} is not a column: deciding needs seeds as a sweep axis (trainer.seed=1,2,3)")
+    runs = finished_runs(frame)
+    runs = runs[runs[metric].notna()]
+    labels = designs(runs).to_numpy() if len(runs) else []
+    values: dict[str, dict[int, float]] = {}
+    for label, (_, run) in zip(labels, runs.iterrows()):
+        values.setdefault(str(label), {})[int(run[SEED_KEY])] = float(run[metric])
+    return values
+
+
+def paired_differences(values: Mapping[str, Mapping[int, float]]) -> dict[tuple[str, str], list[float]]:
+    """Every pair of designs: A - B on their shared seeds, in seed order."""
+    pairs = {}
+    for a, b in itertools.combinations(sorted(values), 2):
+        seeds = sorted(set(values[a]) & set(values[b]))
+        pairs[(a, b)] = [values[a][s] - values[b][s] for s in seeds]
+    return pairs
+
+
+def verdict_table(
+    values: Mapping[str, Mapping[int, float]],
+    design: SequentialDesign,
+    higher_is_better: bool,
+    out_of_budget: bool = False,
+):
+    """One row per pair: seeds, mean difference A - B with its repeated CI, z against its boundary,
+    and the verdict (decided, undecided at the cap, out of budget)."""
+    import pandas as pd
+
+    rows = []
+    for v in sequential_verdicts(paired_differences(values), design):
+        rows.append(
+            {
+                "design_a": v.design_a,
+                "design_b": v.design_b,
+                "seeds": v.seeds,
+                "mean_difference": v.mean_difference,
+                "ci_low": v.ci_low,
+                "ci_high": v.ci_high,
+                "z": v.z,
+                "boundary": v.boundary,
+                "verdict": v.verdict(higher_is_better, design.max_seeds, out_of_budget),
+                "decided": bool(v.direction),
+            }
+        )
+    return pd.DataFrame(rows)

@@ -1,6 +1,8 @@
 """``codec-sweep status [SWEEP] [--runs DIR] [--json]``,
 ``codec-sweep plan SWEEP [OVERRIDES ...] [--bench FILE | --flops-per-second F] [--json]`` and
-``codec-sweep sync [SWEEP | RUN_DIR] [--runs DIR]`` (``python -m codec.sweep`` works the same)."""
+``codec-sweep sync [SWEEP | RUN_DIR] [--runs DIR]`` and
+``codec-sweep decide SWEEP --metric M [--max-seeds N] [--budget H] [--alpha A] [--dry-run]``
+(``python -m codec.sweep`` works the same)."""
 
 from __future__ import annotations
 
@@ -39,7 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     sync.add_argument("sweep", nargs="?", help="sweep directory or name, or a run directory (default: all sweeps)")
     sync.add_argument("--runs", default="runs", help="the runs directory (paths.runs)")
+    add_decide_parser(commands)
     args = parser.parse_args(argv)
+    if args.command == "decide":
+        return _decide(args)
     if args.command == "plan":
         return _plan(args)
     if args.command == "sync":
@@ -108,6 +113,37 @@ def _sync(args: argparse.Namespace) -> int:
             failures += 1
             print(f"{run_dir}: {waiting} record(s) not sent: {error}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def add_decide_parser(commands) -> None:
+    decide = commands.add_parser(
+        "decide",
+        help="add seeds, round by round, only to designs whose comparisons are undecided "
+        "(group-sequential paired t-test, Holm across pairs)",
+    )
+    decide.add_argument("sweep", help="sweep directory, or sweep name under <runs>/multirun")
+    decide.add_argument("--metric", required=True, help="the metric compared, e.g. best/mel_distance")
+    decide.add_argument("--max-seeds", type=int, default=10, help="seed cap per design (the last look)")
+    decide.add_argument("--budget", type=float, default=None, help="stop before the sweep's device-hours pass this")
+    decide.add_argument("--alpha", type=float, default=0.05, help="family-wise error rate over the sweep's pairs")
+    decide.add_argument("--dry-run", action="store_true", help="estimate seeds and cost; launch nothing")
+    decide.add_argument("--effect", type=float, default=None, help="effect size for --dry-run (default: observed)")
+    decide.add_argument("--runs", default="runs", help="the runs directory (paths.runs)")
+
+
+def _decide(args: argparse.Namespace) -> int:
+    from analysis.report import LOWER_IS_BETTER
+    from codec.sweep.decide import DecideError, decide
+
+    higher = not any(marker in args.metric for marker in LOWER_IS_BETTER)
+    try:
+        (sweep_dir,) = find_sweep_dir(args.sweep, Path(args.runs))
+        return decide(
+            sweep_dir, args.metric, higher, args.max_seeds, args.alpha, args.budget, args.dry_run, args.effect
+        )
+    except (FileNotFoundError, LookupError, KeyError, ValueError, DecideError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

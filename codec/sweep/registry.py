@@ -45,6 +45,11 @@ class Sweep:
     experiment_id: str | None = None
     parent_run_id: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    # Hydra-side overrides of the command (the launcher, its profile), so more seeds can be
+    # launched the same way later (codec-sweep decide).
+    launcher_overrides: list[str] = field(default_factory=list)
+    # True when the runs join another sweep's parent run (a decide round): that parent is not closed here.
+    adopted_parent: bool = False
 
     # -- planning ----------------------------------------------------------------------------
     @classmethod
@@ -89,6 +94,9 @@ class Sweep:
                 previous.history,
             )
         sweep.tracking_uri = _mlflow_uri(master)
+        sweep.launcher_overrides = [
+            o for o in master.hydra.overrides.hydra if o.split("=", 1)[0].lstrip("+~").startswith("hydra/launcher")
+        ]
         return sweep
 
     def child_run_names(self) -> dict[int, str]:
@@ -113,6 +121,11 @@ class Sweep:
         parent run, each keeping its records in its journal until the server answers."""
         if self.tracking_uri is None:
             return []
+        adopted = master.logger.get("parent_run_id")
+        if adopted:  # a round of `codec-sweep decide`: the runs join the sweep that asked for them
+            self.parent_run_id, self.adopted_parent = str(adopted), True
+            self.experiment_id, self.sweep_id = str(master.logger.experiment_id), str(master.logger.sweep_id)
+            return self._logger_overrides()
         from codec.tracking.background import fail_fast_client
 
         fail_fast_client()
@@ -150,6 +163,9 @@ class Sweep:
                 "sweep_overrides": " ".join(master.hydra.overrides.task)[:5000],
             }
             self.parent_run_id = client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
+        return self._logger_overrides()
+
+    def _logger_overrides(self) -> list[str]:
         return [
             f"logger.experiment_id={self.experiment_id}",
             f"logger.parent_run_id={self.parent_run_id}",
@@ -165,7 +181,7 @@ class Sweep:
             counts["failed" if ret.status == JobStatus.FAILED else "finished"] += 1
         self.history.append({"time": time.time(), **counts})
         self.save()
-        if self.tracking_uri is not None and self.parent_run_id is not None:
+        if self.tracking_uri is not None and self.parent_run_id is not None and not self.adopted_parent:
             from mlflow.tracking import MlflowClient
 
             try:
@@ -182,7 +198,7 @@ class Sweep:
         reason = "interrupted (Ctrl-C)" if isinstance(error, KeyboardInterrupt) else error_summary(error, 500)
         self.history.append({"time": time.time(), "interrupted": reason})
         self.save()
-        if self.tracking_uri is None or self.parent_run_id is None:
+        if self.tracking_uri is None or self.parent_run_id is None or self.adopted_parent:
             return
         from mlflow.tracking import MlflowClient
 

@@ -81,9 +81,12 @@ class BackgroundMLflowLogger(RunLogger):
         sweep_id: str | None = None,
         run_name: str | None = None,
         flush_timeout_s: float = 60.0,
+        tags: Mapping[str, Any] | None = None,
     ) -> None:
         fail_fast_client()
-        self.remote = MLflowLogger(tracking_uri, experiment_name, experiment_id, parent_run_id, sweep_id, run_name)
+        self.remote = MLflowLogger(
+            tracking_uri, experiment_name, experiment_id, parent_run_id, sweep_id, run_name, tags
+        )
         self.tracking_uri = tracking_uri
         self.flush_timeout_s = float(flush_timeout_s)
         self.journal: Journal | None = None

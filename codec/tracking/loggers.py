@@ -114,8 +114,10 @@ class MLflowLogger(RunLogger):
         parent_run_id: str | None = None,
         sweep_id: str | None = None,
         run_name: str | None = None,
+        tags: Mapping[str, Any] | None = None,
     ) -> None:
         self.tracking_uri = tracking_uri
+        self.extra_tags = {str(k): str(v) for k, v in (tags or {}).items()}
         self.run_name = run_name
         self.experiment_name = experiment_name
         self.experiment_id = experiment_id
@@ -153,7 +155,7 @@ class MLflowLogger(RunLogger):
             self.set_tags(tags)  # e.g. a raised step budget (config.trainer.max_steps)
             log.info("resuming MLflow run %s (last logged step %d)", run_id, self._last_logged_step)
             return run_id
-        all_tags = dict(tags)
+        all_tags = {**self.extra_tags, **tags}
         if self.parent_run_id:
             all_tags["mlflow.parentRunId"] = str(self.parent_run_id)
         if self.sweep_id:
