@@ -73,7 +73,8 @@ def decide_sections(frame: pd.DataFrame) -> list[str]:
     plan = DecidePlan.load(Path(sweep_dir)) if sweep_dir else None
     if plan is None:
         return []
-    table = verdict_table(design_values(frame, plan.metric), plan.design, plan.higher_is_better)
+    values = design_values(frame, plan.metric)
+    table = verdict_table(values, plan.design, plan.higher_is_better, plan.stopped_by_budget)
     rounds = ", ".join(f"round {r['round']}: {sum(len(s) for s in r['seeds'].values())} runs" for r in plan.rounds)
     return [
         f"<h2>Sequential verdicts on {html.escape(plan.metric)} (codec-sweep decide)</h2>",

@@ -46,6 +46,7 @@ class DecidePlan:
     alpha: float
     rho: float
     rounds: list[dict[str, Any]] = field(default_factory=list)
+    stopped_by_budget: bool = False  # the last call stopped before a round would pass --budget
 
     @property
     def design(self) -> SequentialDesign:
@@ -235,7 +236,9 @@ def decide(
             print(format_dry_run(state, plan, effect, added))
             return 0
         cost = sum(len(s) for s in added.values()) * state.cost_per_run
-        if budget is not None and state.spent + cost > budget:
+        plan.stopped_by_budget = budget is not None and state.spent + cost > budget
+        plan.save(sweep_dir)
+        if plan.stopped_by_budget:
             print(format_round(read_round(sweep_dir, plan, out_of_budget=True), plan, "stopped by the budget:"))
             print(f"the next round ({cost:.3g} device-hours) would pass --budget {budget} (spent {state.spent:.3g})")
             return 0

@@ -105,7 +105,11 @@ def record_failure(cfg: DictConfig, run_dir: Path, error: BaseException) -> None
     The trainer records its own failures; this covers construction errors (bad config, data).
     """
     reason = f"{type(error).__name__}: {error}"
-    status = write_status(run_dir, state="failed", error=reason)
+    try:  # status.json and MLflow are told independently: one failing never stops the other
+        status = write_status(run_dir, state="failed", error=reason)
+    except OSError as status_error:
+        log.error("could not write the failure to %s: %s", Path(run_dir) / "status.json", status_error)
+        status = {}
     if status.get("run_id") or "MLflowLogger" not in str(cfg.logger.get("_target_", "")):
         return
     try:

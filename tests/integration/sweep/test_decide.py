@@ -40,6 +40,11 @@ def test_decide_adds_seeds_to_the_undecided_pair_only_and_stops(tmp_path: Path) 
     assert "dry run: nothing launched" in plan.stdout and "next round: 2 run(s)" in plan.stdout
     assert not (sweep_dir / "decide").exists()
 
+    broke = decide(tmp_path, "--max-seeds", "4", "--budget", "1e-9")
+    assert broke.returncode == 0 and "stopped by the budget:" in broke.stdout, broke.stderr[-3000:]
+    assert f"{UNDECIDED[0]}  vs  {UNDECIDED[1]}: undecided at 3 seeds (out of budget)" in broke.stdout
+    assert "would pass --budget 1e-09" in broke.stdout and not (sweep_dir / "decide").exists()
+
     first = decide(tmp_path, "--max-seeds", "4")
     assert first.returncode == 0, first.stderr[-3000:]
     launched = [line for line in first.stdout.splitlines() if line.startswith("round 1:")]
