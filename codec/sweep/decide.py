@@ -90,10 +90,6 @@ class Round:
     spent: float
     cost_per_run: float
 
-    @property
-    def new_runs(self) -> int:
-        return sum(max(0, target - len(self.values[d])) for d, target in self.targets.items())
-
 
 def read_round(sweep_dir: Path, plan: DecidePlan, out_of_budget: bool = False) -> Round:
     """Verdicts from the runs MLflow holds now, and the seed count each undecided design needs next."""
