@@ -38,13 +38,13 @@ from codec.config import compose_config
 from codec.signals import die_with_parent
 from codec.tracking import NullLogger
 from codec.training.cost import peak_host_memory_mb
-from codec.training.timing import NO_TIMING, PhaseTimer
+from codec.training.timing import NO_TIMING, PhaseTimer, StepPhase
 from codec.training.trainer import Trainer
 
 CURVE_KEYS = ("train/loss_generator", "train/loss_discriminator", "train/mel")
 # Fewer steps than this say nothing about whether two loss curves agree (GAN noise dominates).
 MIN_CURVE_STEPS = 60
-PHASES = ("data", "generator_forward", "discriminator_forward_backward", "generator_backward", "optimizer")
+PHASES = tuple(StepPhase)
 # Dense bf16 tensor-core peaks (FLOP/s) by device-name fragment, for the achieved fraction.
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "V100": 125e12}
 EAGER = ["trainer.bf16=false", "trainer.compile=false", "trainer.fused_optimizer=false"]
@@ -437,7 +437,7 @@ def format_table(report: dict[str, Any]) -> str:
 
     row("throughput (audio-s / s)", a["throughput_audio_s_per_s"], b["throughput_audio_s_per_s"])
     row("step time, median window (ms)", 1000 * a["step_time_s"], 1000 * b["step_time_s"])
-    for phase in PHASES[1:]:
+    for phase in PHASES:
         row(f"  {phase} (ms)", 1000 * a["breakdown_s"][phase], 1000 * b["breakdown_s"][phase])
     row("host peak (MB)", a["host_peak_mb"], b["host_peak_mb"])
     row("device peak (MB)", a["device_peak_mb"], b["device_peak_mb"])

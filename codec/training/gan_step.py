@@ -22,7 +22,7 @@ from codec.model import Codec
 from codec.spectral import SpectrumBank, detach_bank, spectrum_bank, split_bank
 from codec.training.distributed import DistributedContext
 from codec.training.settings import TrainerSettings, adversarial_from, enabled_on
-from codec.training.timing import NO_TIMING
+from codec.training.timing import NO_TIMING, StepPhase
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ class GANStep:
         size = batch.shape[0]
         train_discriminator = step >= self.settings.discriminator_start_step
         adversarial = step >= adversarial_from(self.settings)
-        with timer.phase("generator_forward"):
+        with timer.phase(StepPhase.GENERATOR_FORWARD):
             with self._autocast():
                 out = self.codec_forward(batch)
             fake = out.audio.float()
@@ -184,7 +184,7 @@ class GANStep:
 
         discriminator_metrics = {}
         if train_discriminator:
-            with timer.phase("discriminator_forward_backward"):
+            with timer.phase(StepPhase.DISCRIMINATOR_FORWARD_BACKWARD):
                 self.discriminator.requires_grad_(True)
                 with self._autocast(self.discriminator_autocast_enabled):
                     real_d, fake_d = split_outputs(
@@ -195,14 +195,14 @@ class GANStep:
                 self.opt_d.zero_grad(set_to_none=True)
                 loss_d.backward()
                 grad_norm_d = self._clip(self.discriminator.parameters())
-            with timer.phase("optimizer"):
+            with timer.phase(StepPhase.OPTIMIZER):
                 self.opt_d.step()
             discriminator_metrics = {
                 "train/loss_discriminator": loss_d.detach(),
                 "train/grad_norm_discriminator": grad_norm_d.detach(),
             }
 
-        with timer.phase("generator_forward"):
+        with timer.phase(StepPhase.GENERATOR_FORWARD):
             real_g = fake_g = None
             real_spectra, fake_spectra = split_bank(spectra, size)
             if adversarial:
@@ -215,11 +215,11 @@ class GANStep:
             )
             loss_g = self.loss.total(terms)
             self.track_finite({"generator": loss_g, **terms}, step)
-        with timer.phase("generator_backward"):
+        with timer.phase(StepPhase.GENERATOR_BACKWARD):
             self.opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
             grad_norm_g = self._clip(self.codec.parameters())
-        with timer.phase("optimizer"):
+        with timer.phase(StepPhase.OPTIMIZER):
             self.opt_g.step()
             for scheduler in (self.sched_g, self.sched_d if train_discriminator else None):
                 if scheduler is not None:

@@ -10,8 +10,19 @@ import contextlib
 import time
 from collections import defaultdict
 from collections.abc import Iterator
+from enum import StrEnum
 
 import torch
+
+
+class StepPhase(StrEnum):
+    """The parts of one training step that are timed: the one list the step (``gan_step.py``), the
+    benchmark's breakdown (``codec/bench.py``) and its test all use."""
+
+    GENERATOR_FORWARD = "generator_forward"
+    DISCRIMINATOR_FORWARD_BACKWARD = "discriminator_forward_backward"
+    GENERATOR_BACKWARD = "generator_backward"
+    OPTIMIZER = "optimizer"
 
 
 class PhaseTimer:
@@ -21,7 +32,8 @@ class PhaseTimer:
         self.totals: dict[str, float] = defaultdict(float)
 
     @contextlib.contextmanager
-    def phase(self, name: str) -> Iterator[None]:
+    def phase(self, name: StepPhase) -> Iterator[None]:
+        name = StepPhase(name)  # an unknown name fails here, not as a missing column later
         if self.synchronize:
             torch.cuda.synchronize(self.device)
         start = time.perf_counter()
@@ -33,7 +45,7 @@ class PhaseTimer:
 
 class _NoTiming:
     @contextlib.contextmanager
-    def phase(self, name: str) -> Iterator[None]:
+    def phase(self, name: StepPhase) -> Iterator[None]:
         yield
 
 
