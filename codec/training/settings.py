@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from omegaconf import DictConfig
@@ -18,40 +18,39 @@ class TrainerConfigError(ValueError):
 
 @dataclass
 class TrainerSettings:
-    max_steps: int = 200000
-    batch_size: int = 16
-    segment_seconds: float = 1.0
-    seed: int = 1234
-    log_every: int = 50
-    eval_every: int = 5000
-    eval_at_start: bool = True
-    checkpoint_every: int = 1000
-    keep_last: int = 3
-    best_metric: str = "valid/mel_distance"
-    best_mode: str = "min"
-    discriminator_warmup_steps: int = 0
-    discriminator_start_step: int = 0
-    grad_clip: float | None = 1000.0
-    generator_optimizer: dict[str, Any] = field(
-        default_factory=lambda: {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 3e-4}
-    )
-    discriminator_optimizer: dict[str, Any] = field(
-        default_factory=lambda: {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 3e-4}
-    )
-    scheduler: dict[str, Any] | None = None
-    ema_decay: float | None = None
-    device: str = "auto"
-    bf16: bool = True
-    cpu_bf16_discriminators: bool = False
-    compile: bool | str = "auto"
-    fused_optimizer: bool | str = "auto"
-    retain_host_memory: bool | str = "auto"
-    real_features_without_grad: bool = True
-    num_workers: int = 2
-    deterministic: bool = False
-    max_requeues: int = 3
-    init_from: str | None = None
-    init_parts: list[str] = field(default_factory=lambda: ["encoder", "decoder"])
+    """Every ``trainer`` key, typed. The values live in one place, ``conf/trainer/default.yaml``
+    (and the presets over it): no defaults here, so the two cannot drift apart."""
+
+    max_steps: int
+    batch_size: int
+    segment_seconds: float
+    seed: int
+    log_every: int
+    eval_every: int
+    eval_at_start: bool
+    checkpoint_every: int
+    keep_last: int
+    best_metric: str
+    best_mode: str
+    discriminator_warmup_steps: int
+    discriminator_start_step: int
+    grad_clip: float | None
+    generator_optimizer: dict[str, Any]
+    discriminator_optimizer: dict[str, Any]
+    scheduler: dict[str, Any] | None
+    ema_decay: float | None
+    device: str
+    bf16: bool
+    cpu_bf16_discriminators: bool
+    compile: bool | str
+    fused_optimizer: bool | str
+    retain_host_memory: bool | str
+    real_features_without_grad: bool
+    num_workers: int
+    deterministic: bool
+    max_requeues: int
+    init_from: str | None
+    init_parts: list[str]
 
     @classmethod
     def from_config(cls, node: DictConfig | dict) -> TrainerSettings:
@@ -60,6 +59,11 @@ class TrainerSettings:
         unknown = sorted(set(values) - known)
         if unknown:
             raise TrainerConfigError(f"trainer.{unknown[0]} is not a trainer setting; known settings: {sorted(known)}")
+        missing = sorted(known - set(values))
+        if missing:
+            raise TrainerConfigError(
+                f"trainer.{missing[0]} is not set; conf/trainer/default.yaml gives every trainer setting a value"
+            )
         types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
         settings = cls(**{name: _typed(name, types[name], value) for name, value in values.items()})
         settings.check()

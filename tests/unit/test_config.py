@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from codec.config import (
     ConfigError,
@@ -12,6 +15,8 @@ from codec.config import (
     build_discriminator,
     build_loss,
     compose_config,
+    config_dir,
+    plain_dict,
 )
 from tests.conftest import REPO_ROOT
 
@@ -140,13 +145,18 @@ def test_run_dir_names_stay_within_filesystem_limits() -> None:
     assert run_dir_name(long_a) == run_dir_name(long_a)
 
 
+def trainer_values(**changes: Any) -> dict[str, Any]:
+    """``conf/trainer/default.yaml`` as composed, with ``changes``."""
+    return {**plain_dict(compose_config([]).trainer), **changes}
+
+
 def test_trainer_settings_reject_bad_values_by_name() -> None:
     from codec.training.settings import TrainerConfigError, TrainerSettings, enabled_on
 
     with pytest.raises(TrainerConfigError, match=r"trainer\.compile='sometimes' must be true, false or auto"):
-        TrainerSettings.from_config({"compile": "sometimes"})
+        TrainerSettings.from_config(trainer_values(compile="sometimes"))
     with pytest.raises(TrainerConfigError, match=r"trainer\.batchsize is not a trainer setting"):
-        TrainerSettings.from_config({"batchsize": 8})
+        TrainerSettings.from_config(trainer_values(batchsize=8))
     default = TrainerSettings.from_config(compose_config([]).trainer)
     assert default.compile == "auto" and default.fused_optimizer == "auto"
     # auto: the fast kernels on CUDA only; CPU runs stay eager unless asked
@@ -159,14 +169,32 @@ def test_trainer_numbers_accept_integral_floats_and_refuse_words_naming_the_key(
     fraction where an integer is needed, is refused before training with the key and the type."""
     from codec.training.settings import TrainerConfigError, TrainerSettings
 
-    settings = TrainerSettings.from_config({"max_steps": 1e3, "segment_seconds": "0.5", "ema_decay": 0.999})
+    settings = TrainerSettings.from_config(trainer_values(max_steps=1e3, segment_seconds="0.5", ema_decay=0.999))
     assert settings.max_steps == 1000 and isinstance(settings.max_steps, int) and settings.segment_seconds == 0.5
     with pytest.raises(TrainerConfigError, match=r"trainer\.batch_size='two' must be an integer"):
-        TrainerSettings.from_config({"batch_size": "two"})
+        TrainerSettings.from_config(trainer_values(batch_size="two"))
     with pytest.raises(TrainerConfigError, match=r"trainer\.max_steps=1.5 must be an integer"):
-        TrainerSettings.from_config({"max_steps": 1.5})
+        TrainerSettings.from_config(trainer_values(max_steps=1.5))
     with pytest.raises(TrainerConfigError, match=r"trainer\.segment_seconds='long' must be a number"):
-        TrainerSettings.from_config({"segment_seconds": "long"})
+        TrainerSettings.from_config(trainer_values(segment_seconds="long"))
+
+
+def test_the_trainer_schema_has_one_source_of_values() -> None:
+    """Found: the dataclass defaults and conf/trainer/default.yaml disagreed (scheduler None against
+    ExponentialLR, no betas). Now the dataclass only types the keys: the YAML holds every value, and
+    a setting the YAML lacks is named rather than silently defaulted."""
+    import dataclasses
+
+    from codec.training.settings import TrainerConfigError, TrainerSettings
+
+    fields = dataclasses.fields(TrainerSettings)
+    assert all(f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING for f in fields)
+    yaml_keys = set(OmegaConf.load(config_dir() / "trainer" / "default.yaml"))
+    assert yaml_keys == {f.name for f in fields}
+    values = trainer_values()
+    del values["grad_clip"]
+    with pytest.raises(TrainerConfigError, match=r"trainer\.grad_clip is not set; conf/trainer/default.yaml"):
+        TrainerSettings.from_config(values)
 
 
 def test_an_exception_with_an_empty_message_is_named_by_its_type() -> None:
