@@ -91,6 +91,18 @@ def compose_config(overrides: Sequence[str] = (), config_name: str = "train", wi
     return cfg, choices
 
 
+# The config groups that choose a part of the model; the others choose data, training, tracking
+# and where a run goes. Tests and tools that go over "every model option" read this list.
+MODEL_GROUPS = ("encoder", "quantizer", "codebook_rule", "codebook_layout", "loss", "discriminator")
+# Presets for working on the project, not compositions of a published codec.
+DEVELOPMENT_PRESETS = ("demo", "smoke")
+
+
+def reference_presets() -> list[str]:
+    """The presets that compose a published codec (every ``experiment`` but the development ones)."""
+    return [name for name in available_options("experiment") if name not in DEVELOPMENT_PRESETS]
+
+
 def available_options(group: str) -> list[str]:
     """The option names of a config group, e.g. the known discriminators."""
     return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))

@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from codec.config import (
+    MODEL_GROUPS,
     ConfigError,
     available_options,
     build_codec,
@@ -32,7 +33,6 @@ from codec.quantization.grvq import GroupResidualVQ
 
 # The default experiment (demo), one that sets encoder keys and one that sets quantizer keys.
 PRESETS = ["demo", "hificodec_24k_240x_8cb", "encodec_24k_320x_12cb"]
-MODEL_GROUPS = ["encoder", "quantizer", "codebook_rule", "loss", "discriminator"]
 CASES = [(preset, group, option) for preset in PRESETS for group in MODEL_GROUPS for option in available_options(group)]
 
 
