@@ -60,42 +60,13 @@ def scan_folder(root: Path, cache_dir: Path | None, bad_files: str = "skip", min
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
     signature = _signature(files)
     cache_file = None
-    manifest = None
     if cache_dir is not None:
         cache_file = Path(cache_dir) / f"{hashlib.sha1(str(root).encode()).hexdigest()[:16]}.json"
-        if cache_file.exists():
-            cached = json.loads(cache_file.read_text())
-            if cached.get("signature") == signature and cached.get("min_seconds") == min_seconds:
-                manifest = Manifest([AudioEntry(**e) for e in cached["entries"]], dict(cached["skipped"]))
-                # Permissions are not in the signature: a file made unreadable since the scan is a bad file now.
-                for entry in [e for e in manifest.entries if not os.access(e.path, os.R_OK)]:
-                    manifest.entries.remove(entry)
-                    manifest.skipped[entry.path] = f"{entry.path}: not readable (permission denied)"
+    manifest = _read_cached(cache_file, signature, min_seconds) if cache_file is not None else None
     if manifest is None:
-        entries, skipped = [], {}
-        for f in files:
-            try:
-                frames, rate = probe(f)
-            except AudioFileError as error:
-                skipped[str(f)] = str(error)
-                continue
-            if frames / rate < min_seconds:
-                skipped[str(f)] = f"{f}: shorter than min_seconds={min_seconds} ({frames / rate:.3f} s)"
-                continue
-            entries.append(AudioEntry(str(f), frames, rate))
-        manifest = Manifest(entries, skipped)
+        manifest = _probe_files(files, min_seconds)
         if cache_file is not None:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            payload = {
-                "root": str(root),
-                "signature": signature,
-                "min_seconds": min_seconds,
-                "entries": [asdict(e) for e in entries],
-                "skipped": skipped,
-            }
-            tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_text(json.dumps(payload))
-            os.replace(tmp, cache_file)
+            _write_cached(cache_file, root, signature, min_seconds, manifest)
     if manifest.skipped:
         if bad_files == "error":
             reasons = "\n  ".join(manifest.skipped.values())
@@ -106,3 +77,48 @@ def scan_folder(root: Path, cache_dir: Path | None, bad_files: str = "skip", min
             log.warning("skipping %s", reason)
         log.warning("skipped %d of %d audio files under %s", len(manifest.skipped), len(files), root)
     return manifest
+
+
+def _read_cached(cache_file: Path, signature: str, min_seconds: float) -> Manifest | None:
+    """The cached scan if it is of this very tree and threshold, else None."""
+    if not cache_file.exists():
+        return None
+    cached = json.loads(cache_file.read_text())
+    if cached.get("signature") != signature or cached.get("min_seconds") != min_seconds:
+        return None
+    manifest = Manifest([AudioEntry(**e) for e in cached["entries"]], dict(cached["skipped"]))
+    # Permissions are not in the signature: a file made unreadable since the scan is a bad file now.
+    for entry in [e for e in manifest.entries if not os.access(e.path, os.R_OK)]:
+        manifest.entries.remove(entry)
+        manifest.skipped[entry.path] = f"{entry.path}: not readable (permission denied)"
+    return manifest
+
+
+def _probe_files(files: list[Path], min_seconds: float) -> Manifest:
+    """Probe every file; the unusable ones go to ``skipped`` with their reason."""
+    entries, skipped = [], {}
+    for f in files:
+        try:
+            frames, rate = probe(f)
+        except AudioFileError as error:
+            skipped[str(f)] = str(error)
+            continue
+        if frames / rate < min_seconds:
+            skipped[str(f)] = f"{f}: shorter than min_seconds={min_seconds} ({frames / rate:.3f} s)"
+            continue
+        entries.append(AudioEntry(str(f), frames, rate))
+    return Manifest(entries, skipped)
+
+
+def _write_cached(cache_file: Path, root: Path, signature: str, min_seconds: float, manifest: Manifest) -> None:
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "root": str(root),
+        "signature": signature,
+        "min_seconds": min_seconds,
+        "entries": [asdict(e) for e in manifest.entries],
+        "skipped": manifest.skipped,
+    }
+    tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(payload))
+    os.replace(tmp, cache_file)

@@ -86,6 +86,30 @@ class SEANetSettings:
         ]
 
 
+def _check_encoder_arguments(
+    channels: int,
+    dimension: int,
+    strides: list[int],
+    residual_units: int,
+    dilations: list[int],
+    compress: int,
+    lstm_layers: int,
+    activation: str,
+) -> None:
+    """Refuse a SEANet configuration that cannot be built, naming the argument."""
+    _check_positive(channels=channels, dimension=dimension, residual_units=residual_units, compress=compress)
+    if not strides or any(s < 1 for s in strides):
+        raise ValueError(f"strides={strides} must be a non-empty list of positive integers")
+    if len(dilations) != residual_units:
+        raise ValueError(
+            f"dilations={dilations} must have one entry per residual unit (residual_units={residual_units})"
+        )
+    if lstm_layers < 0:
+        raise ValueError(f"lstm_layers={lstm_layers} must be >= 0")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation={activation!r} is unknown; choose one of {ACTIVATIONS}")
+
+
 class SEANetEncoder(nn.Module):
     """Waveform [B, 1, T] -> latent [B, dimension, T / prod(strides)].
 
@@ -113,17 +137,9 @@ class SEANetEncoder(nn.Module):
         super().__init__()
         strides = [int(s) for s in strides]
         dilations = [int(d) for d in dilations]
-        _check_positive(channels=channels, dimension=dimension, residual_units=residual_units, compress=compress)
-        if not strides or any(s < 1 for s in strides):
-            raise ValueError(f"strides={strides} must be a non-empty list of positive integers")
-        if len(dilations) != residual_units:
-            raise ValueError(
-                f"dilations={dilations} must have one entry per residual unit (residual_units={residual_units})"
-            )
-        if lstm_layers < 0:
-            raise ValueError(f"lstm_layers={lstm_layers} must be >= 0")
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation={activation!r} is unknown; choose one of {ACTIVATIONS}")
+        _check_encoder_arguments(
+            channels, dimension, strides, residual_units, dilations, compress, lstm_layers, activation
+        )
         self.settings = SEANetSettings(
             channels,
             dimension,
@@ -143,21 +159,25 @@ class SEANetEncoder(nn.Module):
         self.strides = strides
         self.residual_units = residual_units
         self.hop_length = math.prod(strides)
+        self.model = nn.Sequential(*self._layers())
 
+    def _layers(self) -> list[nn.Module]:
+        """Input conv, then per stride: residual units, activation, strided conv doubling the width;
+        an optional LSTM; the projection to ``dimension``."""
         c = self.settings
-        conv = dict(causal=causal, weight_norm=weight_norm)
-        layers: list[nn.Module] = [CausalOrCenteredConv1d(audio_channels, channels, kernel_size, **conv)]
-        width = channels
-        for stride in strides:
+        conv = dict(causal=c.causal, weight_norm=c.weight_norm)
+        layers: list[nn.Module] = [CausalOrCenteredConv1d(c.audio_channels, c.channels, c.kernel_size, **conv)]
+        width = c.channels
+        for stride in c.strides:
             layers += c.residual_units(width)
-            layers.append(make_activation(activation, width))
+            layers.append(make_activation(c.activation, width))
             layers.append(CausalOrCenteredConv1d(width, width * 2, 2 * stride, stride=stride, **conv))
             width *= 2
-        if lstm_layers:
-            layers.append(SkipLSTM(width, lstm_layers))
-        layers.append(make_activation(activation, width))
-        layers.append(CausalOrCenteredConv1d(width, dimension, last_kernel_size, **conv))
-        self.model = nn.Sequential(*layers)
+        if c.lstm_layers:
+            layers.append(SkipLSTM(width, c.lstm_layers))
+        layers.append(make_activation(c.activation, width))
+        layers.append(CausalOrCenteredConv1d(width, c.dimension, c.last_kernel_size, **conv))
+        return layers
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
         return self.model(wav)

@@ -39,6 +39,27 @@ class CodebookOutput:
     replaced: torch.Tensor  # [] codes re-drawn as dead this step
 
 
+def _checked_lookup_dim(
+    dim: int, codebook_size: int, codebook_dim: int | None, rule: str, decay: float, dead_code_threshold: float
+) -> int:
+    """The dimension codes are looked up in, after refusing settings that cannot work (naming them)."""
+    if rule not in RULES:
+        raise ValueError(f"rule={rule!r} is unknown; choose one of {RULES}")
+    if codebook_size < 2:
+        raise ValueError(f"codebook_size={codebook_size} must be at least 2")
+    lookup_dim = dim if codebook_dim is None else int(codebook_dim)
+    if lookup_dim > dim or lookup_dim < 1:
+        raise ValueError(f"codebook_dim={codebook_dim} must be between 1 and the group dimension {dim}")
+    if not 0.0 < decay < 1.0:
+        raise ValueError(f"decay={decay} must lie in (0, 1)")
+    if not 0.0 <= dead_code_threshold < 1.0:
+        raise ValueError(
+            f"dead_code_threshold={dead_code_threshold} must lie in [0, 1): it is a fraction of the mean code "
+            "usage, and at 1 or more even a uniformly used codebook counts as dead"
+        )
+    return lookup_dim
+
+
 class VectorQuantizer(nn.Module):
     """Nearest-neighbour quantizer of ``dim``-dimensional vectors with ``codebook_size`` codes.
 
@@ -65,21 +86,7 @@ class VectorQuantizer(nn.Module):
         dead_code_threshold: float = 0.4,
     ) -> None:
         super().__init__()
-        if rule not in RULES:
-            raise ValueError(f"rule={rule!r} is unknown; choose one of {RULES}")
-        if codebook_size < 2:
-            raise ValueError(f"codebook_size={codebook_size} must be at least 2")
-        lookup_dim = dim if codebook_dim is None else int(codebook_dim)
-        if lookup_dim > dim or lookup_dim < 1:
-            raise ValueError(f"codebook_dim={codebook_dim} must be between 1 and the group dimension {dim}")
-        if not 0.0 < decay < 1.0:
-            raise ValueError(f"decay={decay} must lie in (0, 1)")
-        if not 0.0 <= dead_code_threshold < 1.0:
-            raise ValueError(
-                f"dead_code_threshold={dead_code_threshold} must lie in [0, 1): it is a fraction of the mean code "
-                "usage, "
-                "and at 1 or more even a uniformly used codebook counts as dead"
-            )
+        lookup_dim = _checked_lookup_dim(dim, codebook_size, codebook_dim, rule, decay, dead_code_threshold)
         self.dim = dim
         self.codebook_size = codebook_size
         self.codebook_dim = lookup_dim

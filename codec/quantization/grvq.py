@@ -24,6 +24,24 @@ DROPOUT_MODES = ("item", "batch")
 MAX_CHURN_PER_STEP = 0.01
 
 
+def _checked_group_dim(
+    dim: int, groups: int, layers: int, codebook_dim: int | None, dropout_prob: float, dropout_mode: str
+) -> int:
+    """Each group's share of the latent, after refusing a layout that cannot be built (naming the argument)."""
+    if groups < 1 or layers < 1:
+        raise ValueError(f"groups={groups} and layers={layers} must both be at least 1")
+    if dim % groups:
+        raise ValueError(f"groups={groups} does not divide dim={dim} (the encoder's latent dimension)")
+    group_dim = dim // groups
+    if codebook_dim is not None and codebook_dim > group_dim:
+        raise ValueError(f"codebook_dim={codebook_dim} is above the group dimension dim/groups={group_dim}")
+    if not 0.0 <= dropout_prob <= 1.0:
+        raise ValueError(f"dropout_prob={dropout_prob} must lie in [0, 1]")
+    if dropout_mode not in DROPOUT_MODES:
+        raise ValueError(f"dropout_mode={dropout_mode!r} is unknown; choose one of {DROPOUT_MODES}")
+    return group_dim
+
+
 class GroupResidualVQ(BaseQuantizer):
     """G groups x L residual layers of :class:`VectorQuantizer`.
 
@@ -56,17 +74,7 @@ class GroupResidualVQ(BaseQuantizer):
         dropout_mode: str = "item",
     ) -> None:
         super().__init__()
-        if groups < 1 or layers < 1:
-            raise ValueError(f"groups={groups} and layers={layers} must both be at least 1")
-        if dim % groups:
-            raise ValueError(f"groups={groups} does not divide dim={dim} (the encoder's latent dimension)")
-        group_dim = dim // groups
-        if codebook_dim is not None and codebook_dim > group_dim:
-            raise ValueError(f"codebook_dim={codebook_dim} is above the group dimension dim/groups={group_dim}")
-        if not 0.0 <= dropout_prob <= 1.0:
-            raise ValueError(f"dropout_prob={dropout_prob} must lie in [0, 1]")
-        if dropout_mode not in DROPOUT_MODES:
-            raise ValueError(f"dropout_mode={dropout_mode!r} is unknown; choose one of {DROPOUT_MODES}")
+        group_dim = _checked_group_dim(dim, groups, layers, codebook_dim, dropout_prob, dropout_mode)
         self.dim = dim
         self.groups = groups
         self.layers = layers

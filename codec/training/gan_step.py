@@ -98,6 +98,11 @@ class GANStep:
         self.codec_forward: Callable[..., Any] = codec
         self.discriminator_forward: Callable[..., Any] = discriminator
         self.discriminator_generator_pass: Callable[..., Any] = discriminator
+        self._wrap(dist)
+
+    def _wrap(self, dist: DistributedContext) -> None:
+        """DDP across ranks, then torch.compile where ``trainer.compile`` asks for it."""
+        codec, discriminator, device, s = self.codec, self.discriminator, self.device, self.settings
         if dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
