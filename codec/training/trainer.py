@@ -105,31 +105,97 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+class LogWindow:
+    """The steps since the last log line: their count and time, and the running maxima of the
+    ``*_max`` metrics (maxima over every step of the window, not the last step's)."""
+
+    def __init__(self, first_step: int) -> None:
+        self.loop_start = self.start = time.perf_counter()
+        self.first_step = first_step
+        self.steps = 0
+        self.maxima: dict[str, torch.Tensor] = {}
+        self.last: dict[str, torch.Tensor] = {}
+
+    def add(self, metrics: dict[str, torch.Tensor]) -> None:
+        self.steps += 1
+        self.last = metrics
+        for key in [k for k in metrics if k.endswith("_max")]:
+            self.maxima[key] = metrics[key] if key not in self.maxima else torch.maximum(self.maxima[key], metrics[key])
+
+    def close(self, audio_seconds_per_step: float) -> dict[str, float]:
+        """The last step's metrics with the window's maxima and throughput; starts the next window."""
+        now = time.perf_counter()
+        values = {k: float(v) for k, v in {**self.last, **self.maxima}.items()}
+        values["train/throughput_audio_seconds_per_second"] = (
+            self.steps * audio_seconds_per_step / max(now - self.start, 1e-9)
+        )
+        self.start, self.steps, self.maxima = now, 0, {}
+        return values
+
+    def eta(self, step: int, max_steps: int) -> float:
+        """Seconds to ``max_steps`` at the pace since the loop started."""
+        return (self.start - self.loop_start) / max(step - self.first_step, 1) * (max_steps - step)
+
+
 class Trainer:
     """Builds every part from ``cfg`` and trains it in ``run_dir``."""
 
     def __init__(self, cfg: DictConfig, run_dir: Path, logger: RunLogger | None = None) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
-        # One writer per run directory (rank 0 holds it for the whole job); a second identical
-        # command stops here, before it has touched status.json, MLflow or a checkpoint.
+        self.run_lock = self._lock_run_dir()
+        self.config = plain_dict(cfg)
+        self.settings = self._settings(cfg)
+        validate(cfg)
+        self._seed()  # before any module is built, so initial weights follow trainer.seed
+        self.identity = run_identity(self.config)
+        self._place()
+        self.stop_requested = False
+        self.stop_reason = ""
+        self.stop_signal: int | None = None
+        self._build_parts(cfg)
+        if not self.dist.is_main:
+            self.logger: RunLogger = NullLogger()  # only rank 0 talks to the tracker
+        else:
+            self.logger = logger if logger is not None else build(cfg.logger, "logger")
+        self.logger.attach(self.run_dir)
+        self.recorder = RunRecorder(self.run_dir, self.logger)
+        self.gan = GANStep(self.codec, self.discriminator, self.loss, self.settings, self.device, self.dist)
+        self._check_segment()
+
+        self.checkpoints = self._checkpoint_manager()
+        s = self.settings
+        self.cost = RunCost(self.device, self.dist.world_size, s.batch_size * s.segment_seconds * self.dist.world_size)
+        self.step = 0
+        self.best_value: float | None = None
+        self.best_metrics: dict[str, float] = {}
+        self.run_id: str | None = None
+        self.first_start = False  # set when the tracker run is opened; the model facts follow the baseline
+        self._valid_utterances: list | None = None
+        self._test_utterances: list | None = None
+
+    def _lock_run_dir(self) -> RunLock | None:
+        """One writer per run directory (rank 0 holds it for the whole job); a second identical
+        command stops here, before it has touched status.json, MLflow or a checkpoint."""
         try:
-            self.run_lock = RunLock(self.run_dir).acquire() if launch_rank() == 0 else None
+            return RunLock(self.run_dir).acquire() if launch_rank() == 0 else None
         except PermissionError as error:
             raise ConfigError(
                 f"{self.run_dir} is not writable ({error.strerror}); choose another run directory "
                 "(paths.runs=... or hydra.run.dir=...) or fix its permissions"
             ) from error
-        self.config = plain_dict(cfg)
+
+    @staticmethod
+    def _settings(cfg: DictConfig) -> TrainerSettings:
         try:
-            self.settings = TrainerSettings.from_config(cfg.trainer)
+            return TrainerSettings.from_config(cfg.trainer)
         except TrainerConfigError as error:
             raise ConfigError(str(error)) from error
         except TypeError as error:
             raise ConfigError(f"invalid config 'trainer': {error}") from error
-        validate(cfg)
-        self._seed()  # before any module is built, so initial weights follow trainer.seed
-        self.identity = run_identity(self.config)
+
+    def _place(self) -> None:
+        """The device, the process group and this process's share of the CPU."""
         self.device = resolve_device(self.settings.device)
         self.dist: DistributedContext = init_distributed(self.device.type)
         if self.dist.enabled and self.device.type == "cuda":
@@ -139,10 +205,10 @@ class Trainer:
             retain_freed_host_memory()
         self.cpu_budget = cpu_budget()
         apply_cpu_budget(self.cpu_budget)
-        self.stop_requested = False
-        self.stop_reason = ""
-        self.stop_signal: int | None = None
 
+    def _build_parts(self, cfg: DictConfig) -> None:
+        """Model, losses, data (prepared and split), evaluator, guardrails and probes, in an order
+        that keeps initial weights a function of the seed and fails bad data before training."""
         self.codec = build_codec(cfg).to(self.device)
         self._check_training_scale()
         self.discriminator = build_discriminator(cfg).to(self.device)
@@ -163,25 +229,6 @@ class Trainer:
                 self.probes.check(self.data)
             except ProbeDataError as error:
                 raise ConfigError(str(error)) from error
-        if not self.dist.is_main:
-            self.logger: RunLogger = NullLogger()  # only rank 0 talks to the tracker
-        else:
-            self.logger = logger if logger is not None else build(cfg.logger, "logger")
-        self.logger.attach(self.run_dir)
-        self.recorder = RunRecorder(self.run_dir, self.logger)
-        self.gan = GANStep(self.codec, self.discriminator, self.loss, self.settings, self.device, self.dist)
-        self._check_segment()
-
-        self.checkpoints = self._checkpoint_manager()
-        s = self.settings
-        self.cost = RunCost(self.device, self.dist.world_size, s.batch_size * s.segment_seconds * self.dist.world_size)
-        self.step = 0
-        self.best_value: float | None = None
-        self.best_metrics: dict[str, float] = {}
-        self.run_id: str | None = None
-        self.first_start = False  # set when the tracker run is opened; the model facts follow the baseline
-        self._valid_utterances: list | None = None
-        self._test_utterances: list | None = None
 
     def _fix_split(self) -> dict[str, Any]:
         """The split recorded at the run's first start is kept by every later start (a resume, a
@@ -452,51 +499,13 @@ class Trainer:
         try:
             self._resume()
             self.cost.start(self.step)
-            status = read_status(self.run_dir)
-            if status.get("state") == "finished" and self.step >= self.settings.max_steps:
-                log.info("run in %s already finished at step %d; nothing to do", self.run_dir, self.step)
-                return status
-            if status.get("state") == "stopped_early" and status.get("guard_settings") == self.config.get("guard"):
-                log.info(
-                    "run in %s was stopped at step %d by a guardrail (%s); nothing to do. Loosen guard.* or pick "
-                    "guard=off to train it on",
-                    self.run_dir,
-                    self.step,
-                    status.get("reason"),
-                )
-                return status
+            done = self._nothing_to_do()
+            if done is not None:
+                return done
             if self.dist.is_main:
-                self.recorder.keep_reserve()
-                self._start_logging()
-                log.info(
-                    "run directory %s | %s | device %s | %s",
-                    self.run_dir,
-                    self.logger.describe(),
-                    self.device,
-                    self.cpu_budget.describe(),
-                )
-                write_status(self.run_dir, cpu_budget=self.cpu_budget.record())
-                self.logger.set_tags(
-                    {f"metric_package.{name}": version for name, version in self.evaluator.packages().items()}
-                )
-                if self.warm_start is not None:
-                    self.logger.set_tags(
-                        {
-                            "warm_start": f"{','.join(self.warm_start['parts'])} from {self.warm_start['file']} "
-                            f"(step {self.warm_start['step']})"
-                        }
-                    )
-                skipped = read_status(self.run_dir).get("skipped_checkpoints")
-                if skipped:
-                    self.logger.set_tags(
-                        {"skipped_checkpoints": "; ".join(f"{k}: {v}" for k, v in skipped.items())[:5000]}
-                    )
-            if self.step == 0 and self.settings.eval_at_start and self.dist.is_main:
-                baseline = self.evaluate("valid")  # the untrained baseline
-                self._log_eval("valid", baseline)
-                if self.guards is not None:
-                    self.guards.after_evaluation(0, baseline.metrics, baseline.codebook)
-            if self.dist.is_main:
+                self._open_run()
+                if self.step == 0 and self.settings.eval_at_start:
+                    self._baseline()
                 self._log_model_facts()
             self._loop()
             return self._finish()
@@ -523,11 +532,60 @@ class Trainer:
                 self._record_failure(error)
             raise
         finally:
-            self.evaluator.close()
-            self.logger.close()
-            self._record_run_id()
-            if self.run_lock is not None:
-                self.run_lock.release()
+            self._close()
+
+    def _close(self) -> None:
+        self.evaluator.close()
+        self.logger.close()
+        self._record_run_id()
+        if self.run_lock is not None:
+            self.run_lock.release()
+
+    def _nothing_to_do(self) -> dict[str, Any] | None:
+        """The run's status when it finished at this budget, or a guardrail stopped it under the same
+        guard settings; None when there is training to do."""
+        status = read_status(self.run_dir)
+        if status.get("state") == "finished" and self.step >= self.settings.max_steps:
+            log.info("run in %s already finished at step %d; nothing to do", self.run_dir, self.step)
+            return status
+        if status.get("state") == "stopped_early" and status.get("guard_settings") == self.config.get("guard"):
+            log.info(
+                "run in %s was stopped at step %d by a guardrail (%s); nothing to do. Loosen guard.* or pick "
+                "guard=off to train it on",
+                self.run_dir,
+                self.step,
+                status.get("reason"),
+            )
+            return status
+        return None
+
+    def _open_run(self) -> None:
+        """Open (or reopen) the tracker run and say where the run is, what scores it and how it started."""
+        self.recorder.keep_reserve()
+        self._start_logging()
+        log.info(
+            "run directory %s | %s | device %s | %s",
+            self.run_dir,
+            self.logger.describe(),
+            self.device,
+            self.cpu_budget.describe(),
+        )
+        write_status(self.run_dir, cpu_budget=self.cpu_budget.record())
+        tags = {f"metric_package.{name}": version for name, version in self.evaluator.packages().items()}
+        if self.warm_start is not None:
+            start = self.warm_start
+            tags["warm_start"] = f"{','.join(start['parts'])} from {start['file']} (step {start['step']})"
+        skipped = read_status(self.run_dir).get("skipped_checkpoints")
+        if skipped:
+            tags["skipped_checkpoints"] = "; ".join(f"{k}: {v}" for k, v in skipped.items())[:5000]
+        self.logger.set_tags(tags)
+
+    def _baseline(self) -> None:
+        """The untrained model on the valid split, as step 0 of the curves."""
+        baseline = self.evaluate("valid")
+        self._log_eval("valid", baseline)
+        if self.guards is not None:
+            self.guards.after_evaluation(0, baseline.metrics, baseline.codebook)
 
     def _record_run_id(self) -> None:
         """Once the sender has sent the run's opening, status.json names the tracker's run."""
@@ -593,70 +651,65 @@ class Trainer:
             rank=self.dist.rank,
             world_size=self.dist.world_size,
         )
-        window_start, window_steps = time.perf_counter(), 0
-        loop_start, loop_first_step = window_start, self.step
-        window_max: dict[str, torch.Tensor] = {}
+        window = LogWindow(self.step)
         self.codec.train()
         self.discriminator.train()
         for batch in loader:
-            batch = batch.to(self.device, non_blocking=True)
-            metrics = self.train_step(batch)
-            # *_max metrics are maxima over every step since the last log line, not the last step's.
-            for key in [k for k in metrics if k.endswith("_max")]:
-                window_max[key] = (
-                    metrics[key] if key not in window_max else torch.maximum(window_max[key], metrics[key])
-                )
+            metrics = self.train_step(batch.to(self.device, non_blocking=True))
             self.step += 1
-            window_steps += 1
+            window.add(metrics)
             if self.step % s.log_every == 0 or self.step == s.max_steps:
-                self._raise_if_nonfinite()
-                now = time.perf_counter()
-                values = {k: float(v) for k, v in {**metrics, **window_max}.items()}
-                values["train/throughput_audio_seconds_per_second"] = (
-                    window_steps * s.batch_size * s.segment_seconds / max(now - window_start, 1e-9)
-                )
-                values["train/lr_generator"] = self.gan.opt_g.param_groups[0]["lr"]
-                values.update(self.cost.metrics(self.step))
-                self.logger.log_metrics(values, self.step)
-                if self.guards is not None and self.guard_stop is None:
-                    self.guard_stop = self.guards.after_log(self.step, values)
-                eta = (now - loop_start) / (self.step - loop_first_step) * (s.max_steps - self.step)
-                loss_d = values.get("train/loss_discriminator")
-                log.info(
-                    "step %d/%d (%d%%): loss_g=%.4f loss_d=%s mel=%.4f (%.1f audio-s/s) ETA %s",
-                    self.step,
-                    s.max_steps,
-                    100 * self.step // s.max_steps,
-                    values["train/loss_generator"],
-                    "off" if loss_d is None else f"{loss_d:.4f}",
-                    values["train/mel"],
-                    values["train/throughput_audio_seconds_per_second"],
-                    format_duration(eta),
-                )
-                if self.dist.is_main:  # heartbeat, cost and pace for the sweep status table
-                    self.recorder.heartbeat(
-                        step=self.step,
-                        cost={k.split("/", 1)[1]: v for k, v in values.items() if k.startswith("cost/")},
-                        **self._known_run_id(),
-                    )
-                window_start, window_steps, window_max = now, 0, {}
+                self._report(window)
             if self.step % s.eval_every == 0 and self.step < s.max_steps:
                 self._validate_and_track_best()
             if self.step % s.checkpoint_every == 0:
                 self.save_checkpoint()
-            if any_rank(self.stop_requested or self.guard_stop is not None, self.dist, self.device):
-                if self.guard_stop is not None:
-                    self.save_checkpoint()
-                    raise GuardStopped(self.guard_stop)
-                self.stop_reason = self.stop_reason or "a stop request on another rank"
-                self.save_checkpoint()
-                log.warning(
-                    "stopped at step %d after %s; checkpoint %s saved; the same command resumes",
-                    self.step,
-                    self.stop_reason,
-                    self.checkpoints.latest,
-                )
-                raise StopRequested(self.stop_reason)
+            self._stop_if_asked()
+
+    def _report(self, window: LogWindow) -> None:
+        """The log step: tracker metrics, guardrails, the console line and the status heartbeat."""
+        self._raise_if_nonfinite()
+        s = self.settings
+        values = window.close(s.batch_size * s.segment_seconds)
+        values["train/lr_generator"] = self.gan.opt_g.param_groups[0]["lr"]
+        values.update(self.cost.metrics(self.step))
+        self.logger.log_metrics(values, self.step)
+        if self.guards is not None and self.guard_stop is None:
+            self.guard_stop = self.guards.after_log(self.step, values)
+        loss_d = values.get("train/loss_discriminator")
+        log.info(
+            "step %d/%d (%d%%): loss_g=%.4f loss_d=%s mel=%.4f (%.1f audio-s/s) ETA %s",
+            self.step,
+            s.max_steps,
+            100 * self.step // s.max_steps,
+            values["train/loss_generator"],
+            "off" if loss_d is None else f"{loss_d:.4f}",
+            values["train/mel"],
+            values["train/throughput_audio_seconds_per_second"],
+            format_duration(window.eta(self.step, s.max_steps)),
+        )
+        if self.dist.is_main:  # heartbeat, cost and pace for the sweep status table
+            self.recorder.heartbeat(
+                step=self.step,
+                cost={k.split("/", 1)[1]: v for k, v in values.items() if k.startswith("cost/")},
+                **self._known_run_id(),
+            )
+
+    def _stop_if_asked(self) -> None:
+        """After a step: a guardrail or a stop request on any rank ends the loop with a checkpoint."""
+        if not any_rank(self.stop_requested or self.guard_stop is not None, self.dist, self.device):
+            return
+        self.save_checkpoint()
+        if self.guard_stop is not None:
+            raise GuardStopped(self.guard_stop)
+        self.stop_reason = self.stop_reason or "a stop request on another rank"
+        log.warning(
+            "stopped at step %d after %s; checkpoint %s saved; the same command resumes",
+            self.step,
+            self.stop_reason,
+            self.checkpoints.latest,
+        )
+        raise StopRequested(self.stop_reason)
 
     def _run_probes(self) -> dict[str, float]:
         """The token probes on the final (EMA when kept) codec, logged as ``probe/*``."""
