@@ -60,6 +60,16 @@ def log_cpu_bf16_discriminators() -> None:
         )
 
 
+def codebook_metrics(stats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per-codebook statistics as step metrics: their mean, and the max of the replaced fraction."""
+    metrics = {}
+    for key, values in stats.items():
+        metrics[f"train/codebook_{key}_mean"] = values.float().mean()
+        if key == "replaced_fraction":
+            metrics[f"train/codebook_{key}_max"] = values.float().max()
+    return metrics
+
+
 class GANStep:
     """One discriminator update then one generator update per batch."""
 
@@ -187,37 +197,12 @@ class GANStep:
             joint = torch.cat([batch, fake])
             spectra = spectrum_bank(joint, self.stft_windows)
 
-        discriminator_metrics = {}
-        if train_discriminator:
-            with timer.phase(StepPhase.DISCRIMINATOR_FORWARD_BACKWARD):
-                self.discriminator.requires_grad_(True)
-                with self._autocast(self.discriminator_autocast_enabled):
-                    real_d, fake_d = split_outputs(
-                        self.discriminator_forward(joint.detach(), detach_bank(spectra)), size
-                    )
-                loss_d = self.loss.discriminator(as_float(real_d, False), as_float(fake_d, False))
-                self.track_finite({"discriminator": loss_d}, step)
-                self.opt_d.zero_grad(set_to_none=True)
-                loss_d.backward()
-                grad_norm_d = self._clip(self.discriminator.parameters())
-            with timer.phase(StepPhase.OPTIMIZER):
-                self.opt_d.step()
-            discriminator_metrics = {
-                "train/loss_discriminator": loss_d.detach(),
-                "train/grad_norm_discriminator": grad_norm_d.detach(),
-            }
+        discriminator_metrics = (
+            self._discriminator_update(joint, spectra, size, step, timer) if train_discriminator else {}
+        )
 
         with timer.phase(StepPhase.GENERATOR_FORWARD):
-            real_g = fake_g = None
-            real_spectra, fake_spectra = split_bank(spectra, size)
-            if adversarial:
-                self.discriminator.requires_grad_(False)
-                with self._autocast(self.discriminator_autocast_enabled):
-                    real_g, fake_g = self._generator_pass(batch, fake, joint, spectra, real_spectra, fake_spectra)
-                real_g, fake_g = as_float(real_g), as_float(fake_g)
-            terms = self.loss.generator_terms(
-                batch, fake, out.quantizer.losses["total"], real_g, fake_g, real_spectra, fake_spectra
-            )
+            terms = self._generator_terms(batch, fake, joint, spectra, out.quantizer.losses["total"], adversarial)
             loss_g = self.loss.total(terms)
             self.track_finite({"generator": loss_g, **terms}, step)
         with timer.phase(StepPhase.GENERATOR_BACKWARD):
@@ -240,11 +225,44 @@ class GANStep:
                 **discriminator_metrics,
             }
         )
-        for key, values in out.quantizer.stats.items():
-            metrics[f"train/codebook_{key}_mean"] = values.float().mean()
-            if key == "replaced_fraction":
-                metrics[f"train/codebook_{key}_max"] = values.float().max()
-        return metrics
+        return {**metrics, **codebook_metrics(out.quantizer.stats)}
+
+    def _generator_terms(
+        self,
+        batch: torch.Tensor,
+        fake: torch.Tensor,
+        joint: torch.Tensor,
+        spectra: Any,
+        quantizer_loss: torch.Tensor,
+        adversarial: bool,
+    ) -> dict[str, torch.Tensor]:
+        """The generator's loss terms; the discriminators (frozen) judge the fake only from
+        ``adversarial_from`` on."""
+        real_g = fake_g = None
+        real_spectra, fake_spectra = split_bank(spectra, batch.shape[0])
+        if adversarial:
+            self.discriminator.requires_grad_(False)
+            with self._autocast(self.discriminator_autocast_enabled):
+                real_g, fake_g = self._generator_pass(batch, fake, joint, spectra, real_spectra, fake_spectra)
+            real_g, fake_g = as_float(real_g), as_float(fake_g)
+        return self.loss.generator_terms(batch, fake, quantizer_loss, real_g, fake_g, real_spectra, fake_spectra)
+
+    def _discriminator_update(
+        self, joint: torch.Tensor, spectra: Any, size: int, step: int, timer: Any
+    ) -> dict[str, torch.Tensor]:
+        """One discriminator update on real and fake audio in one batched pass (fake detached)."""
+        with timer.phase(StepPhase.DISCRIMINATOR_FORWARD_BACKWARD):
+            self.discriminator.requires_grad_(True)
+            with self._autocast(self.discriminator_autocast_enabled):
+                real_d, fake_d = split_outputs(self.discriminator_forward(joint.detach(), detach_bank(spectra)), size)
+            loss_d = self.loss.discriminator(as_float(real_d, False), as_float(fake_d, False))
+            self.track_finite({"discriminator": loss_d}, step)
+            self.opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            grad_norm_d = self._clip(self.discriminator.parameters())
+        with timer.phase(StepPhase.OPTIMIZER):
+            self.opt_d.step()
+        return {"train/loss_discriminator": loss_d.detach(), "train/grad_norm_discriminator": grad_norm_d.detach()}
 
     def _generator_pass(
         self,
