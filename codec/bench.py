@@ -325,19 +325,72 @@ def run(
     curve_window: int = 20,
     paths: Sequence[str] = ("eager", "fast"),
 ) -> dict[str, Any]:
-    """Time two paths A B A B ... (order alternating per pair) on the same weights and batches.
-
-    Each window pair gives one ratio A-time / B-time, so a drift in machine speed (another job,
-    thermal throttling) hits both sides of a ratio alike; the report gives their median and range.
-    """
+    """Time two paths A B A B ... on the same weights and batches: each window pair's ratio sees a
+    drift in machine speed (another job, throttling) on both sides; the report gives their median and range."""
     labels = path_labels(paths)
+    initial_weights_equal, flops, reports = _measure(
+        overrides, labels, paths, windows, window_steps, warmup, breakdown_steps
+    )
+    reference_report = reports[labels[0]]
+    device_name, audio_per_step, peak = (
+        reference_report[k] for k in ("device", "audio_seconds_per_step", "peak_flops_bf16")
+    )
+    settings = {label: report["settings"] for label, report in reports.items()}
+    results = _path_results(reports, window_steps, audio_per_step, flops, peak)
+    reference, candidate = (results[label] for label in labels)
+    identical = settings[labels[0]] == settings[labels[1]]
+    curve_steps = warmup + windows * window_steps + breakdown_steps
+    return {
+        "overrides": list(overrides),
+        "device": device_name,
+        "torch": torch.__version__,
+        "method": _method(labels, windows, window_steps),
+        "windows": windows,
+        "window_steps": window_steps,
+        "initial_weights_equal": initial_weights_equal,
+        "audio_seconds_per_step": audio_per_step,
+        "model_flops_per_step": flops,
+        "model_flops_per_audio_second": flops / audio_per_step,
+        "peak_flops_bf16": peak,
+        "paths": results,
+        "path_order": labels,
+        "identical_paths": identical,
+        "warning": f"both paths run with identical settings ({settings[labels[0]]}): the ratio measures the "
+        "machine's noise, not a speedup"
+        if identical
+        else None,
+        "speedup": interleaved_ratios(reference["window_seconds"], candidate["window_seconds"]),
+        "loss_match": _loss_match(reference, candidate, settings),
+        "loss_curves_match": _curves_match(reference, candidate, curve_steps, curve_window),
+        "evaluation": measure_eval(overrides, eval_utterances) if eval_utterances else None,
+    }
+
+
+def _method(labels: list[str], windows: int, window_steps: int) -> str:
+    return (
+        f"interleaved: {windows} windows of {window_steps} steps per path, order alternating per pair, "
+        f"each path in its own process, same initial weights and batches; "
+        f"ratio per window pair ({labels[0]} time / {labels[1]} time)"
+    )
+
+
+def _measure(
+    overrides: Sequence[str],
+    labels: list[str],
+    paths: Sequence[str],
+    windows: int,
+    window_steps: int,
+    warmup: int,
+    breakdown_steps: int,
+) -> tuple[bool, float, dict[str, Any]]:
+    """Run both paths in their own processes, interleaved; returns (same initial weights, model
+    FLOPs per step, each path's report)."""
     measured = windows * window_steps
     total = warmup + measured + breakdown_steps
     with tempfile.TemporaryDirectory() as tmp:
         runners = [PathProcess(label, path, overrides, Path(tmp), total) for label, path in zip(labels, paths)]
         try:
             first, second = (runner.fingerprint() for runner in runners)
-            initial_weights_equal = first["weights"] == second["weights"]
             if first["batches"] != second["batches"]:
                 raise RuntimeError("the two paths drew different batches; the comparison would mean nothing")
             for runner in runners:
@@ -353,72 +406,52 @@ def run(
         finally:
             for runner in runners:
                 runner.close()
-    reference_report = reports[labels[0]]
-    device_name, audio_per_step, peak = (
-        reference_report[k] for k in ("device", "audio_seconds_per_step", "peak_flops_bf16")
-    )
-    settings = {label: report["settings"] for label, report in reports.items()}
+    return first["weights"] == second["weights"], flops, reports
+
+
+def _path_results(
+    reports: dict[str, Any], window_steps: int, audio_per_step: float, flops: float, peak: float | None
+) -> dict[str, dict[str, Any]]:
+    """Each path's step time (median window), throughput and achieved FLOP/s."""
     results = {}
     for label, report in reports.items():
         step_time = statistics.median(report["window_seconds"]) / window_steps
+        achieved = flops / step_time
         results[label] = {
             "step_time_s": step_time,
             "throughput_audio_s_per_s": audio_per_step / step_time,
             **{k: v for k, v in report.items() if k not in ("device", "audio_seconds_per_step", "peak_flops_bf16")},
+            "achieved_flops_per_s": achieved,
+            "fraction_of_peak": achieved / peak if peak else None,
         }
-    for result in results.values():
-        achieved = flops / result["step_time_s"]
-        result["achieved_flops_per_s"] = achieved
-        result["fraction_of_peak"] = achieved / peak if peak else None
-    reference, candidate = (results[label] for label in labels)
-    identical = settings[labels[0]] == settings[labels[1]]
-    tolerance = 5e-2 if any(settings[label]["bf16_discriminators"] for label in labels) else 1e-4
+    return results
+
+
+def _loss_match(reference: dict[str, Any], candidate: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """The first step's losses of the two paths, relative to the reference's."""
+    tolerance = 5e-2 if any(s["bf16_discriminators"] for s in settings.values()) else 1e-4
     differences = {
         k: abs(candidate["first_step_losses"][k] - reference["first_step_losses"][k])
         / max(abs(reference["first_step_losses"][k]), 1e-8)
         for k in CURVE_KEYS
     }
-    curve_steps = warmup + measured + breakdown_steps
-    if curve_steps >= MIN_CURVE_STEPS:
-        curves = compare_curves(reference["loss_curves"], candidate["loss_curves"], curve_window)
-    else:
-        curves = {
-            "checked": False,
-            "steps": curve_steps,
-            "reason": f"{curve_steps} steps are too few to compare loss curves (at least {MIN_CURVE_STEPS}); "
-            "only the first step is compared",
-        }
     return {
-        "overrides": list(overrides),
-        "device": device_name,
-        "torch": torch.__version__,
-        "method": f"interleaved: {windows} windows of {window_steps} steps per path, order alternating per pair, "
-        f"each path in its own process, same initial weights and batches; "
-        f"ratio per window pair ({labels[0]} time / {labels[1]} time)",
-        "windows": windows,
-        "window_steps": window_steps,
-        "initial_weights_equal": initial_weights_equal,
-        "audio_seconds_per_step": audio_per_step,
-        "model_flops_per_step": flops,
-        "model_flops_per_audio_second": flops / audio_per_step,
-        "peak_flops_bf16": peak,
-        "paths": results,
-        "path_order": labels,
-        "identical_paths": identical,
-        "warning": (
-            f"both paths run with identical settings ({settings[labels[0]]}): the ratio measures the machine's noise, "
-            "not a speedup"
-        )
-        if identical
-        else None,
-        "speedup": interleaved_ratios(reference["window_seconds"], candidate["window_seconds"]),
-        "loss_match": {
-            "relative_difference": differences,
-            "tolerance": tolerance,
-            "within_tolerance": all(d <= tolerance for d in differences.values()),
-        },
-        "loss_curves_match": curves,
-        "evaluation": measure_eval(overrides, eval_utterances) if eval_utterances else None,
+        "relative_difference": differences,
+        "tolerance": tolerance,
+        "within_tolerance": all(d <= tolerance for d in differences.values()),
+    }
+
+
+def _curves_match(
+    reference: dict[str, Any], candidate: dict[str, Any], curve_steps: int, curve_window: int
+) -> dict[str, Any]:
+    if curve_steps >= MIN_CURVE_STEPS:
+        return compare_curves(reference["loss_curves"], candidate["loss_curves"], curve_window)
+    return {
+        "checked": False,
+        "steps": curve_steps,
+        "reason": f"{curve_steps} steps are too few to compare loss curves (at least {MIN_CURVE_STEPS}); "
+        "only the first step is compared",
     }
 
 
