@@ -8,7 +8,7 @@ metric's last value under its MLflow key (``best/pesq_wb``, ``model/bitrate_kbps
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,8 @@ class SweepRef:
     sweep_id: str
     tracking_uri: str | None
     parent_run_id: str | None = None
-    sweep_dir: str | None = None  # known when found by directory or name: its sweep.json lists every point
+    sweep_dir: str | None = None  # known when found by directory or name
+    jobs: list[dict[str, Any]] = field(default_factory=list)  # every planned point, from its sweep.json
 
 
 def find_sweep(sweep: str, runs_dir: str | Path = "runs", tracking_uri: str | None = None) -> SweepRef:
@@ -48,9 +49,8 @@ def find_sweep(sweep: str, runs_dir: str | Path = "runs", tracking_uri: str | No
         record = candidate / "sweep.json"
         if record.exists():
             data = json.loads(record.read_text())
-            return SweepRef(
-                data["sweep_id"], tracking_uri or data.get("tracking_uri"), data.get("parent_run_id"), str(candidate)
-            )
+            uri = tracking_uri or data.get("tracking_uri")
+            return SweepRef(data["sweep_id"], uri, data.get("parent_run_id"), str(candidate), data.get("jobs", []))
     if tracking_uri is None:
         raise FileNotFoundError(f"no sweep.json for {sweep!r} under {runs_dir}; pass a sweep id with tracking_uri")
     return SweepRef(sweep, tracking_uri)
@@ -125,8 +125,5 @@ def load_sweep(sweep: str, tracking_uri: str | None = None, runs_dir: str | Path
 
 def never_started(ref: SweepRef, frame: pd.DataFrame) -> list[str]:
     """The overrides of the sweep's points that have no MLflow run (the sweep was stopped first)."""
-    if ref.sweep_dir is None:
-        return []
-    jobs = json.loads((Path(ref.sweep_dir) / "sweep.json").read_text()).get("jobs", [])
     tracked = {str(Path(d).resolve()) for d in frame["run_dir"].dropna()} if "run_dir" in frame else set()
-    return [" ".join(job["overrides"]) for job in jobs if str(Path(job["run_dir"]).resolve()) not in tracked]
+    return [" ".join(job["overrides"]) for job in ref.jobs if str(Path(job["run_dir"]).resolve()) not in tracked]

@@ -34,7 +34,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from scipy import stats
+
+from analysis.stats import designs, finished_runs
+from analysis.tables import SEED_KEY
 
 METHOD = "group-sequential paired t-test, power-family boundary (rho={rho}), Holm alpha recycling over {m} pair(s)"
 
@@ -206,21 +210,24 @@ def seeds_needed(spread: float, effect: float, design: SequentialDesign, level: 
     return int(math.ceil(needed))
 
 
-def design_values(frame, metric: str) -> dict[str, dict[int, float]]:
-    """Finished runs' ``metric`` by design (everything that varies but the seed) and seed."""
-    from analysis.stats import designs, finished_runs
-    from analysis.tables import SEED_KEY
-
+def labelled_runs(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The finished runs that logged ``metric``, with a ``design`` column: everything that varies
+    among them but the seed. The one labelling that verdicts and launches both use."""
     if metric not in frame.columns:
         raise KeyError(f"{metric!r} is not a metric of the sweep")
     if SEED_KEY not in frame.columns:
         raise KeyError(f"{SEED_KEY} is not a column: deciding needs seeds as a sweep axis (trainer.seed=1,2,3)")
     runs = finished_runs(frame)
-    runs = runs[runs[metric].notna()]
-    labels = designs(runs).to_numpy() if len(runs) else []
+    runs = runs[runs[metric].notna()].copy()
+    runs["design"] = designs(runs).astype(str).to_numpy() if len(runs) else []
+    return runs
+
+
+def design_values(frame: pd.DataFrame, metric: str) -> dict[str, dict[int, float]]:
+    """Finished runs' ``metric`` by design and seed."""
     values: dict[str, dict[int, float]] = {}
-    for label, (_, run) in zip(labels, runs.iterrows()):
-        values.setdefault(str(label), {})[int(run[SEED_KEY])] = float(run[metric])
+    for _, run in labelled_runs(frame, metric).iterrows():
+        values.setdefault(run["design"], {})[int(run[SEED_KEY])] = float(run[metric])
     return values
 
 
@@ -238,11 +245,9 @@ def verdict_table(
     design: SequentialDesign,
     higher_is_better: bool,
     out_of_budget: bool = False,
-):
+) -> pd.DataFrame:
     """One row per pair: seeds, mean difference A - B with its repeated CI, z against its boundary,
     and the verdict (decided, undecided at the cap, out of budget)."""
-    import pandas as pd
-
     rows = []
     for v in sequential_verdicts(paired_differences(values), design):
         rows.append(

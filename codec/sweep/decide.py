@@ -23,8 +23,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
-from analysis.sequential import SequentialDesign, default_looks, design_values, seeds_needed, verdict_table
+from analysis.loading import load_sweep
+from analysis.sequential import (
+    SequentialDesign,
+    default_looks,
+    design_values,
+    labelled_runs,
+    seeds_needed,
+    verdict_table,
+)
 from codec.sweep.registry import Sweep
 
 DECIDE_FILE = "decide.json"
@@ -91,11 +100,8 @@ class Round:
     cost_per_run: float
 
 
-def read_round(sweep_dir: Path, plan: DecidePlan, out_of_budget: bool = False) -> Round:
-    """Verdicts from the runs MLflow holds now, and the seed count each undecided design needs next."""
-    from analysis.loading import load_sweep
-
-    frame = load_sweep(str(sweep_dir))
+def read_round(frame: pd.DataFrame, plan: DecidePlan, out_of_budget: bool = False) -> Round:
+    """Verdicts from the sweep's runs (``load_sweep``), and the seed count each undecided design needs next."""
     values = design_values(frame, plan.metric)
     if len(values) < 2:
         raise DecideError(f"the sweep has {len(values)} design(s) with finished runs; deciding needs two or more")
@@ -150,18 +156,16 @@ def launch_round(sweep: Sweep, sweep_dir: Path, labels: dict[str, list[str]], ad
         subprocess.run(command, check=False)
 
 
-def design_overrides(sweep: Sweep, sweep_dir: Path) -> dict[str, list[str]]:
-    """Each design's launch overrides, from one of its runs in the sweep's record."""
-    from analysis.loading import load_sweep
-    from analysis.stats import designs
-
-    frame = load_sweep(str(sweep_dir))
-    by_dir = dict(zip(frame["run_dir"].astype(str), designs(frame)))
+def design_overrides(sweep: Sweep, frame: pd.DataFrame, metric: str) -> dict[str, list[str]]:
+    """Each design's launch overrides, from one of its runs in the sweep's record (designs labelled
+    as the verdicts label them)."""
+    runs = labelled_runs(frame, metric)
+    by_dir = dict(zip(runs["run_dir"].astype(str), runs["design"]))
     overrides: dict[str, list[str]] = {}
     for job in sweep.jobs:
         label = by_dir.get(str(Path(job.run_dir).resolve()))
         if label is not None:
-            overrides.setdefault(str(label), job.overrides)
+            overrides.setdefault(label, job.overrides)
     return overrides
 
 
@@ -213,21 +217,26 @@ def decide(
     effect: float | None = None,
 ) -> int:
     """Rounds of seeds until every pair is decided, the cap, or the budget (see the module docstring)."""
-    from analysis.loading import load_sweep
-
     sweep = Sweep.load(sweep_dir)
     if sweep is None:
         raise DecideError(f"{sweep_dir} holds no sweep.json")
-    first = min(len(v) for v in design_values(load_sweep(str(sweep_dir)), metric).values())
+    frame = load_sweep(str(sweep_dir))
+    first = min(len(v) for v in design_values(frame, metric).values())
     plan = fixed_plan(sweep_dir, metric, higher_is_better, first, max_seeds, alpha)
-    labels = design_overrides(sweep, sweep_dir)
+    labels = design_overrides(sweep, frame, metric)
+    launched: dict[str, list[int]] | None = None
     while True:
-        state = read_round(sweep_dir, plan)
+        state = read_round(frame, plan)
+        added = seeds_to_add(state)
+        if launched is not None and added == launched:
+            raise DecideError(
+                f"round {plan.rounds[-1]['round']}'s runs did not finish (see `codec-sweep status {sweep_dir}`); "
+                "fix them and run decide again: it resumes this round"
+            )
         print(format_round(state, plan, f"after round {len(plan.rounds)}:"), flush=True)
         if not state.targets:
             print("every comparison is decided, or undecided at the seed cap: nothing to add")
             return 0
-        added = seeds_to_add(state)
         if dry_run:
             print(format_dry_run(state, plan, effect, added))
             return 0
@@ -235,7 +244,7 @@ def decide(
         plan.stopped_by_budget = budget is not None and state.spent + cost > budget
         plan.save(sweep_dir)
         if plan.stopped_by_budget:
-            print(format_round(read_round(sweep_dir, plan, out_of_budget=True), plan, "stopped by the budget:"))
+            print(format_round(read_round(frame, plan, out_of_budget=True), plan, "stopped by the budget:"))
             print(f"the next round ({cost:.3g} device-hours) would pass --budget {budget} (spent {state.spent:.3g})")
             return 0
         unknown = sorted(set(added) - set(labels))
@@ -247,8 +256,5 @@ def decide(
         plan.rounds.append({"round": number, "time": time.time(), "seeds": added})
         plan.save(sweep_dir)
         launch_round(sweep, sweep_dir, labels, added, number)
-        if seeds_to_add(read_round(sweep_dir, plan)) == added:
-            raise DecideError(
-                f"round {number}'s runs did not finish (see `codec-sweep status {sweep_dir}`); "
-                "fix them and run decide again: it resumes this round"
-            )
+        launched = added
+        frame = load_sweep(str(sweep_dir))

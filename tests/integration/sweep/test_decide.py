@@ -16,19 +16,13 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import HANG_GUARD_S
-from tests.integration.sweep.test_local_sweeps import run
+from tests.integration.sweep.test_local_sweeps import codec_sweep, run
 
 UNDECIDED = ("groups=1 layers=2", "groups=2 layers=1")
 
 
 def decide(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "codec.sweep", "decide", "smoke", "--metric", "model/bitrate_kbps", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=HANG_GUARD_S,
-    )
+    return codec_sweep(cwd, "decide", "smoke", "--metric", "model/bitrate_kbps", *args)
 
 
 def test_decide_adds_seeds_to_the_undecided_pair_only_and_stops(tmp_path: Path) -> None:

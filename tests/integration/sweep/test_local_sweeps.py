@@ -31,10 +31,17 @@ def run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedP
     return result
 
 
-def status(cwd: Path, sweep: str) -> str:
+def codec_sweep(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """``python -m codec.sweep ARGS`` in ``cwd``, its output captured (the caller checks the exit code)."""
     return subprocess.run(
-        [sys.executable, "-m", "codec.sweep", "status", sweep], cwd=cwd, capture_output=True, text=True, check=True
-    ).stdout
+        [sys.executable, "-m", "codec.sweep", *args], cwd=cwd, capture_output=True, text=True, timeout=HANG_GUARD_S
+    )
+
+
+def status(cwd: Path, sweep: str) -> str:
+    result = codec_sweep(cwd, "status", sweep)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
 
 
 @pytest.mark.parametrize("sweep", available_options("sweep"))
@@ -95,9 +102,7 @@ def test_local_sweep_runs_skips_finished_and_tolerates_failure(tmp_path: Path) -
 
     table = status(tmp_path, "smoke")
     assert "quantizer.groups=3" in table and "failed: 1" in table and "finished: 2" in table
-    missing = subprocess.run(
-        [sys.executable, "-m", "codec.sweep", "status", "nope"], cwd=tmp_path, capture_output=True, text=True
-    )
+    missing = codec_sweep(tmp_path, "status", "nope")
     assert (
         missing.returncode == 2 and "no sweep named 'nope' (known sweeps under runs/multirun: smoke)" in missing.stderr
     )
@@ -107,9 +112,7 @@ def test_local_sweep_runs_skips_finished_and_tolerates_failure(tmp_path: Path) -
 
 
 def test_status_command_reports_unknown_sweep(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "codec.sweep", "status", "nope"], cwd=tmp_path, capture_output=True, text=True
-    )
+    result = codec_sweep(tmp_path, "status", "nope")
     assert result.returncode == 2 and "no sweep" in result.stderr
 
 

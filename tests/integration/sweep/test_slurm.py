@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import HANG_GUARD_S, REPO_ROOT, require_tool
 from tests.integration.sweep.test_local_sweeps import TINY_RUN
+from tests.integration.sweep.test_local_sweeps import status as sweep_table
 
 pytestmark = pytest.mark.slurm
 SLURM = ["hydra/launcher=submitit_slurm", "+cluster=localhost"]
@@ -91,13 +92,7 @@ def test_six_run_sweep_is_one_array_with_one_mlflow_parent(tmp_path: Path) -> No
     again = sweep(["quantizer.groups=1,2,4", "quantizer.layers=1,2", *TINY_RUN], cwd=tmp_path)
     assert "6 already finished, 0 to launch" in again.stdout + again.stderr
     assert submitit_job_ids(sweep_dir) == jobs
-    table = subprocess.run(
-        [sys.executable, "-m", "codec.sweep", "status", "smoke"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    table = sweep_table(tmp_path, "smoke")
     assert "finished: 6" in table and "failed" not in table
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import HANG_GUARD_S, REPO_ROOT
-from tests.integration.sweep.test_local_sweeps import run
+from tests.integration.sweep.test_local_sweeps import codec_sweep, run
 from tests.integration.training.test_reliability import wait_for
 from tests.mlflow_server import MlflowServer
 
@@ -157,18 +157,10 @@ def test_a_sweep_trains_with_its_server_down_and_sync_delivers_every_run_later(t
     assert [status(d)["state"] for d in run_dirs] == ["finished", "finished"]
     server.start()
     try:
-        synced = subprocess.run(
-            [sys.executable, "-m", "codec.sweep", "sync", "smoke"],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=HANG_GUARD_S,
-        )
+        synced = codec_sweep(tmp_path, "sync", "smoke")
         assert synced.returncode == 0, synced.stdout + synced.stderr
         assert [marker_steps(server.uri, d) for d in run_dirs] == [[10, 20], [10, 20]]
-        again = subprocess.run(
-            [sys.executable, "-m", "codec.sweep", "sync", "smoke"], cwd=tmp_path, capture_output=True, text=True
-        )
+        again = codec_sweep(tmp_path, "sync", "smoke")
         assert again.returncode == 0 and again.stdout == ""  # nothing left to send
     finally:
         server.stop()

@@ -18,6 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import HANG_GUARD_S, REPO_ROOT
+from tests.integration.sweep.test_local_sweeps import status as sweep_table
 from tests.integration.training.test_reliability import wait_for
 
 LONG_SMOKE = ["experiment=smoke", "trainer.max_steps=100000", "trainer.log_every=1", "trainer.checkpoint_every=5"]
@@ -51,10 +52,7 @@ def runs(uri: str) -> list:
 
 
 def sweep_status(cwd: Path) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "codec.sweep", "status", "smoke"], cwd=cwd, capture_output=True, text=True, check=True
-    )
-    return result.stdout
+    return sweep_table(cwd, "smoke")
 
 
 def test_a_run_whose_directory_is_deleted_mid_run_ends_failed_in_mlflow(tmp_path: Path) -> None:
