@@ -67,6 +67,15 @@ class DecidePlan:
         tmp.write_text(json.dumps(asdict(self), indent=2))
         tmp.replace(path)
 
+    def start_round(self, added: dict[str, list[int]], sweep_dir: Path) -> int:
+        """Record the round about to launch; an interrupted round (the same seeds again) keeps its number."""
+        number = len(self.rounds) + 1
+        if self.rounds and self.rounds[-1]["seeds"] == added:
+            number = int(self.rounds.pop()["round"])
+        self.rounds.append({"round": number, "time": time.time(), "seeds": added})
+        self.save(sweep_dir)
+        return number
+
     @classmethod
     def load(cls, sweep_dir: Path) -> DecidePlan | None:
         path = Path(sweep_dir) / DECIDE_FILE
@@ -250,11 +259,7 @@ def decide(
         unknown = sorted(set(added) - set(labels))
         if unknown:
             raise DecideError(f"no launch overrides recorded for design(s) {unknown} in {sweep_dir / 'sweep.json'}")
-        number = len(plan.rounds) + 1
-        if plan.rounds and plan.rounds[-1]["seeds"] == added:  # an interrupted round: the same seeds again
-            number = int(plan.rounds.pop()["round"])
-        plan.rounds.append({"round": number, "time": time.time(), "seeds": added})
-        plan.save(sweep_dir)
+        number = plan.start_round(added, sweep_dir)
         launch_round(sweep, sweep_dir, labels, added, number)
         launched = added
         frame = load_sweep(str(sweep_dir))
