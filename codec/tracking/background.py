@@ -172,6 +172,8 @@ class BackgroundMLflowLogger(RunLogger):
             time.sleep(0.2)
         self._stop.set()
         self._wake.set()
+        # The sender finishes its current call (and says it caught up) before the process ends.
+        self._thread.join(timeout=max(1.0, deadline - time.monotonic()))
         left = len(self.journal) - self.journal.sent
         if left:
             log.warning(

@@ -68,8 +68,12 @@ def latest_schema_version() -> str:
 
 
 def inspect_store(path: Path) -> StoreState:
-    """Schema version, run count and whether MLflow's core tables exist, by plain SQLite reads."""
-    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+    """Schema version, run count and whether MLflow's core tables exist, by plain SQLite reads.
+
+    Opened read-write (never created): a writer killed mid-commit leaves a hot journal, which
+    SQLite rolls back at the first read, and cannot on a read-only connection ("attempt to
+    write a readonly database", on every later start)."""
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=rw", uri=True)) as db:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         version = None
         if "alembic_version" in tables:

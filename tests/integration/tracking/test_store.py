@@ -136,3 +136,35 @@ def test_a_store_that_holds_runs_is_never_changed_and_the_error_says_what_to_do(
     assert str(refused.value).startswith(f"{db}: the MLflow store holds 1 runs")
     assert hashlib.sha256(db.read_bytes()).hexdigest() == before
     assert not list(tmp_path.glob("mlflow.db.half-made-*"))
+
+
+KILL_MID_COMMIT = """
+import os, signal, sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("PRAGMA cache_size=2")  # the transaction spills: the database file is half-written
+db.execute("BEGIN IMMEDIATE")
+db.execute("UPDATE runs SET status = 'FAILED'")
+db.execute("CREATE TABLE filler(x)")
+for _ in range(50):
+    db.execute("INSERT INTO filler VALUES (randomblob(100000))")
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_writer_killed_mid_commit_leaves_a_store_the_next_run_opens(tmp_path: Path) -> None:
+    """Found by CI: a run SIGKILLed while MLflow committed left a hot journal; the resumed run's
+    store check read it read-only and failed on every retry ("attempt to write a readonly
+    database"), so the run stayed RUNNING in MLflow."""
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    _one_run(uri)
+    result = _python(KILL_MID_COMMIT, str(db))
+    assert result.returncode == -9, result.stderr[-2000:]
+    journal = db.with_name("mlflow.db-journal")
+    hot_journal_magic = bytes.fromhex("d9d505f920a163d7")  # written once a commit has begun
+    assert journal.read_bytes()[:8] == hot_journal_magic, "the killed writer left no hot journal"
+
+    _one_run(uri)  # the next run: opens the store (the journal is rolled back) and records a run
+    runs = _runs(uri)
+    assert sorted(run.info.status for run in runs) == ["FINISHED", "FINISHED"]  # the killed update is undone
+    assert not journal.exists()
