@@ -10,7 +10,6 @@ import hashlib
 import logging
 import re
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
@@ -19,6 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from codec.config_search import config_dir, option_file, options
 from codec.discriminators import MultiDiscriminator
 from codec.losses import CodecLoss
 from codec.model import Codec
@@ -36,11 +36,6 @@ def plain_dict(node: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise TypeError(f"expected a config mapping, got {type(value).__name__}")
     return {str(key): item for key, item in value.items()}
-
-
-def config_dir() -> Path:
-    """``conf/`` beside the ``codec`` package (the repository root)."""
-    return Path(__file__).resolve().parent.parent / "conf"
 
 
 MAX_RUN_DIR_NAME = 200
@@ -104,14 +99,14 @@ def reference_presets() -> list[str]:
 
 
 def available_options(group: str) -> list[str]:
-    """The option names of a config group, e.g. the known discriminators."""
-    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+    """The option names of a config group across the search path, e.g. the known discriminators."""
+    return options(group)
 
 
 def option_package(group: str, option: str) -> str:
     """Where an option's keys land: its ``# @package`` header, else the group's own name."""
-    path = config_dir() / group / f"{option}.yaml"
-    if path.exists():
+    path = option_file(group, option)
+    if path is not None:
         for line in path.read_text().splitlines()[:5]:
             match = re.match(r"#\s*@package\s+(\S+)", line)
             if match:
@@ -128,14 +123,14 @@ def preset_overrides_of_choices(choices: Mapping[str, Any], overrides: Sequence[
     Keys the user also set explicitly on the command line are not listed (the user's value wins).
     """
     experiment = choices.get("experiment")
-    preset_file = config_dir() / "experiment" / f"{experiment}.yaml"
-    if not experiment or not preset_file.exists():
+    preset_file = option_file("experiment", str(experiment)) if experiment else None
+    if preset_file is None:
         return {}
     preset = plain_dict(OmegaConf.load(preset_file))
     preset.pop("defaults", None)
     preset_keys = list(flatten(preset))
     explicit = {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o}
-    groups = {p.name for p in config_dir().iterdir() if p.is_dir()} - {"experiment", "hydra", "sweep", "cluster"}
+    groups = {p.name for p in config_dir().iterdir() if p.is_dir()} - {"experiment", "hydra"}
     shadowed: dict[str, list[str]] = {}
     for override in overrides:
         group, _, option = override.lstrip("+~").partition("=")

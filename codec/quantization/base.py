@@ -86,6 +86,11 @@ class BaseQuantizer(nn.Module, ABC):
         }
 
     @abstractmethod
+    def codebook_shapes(self) -> list[tuple[int, int]]:
+        """(codes, code width) of each codebook as built, learned or implicit, one per token
+        stream: what the generic option tests and ``codec info`` compare across quantizers."""
+
+    @abstractmethod
     def forward(self, latent: torch.Tensor, n_layers: int | None = None) -> QuantizedResult:
         """Quantize ``latent`` [B, dim, T]; in training also update codebooks and report losses."""
 

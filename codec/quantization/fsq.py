@@ -54,7 +54,11 @@ class FiniteScalarQuantizer(BaseQuantizer):
         self.register_buffer("basis", basis, persistent=False)
 
     def facts(self) -> dict:
-        return {**super().facts(), "levels": list(self.levels)}
+        return {**super().facts(), "levels": [int(v) for v in self.level_counts]}
+
+    def codebook_shapes(self) -> list[tuple[int, int]]:
+        """Each group's implicit codebook: every combination of levels, one value per channel."""
+        return [(math.prod(int(v) for v in self.level_counts), len(self.level_counts))] * self.groups
 
     # -- scalar quantization ------------------------------------------------------------------
     def _bound(self, z: torch.Tensor) -> torch.Tensor:

@@ -126,7 +126,17 @@ class GroupResidualVQ(BaseQuantizer):
             )
 
     def facts(self) -> dict:
-        return {**super().facts(), "rule": self.rule, "dead_code_threshold": self.dead_code_threshold}
+        built = cast(VectorQuantizer, self.codebooks[0])
+        return {
+            **super().facts(),
+            # Read off the built codebook: a learned rule holds a Parameter, EMA a buffer.
+            "rule": "gradient" if isinstance(built.embed, nn.Parameter) else "ema",
+            "codebook_dim": built.codebook_dim if built.codebook_dim != self.group_dim else None,
+            "dead_code_threshold": self.dead_code_threshold,
+        }
+
+    def codebook_shapes(self) -> list[tuple[int, int]]:
+        return [(int(book.embed.shape[0]), int(book.embed.shape[1])) for book in self.codebooks]  # type: ignore[index]
 
     def codebook(self, group: int, layer: int) -> VectorQuantizer:
         return cast(VectorQuantizer, self.codebooks[group * self.layers + layer])

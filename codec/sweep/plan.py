@@ -24,7 +24,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
-from codec.config import build_codec, build_discriminator, build_loss, compose_config, config_dir, count_parameters
+from codec.config import build_codec, build_discriminator, build_loss, compose_config, count_parameters
+from codec.config_search import option_file, options
 from codec.training.distributed import DistributedContext
 from codec.training.gan_step import GANStep
 from codec.training.settings import TrainerSettings, adversarial_from
@@ -33,9 +34,9 @@ from codec.training.settings import TrainerSettings, adversarial_from
 def expand_points(sweep: str, overrides: Sequence[str] = ()) -> list[list[str]]:
     """Every override list a ready sweep expands to (the basic sweeper's cross product), with
     ``overrides`` appended to each point."""
-    path = config_dir() / "sweep" / f"{sweep}.yaml"
-    if not path.exists():
-        known = sorted(p.stem for p in path.parent.glob("*.yaml"))
+    path = option_file("sweep", sweep)
+    if path is None:
+        known = options("sweep")
         raise FileNotFoundError(f"no ready sweep named {sweep!r}; known: {', '.join(known)}")
     params = OmegaConf.load(path).hydra.sweeper.params
     parsed = OverridesParser.create().parse_overrides([f"{key}={value}" for key, value in params.items()])

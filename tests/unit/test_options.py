@@ -8,9 +8,11 @@ A key that the preset sets over the chosen option must be named in the start-up 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 from torch import nn
 
@@ -22,14 +24,13 @@ from codec.config import (
     build_discriminator,
     build_loss,
     compose_config,
-    config_dir,
     describe_preset_overrides,
     flatten,
     option_package,
     preset_overrides_of_choices,
 )
-from codec.quantization.fsq import FiniteScalarQuantizer
-from codec.quantization.grvq import GroupResidualVQ
+from codec.config_search import option_file
+from codec.quantization.base import BaseQuantizer
 
 # The default experiment (demo), one that sets encoder keys and one that sets quantizer keys.
 PRESETS = ["demo", "hificodec_24k_240x_8cb", "encodec_24k_320x_12cb"]
@@ -38,7 +39,9 @@ CASES = [(preset, group, option) for preset in PRESETS for group in MODEL_GROUPS
 
 def option_values(group: str, option: str) -> dict[str, Any]:
     """The option file's own literal values, as ``package.key`` (interpolations left out)."""
-    node = OmegaConf.to_container(OmegaConf.load(config_dir() / group / f"{option}.yaml"), resolve=False)
+    path = option_file(group, option)
+    assert path is not None, f"{group}={option} is on no config search path"
+    node = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
     values: dict[str, Any] = {}
     # An option built on another of its group (defaults: [seanet, _self_]) says what that one says, then its own keys.
     for base in node.pop("defaults", []):
@@ -72,19 +75,19 @@ def observed_encoder(encoder: nn.Module) -> dict[str, Any]:
     }
 
 
-def observed_quantizer(quantizer: nn.Module) -> dict[str, Any]:
-    if isinstance(quantizer, GroupResidualVQ):
-        books = list(quantizer.codebooks)
-        assert len(books) == quantizer.groups * quantizer.layers
-        return {
-            "codebook_size": books[0].embed.shape[0],
-            "codebooks": len(books),
-            "rule": "gradient" if isinstance(books[0].embed, nn.Parameter) else "ema",
-            "codebook_dim": books[0].embed.shape[1] if books[0].codebook_dim != quantizer.group_dim else None,
-        }
-    if isinstance(quantizer, FiniteScalarQuantizer):
-        return {"levels": [int(v) for v in quantizer.level_counts], "groups": quantizer.in_proj.groups}
-    raise AssertionError(f"no observer for {type(quantizer).__name__}")
+def observed_quantizer(quantizer: BaseQuantizer) -> dict[str, Any]:
+    """Facts of any quantizer through its contract alone, so a new class needs no edit here: the
+    built codebooks' shapes, ``facts()``, and codes from ``encode`` that fit them."""
+    shapes = quantizer.codebook_shapes()
+    assert len(shapes) == quantizer.num_codebooks and len({size for size, _ in shapes}) == 1, shapes
+    latent = torch.randn(2, quantizer.dim, 5)
+    codes = quantizer.eval().encode(latent)
+    assert codes.shape == (2, quantizer.num_codebooks, 5) and codes.dtype == torch.int64
+    assert 0 <= int(codes.min()) and int(codes.max()) < shapes[0][0]
+    assert quantizer.decode(codes).shape == latent.shape
+    facts = quantizer.facts()
+    assert facts["bits_per_frame"] == pytest.approx(len(shapes) * math.log2(shapes[0][0]))
+    return {**facts, "codebooks": len(shapes), "codebook_size": shapes[0][0]}
 
 
 def observed_value(built: dict[str, Any], key: str) -> Any:
