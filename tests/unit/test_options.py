@@ -44,9 +44,11 @@ def option_values(group: str, option: str) -> dict[str, Any]:
     node = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
     values: dict[str, Any] = {}
     # An option built on another of its group (defaults: [seanet, _self_]) says what that one says, then its own keys.
+    # A base from another group (/codebook_rule/ema@_here_) lands in this option's package.
     for base in node.pop("defaults", []):
         if isinstance(base, str) and base != "_self_":
-            values.update({k.split(".", 1)[1]: v for k, v in option_values(group, base).items()})
+            base_group, base_option = (group, base) if "/" not in base else base.split("@")[0].strip("/").split("/")
+            values.update({k.split(".", 1)[1]: v for k, v in option_values(base_group, base_option).items()})
     values.update(flatten(node))
     # Discriminator files nest their node under their own name inside the multi-select group.
     prefix = "discriminator." if group == "discriminator" else option_package(group, option) + "."
