@@ -10,7 +10,7 @@ discriminator forward+backward, generator backward and optimizer, peak host and 
 model FLOPs per audio-second (and on GPU the achieved fraction of peak), whether both paths give
 the same losses on the same batch, whether their loss curves agree within training noise (only
 with enough steps to mean something), and evaluation (PESQ/STOI) speed on 1 vs 2 worker processes.
-Writes JSON and prints a table. Figures, not assertions: see README "Performance".
+Writes JSON and prints a table. Figures, not assertions: see docs/performance.md.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ PATH_OVERRIDES = {
     "fast": ["trainer.bf16=true", "trainer.fused_optimizer=auto"],
     # eager with the discriminators under bf16 autocast on CPU (AMX); the generator stays float32
     "cpu_bf16": [*EAGER, "trainer.cpu_bf16_discriminators=true"],
-    # eager as the step ran before the CPU work of issue 16: the allocator hands freed memory back
+    # eager as the step ran before the CPU memory and autograd savings: the allocator hands freed memory back
     # to the kernel, and real audio goes through the generator's discriminator pass with autograd
     "plain": [*EAGER, "trainer.retain_host_memory=false", "trainer.real_features_without_grad=false"],
 }

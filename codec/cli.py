@@ -1,4 +1,4 @@
-"""``python -m codec`` subcommands: info, encode, decode."""
+"""``python -m codec`` subcommands: info, tables, encode, decode."""
 
 from __future__ import annotations
 
@@ -19,6 +19,19 @@ def _info(args: argparse.Namespace) -> int:
     for line in describe_preset_overrides(str(choices.get("experiment")), shadowed):
         print(f"note: {line}", file=sys.stderr)
     print(json.dumps(describe(cfg), indent=2))
+    return 0
+
+
+def _tables(args: argparse.Namespace) -> int:
+    from codec.doc_tables import stale_files, write_tables
+
+    if args.check:
+        stale = stale_files()
+        for name in stale:
+            print(f"{name}: its generated tables are not current; run `python -m codec tables`", file=sys.stderr)
+        return 1 if stale else 0
+    for name in write_tables():
+        print(f"rewrote the generated tables of {name}")
     return 0
 
 
@@ -95,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="compose a config and print its rates, bitrate and sizes as JSON")
     info.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=hificodec_24k_240x_4cb")
     info.set_defaults(handler=_info)
+    tables = commands.add_parser("tables", help="regenerate the docs' group and preset tables (--check: compare)")
+    tables.add_argument("--check", action="store_true", help="only compare; exit 1 when a table is stale")
+    tables.set_defaults(handler=_tables)
     encode = commands.add_parser(
         "encode",
         help="audio file or folder (recursively) -> codes file(s) "

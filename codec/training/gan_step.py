@@ -277,8 +277,8 @@ class GANStep:
 
         Real features are only feature-matching targets (detached there), so with
         ``trainer.real_features_without_grad`` real audio runs without autograd and the backward
-        pass covers the fake half only: on CPU this took the pass from 2.6 s to 1.65 s at the
-        matched EnCodec composition, with the same losses. Otherwise one batched pass over both.
+        pass covers the fake half only, with the same losses (the saving is measured in
+        docs/performance.md). Otherwise one batched pass over both.
         Not the DDP wrapper: D's weights are in sync across ranks and need no gradient here.
         """
         if not self.settings.real_features_without_grad:

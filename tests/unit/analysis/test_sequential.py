@@ -53,7 +53,7 @@ def test_identical_designs_get_a_false_verdict_at_most_alpha_of_the_time(noise: 
 def test_a_one_sd_difference_is_decided_the_right_way_within_ten_seeds() -> None:
     """80% is the ceiling of any level-5% test at 10 seeds: a fixed-sample paired t-test there has
     80.3% power against one standard deviation (noncentral t). The sequential test reaches it
-    within Monte-Carlo error (80.0% over 20,000 sweeps; README, Sweeps that decide)."""
+    within Monte-Carlo error (80.0% over 20,000 sweeps; docs/sweeps.md, Sweeps that decide)."""
     rng = np.random.default_rng(2)
     spread = math.sqrt(2)  # the paired difference of two unit-noise runs has standard deviation sqrt(2)
     right = [verdicts(sweep_metrics(rng, NOISE["gaussian"], 2, [spread, 0]))[(0, 1)] == 1 for _ in range(SWEEPS)]
