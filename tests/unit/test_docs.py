@@ -30,12 +30,8 @@ def test_a_preset_changed_without_regenerating_makes_the_check_fail(
     assert stale_files() == ["docs/configuration.md"]
 
 
-DOCUMENTS = [
-    "README.md",
-    "CONTRIBUTING.md",
-    "CHANGELOG.md",
-    *(f"docs/{p.name}" for p in (REPO_ROOT / "docs").glob("*.md")),
-]
+DOC_FILES = sorted(f"docs/{p.name}" for p in (REPO_ROOT / "docs").glob("*.md"))
+DOCUMENTS = ["README.md", "CONTRIBUTING.md", "CHANGELOG.md", *DOC_FILES]
 LINK = re.compile(r"\]\((?!https?://|#)([^)#\s]+)")
 
 
