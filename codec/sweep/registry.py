@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus
@@ -21,6 +21,9 @@ from codec.config import plain_dict
 from codec.messages import error_summary
 from codec.training.identity import run_identity
 from codec.training.status import read_status
+
+if TYPE_CHECKING:
+    from codec.tracking.loggers import MLflowLogger
 
 log = logging.getLogger(__name__)
 SWEEP_FILE = "sweep.json"
@@ -141,28 +144,37 @@ class Sweep:
             self.parent_run_id = None
             return [f"logger.sweep_id={self.sweep_id}"]
 
+    def _parent(self, experiment_name: str = "") -> MLflowLogger:
+        """The sweep's parent run, through the same logger class its runs use."""
+        from codec.tracking.loggers import MLflowLogger
+
+        assert self.tracking_uri is not None
+        parent = MLflowLogger(self.tracking_uri, experiment_name, self.experiment_id)
+        parent.run_id = self.parent_run_id
+        return parent
+
     def _register(self, master: DictConfig, tracking_uri: str) -> list[str]:
-        from codec.tracking.loggers import ensure_experiment, open_client
+        from codec.tracking.loggers import ensure_experiment
         from codec.tracking.store import artifact_location
 
-        client = open_client(tracking_uri)
+        parent = self._parent(str(master.logger.experiment_name))
         if self.experiment_id is None:
-            name = str(master.logger.experiment_name)
-            self.experiment_id = ensure_experiment(client, name, artifact_location(tracking_uri, name))
-        if self.parent_run_id is not None:
-            try:
-                client.update_run(self.parent_run_id, status="RUNNING")
-            except Exception:
-                self.parent_run_id = None
+            name = parent.experiment_name
+            self.experiment_id = ensure_experiment(parent.client, name, artifact_location(tracking_uri, name))
+            parent.experiment_id = self.experiment_id
+        tags = {
+            "sweep_id": self.sweep_id,
+            "sweep_dir": str(Path(self.sweep_dir).resolve()),
+            "role": "sweep",
+            "sweep_overrides": " ".join(master.hydra.overrides.task)[:5000],
+        }
+        name = f"sweep {Path(self.sweep_dir).name}"
+        try:  # a re-run of the sweep reopens its parent run
+            self.parent_run_id = parent.start(name, {}, tags, run_id=self.parent_run_id) if self.parent_run_id else None
+        except Exception:
+            self.parent_run_id = None
         if self.parent_run_id is None:
-            name = f"sweep {Path(self.sweep_dir).name}"
-            tags = {
-                "sweep_id": self.sweep_id,
-                "sweep_dir": str(Path(self.sweep_dir).resolve()),
-                "role": "sweep",
-                "sweep_overrides": " ".join(master.hydra.overrides.task)[:5000],
-            }
-            self.parent_run_id = client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
+            self.parent_run_id = parent.start(name, {}, tags)
         return self._logger_overrides()
 
     def _logger_overrides(self) -> list[str]:
@@ -182,13 +194,10 @@ class Sweep:
         self.history.append({"time": time.time(), **counts})
         self.save()
         if self.tracking_uri is not None and self.parent_run_id is not None and not self.adopted_parent:
-            from mlflow.tracking import MlflowClient
-
             try:
-                client = MlflowClient(tracking_uri=self.tracking_uri)
-                for key, value in counts.items():
-                    client.log_metric(self.parent_run_id, f"sweep/{key}", value, step=len(self.history))
-                client.set_terminated(self.parent_run_id, status="FAILED" if counts["failed"] else "FINISHED")
+                parent = self._parent()
+                parent.log_metrics({f"sweep/{key}": value for key, value in counts.items()}, len(self.history))
+                parent.finish("FAILED" if counts["failed"] else "FINISHED")
             except Exception as error:  # the runs' own records are safe in their journals
                 log.warning("could not close the sweep's MLflow parent run %s: %s", self.parent_run_id, error)
         return counts
@@ -200,12 +209,10 @@ class Sweep:
         self.save()
         if self.tracking_uri is None or self.parent_run_id is None or self.adopted_parent:
             return
-        from mlflow.tracking import MlflowClient
-
         try:
-            client = MlflowClient(tracking_uri=self.tracking_uri)
-            client.set_tag(self.parent_run_id, "interrupted", reason)
-            client.set_terminated(self.parent_run_id, status="KILLED")
+            parent = self._parent()
+            parent.set_tags({"interrupted": reason})
+            parent.finish("KILLED")
         except Exception as tracking_error:
             log.warning("could not close the sweep's MLflow parent run %s: %s", self.parent_run_id, tracking_error)
 

@@ -76,3 +76,10 @@ def any_rank(flag: bool, context: DistributedContext, device: torch.device) -> b
     value = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item() > 0)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``trainer.device``: auto is CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

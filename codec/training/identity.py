@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from codec.config import flatten
+from codec.config import ConfigError, flatten
+
+log = logging.getLogger(__name__)
 
 UNTRAINED_KEYS = (
     # where it runs, logs and writes, and the names it goes by
@@ -104,3 +107,20 @@ def predated_options(old: Mapping[str, Any]) -> list[str]:
     """The options of :data:`ADDED_OPTION_DEFAULTS` that a saved config predates (lacks)."""
     saved = identity_items(old)
     return [key for key in ADDED_OPTION_DEFAULTS if key not in saved]
+
+
+def check_resumable(saved: Mapping[str, Any], config: Mapping[str, Any], identity: str, run_dir: Any) -> None:
+    """Refuse (``ConfigError`` naming the changed keys) a checkpoint of another configuration;
+    a checkpoint that only predates options added since resumes, saying so."""
+    if saved.get("identity") == identity:
+        return
+    changes = identity_diff(saved.get("config", {}), config)
+    if changes:
+        raise ConfigError(
+            f"{run_dir} holds a checkpoint of a different configuration; refusing to resume. "
+            f"Changed keys: {changes[:10]}. Use another run directory (hydra.run.dir=...) to start afresh."
+        )
+    log.info(
+        "the checkpoint predates options added since (%s); they keep its behaviour, resuming",
+        ", ".join(predated_options(saved.get("config", {}))),
+    )

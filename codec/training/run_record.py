@@ -21,11 +21,6 @@ from codec.training.status import read_status, write_status
 
 log = logging.getLogger(__name__)
 
-# Kept in each run directory while the run lives and given up when the disk is full, so the final
-# state (a few kB of status.json) can still be written.
-RESERVE_FILE = ".final_record_reserve"
-RESERVE_BYTES = 256 * 1024
-
 
 def git_commit(directory: Path) -> str:
     try:
@@ -123,56 +118,3 @@ def start_run_record(
 def process_record() -> dict[str, Any]:
     """Who writes this run's status: ``codec-sweep status`` tells a dead "running" run by these."""
     return {"host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()}
-
-
-class RunRecorder:
-    """The run's account of itself in ``status.json`` and in the tracker, written independently:
-    a failure to write one (a deleted run directory, a full disk, a server that is down) never
-    stops the other, and never hides the run's own outcome."""
-
-    def __init__(self, run_dir: Path, logger: RunLogger) -> None:
-        self.run_dir = Path(run_dir)
-        self.logger = logger
-        self.reserve = self.run_dir / RESERVE_FILE
-
-    def keep_reserve(self) -> None:
-        """Hold a little disk space for the final record (best effort)."""
-        try:
-            if not self.reserve.exists():
-                self.reserve.write_bytes(bytes(RESERVE_BYTES))
-        except OSError as error:
-            self.reserve.unlink(missing_ok=True)
-            log.warning("no disk space could be kept for the final record in %s: %s", self.run_dir, error)
-
-    def heartbeat(self, **fields: Any) -> None:
-        """Progress for the sweep status table, with the time it was written."""
-        write_status(self.run_dir, heartbeat=time.time(), **fields)
-
-    def end(self, state: str, tracker_status: str, tags: Mapping[str, str] | None = None, **fields: Any) -> dict:
-        """Record the final ``state`` in status.json and ``tracker_status`` in the tracker, each on its own."""
-        status = self._write_final(state=state, **fields)
-        try:
-            if tags:
-                self.logger.set_tags(tags)
-            self.logger.finish(tracker_status)
-        except Exception as error:
-            log.error("could not record the run's end (%s) in the tracker: %s", tracker_status, error)
-        return status
-
-    def _write_final(self, **fields: Any) -> dict[str, Any]:
-        try:
-            status = write_status(self.run_dir, **fields)
-        except OSError as error:
-            if not self.reserve.exists():
-                log.error("could not write the final state to %s: %s", self.run_dir / "status.json", error)
-                return dict(fields)
-            self.reserve.unlink()  # the disk is full: give up the reserve, then write
-            try:
-                status = write_status(self.run_dir, **fields)
-            except OSError as second:
-                log.error("could not write the final state to %s: %s", self.run_dir / "status.json", second)
-                return dict(fields)
-            log.warning("the disk is full; the space kept for the final record was used to write it")
-            return status
-        self.reserve.unlink(missing_ok=True)
-        return status

@@ -1,4 +1,4 @@
-"""Functions in ``codec/`` stay short enough to read in one go: at most 50 lines each."""
+"""Code a newcomer reads in one go: no function in ``codec/`` over 50 lines, the trainer at most 350."""
 
 from __future__ import annotations
 
@@ -25,3 +25,9 @@ def test_no_function_in_codec_is_over_fifty_lines() -> None:
     assert len(lengths) > 300, "the scan found too few functions to mean anything"
     too_long = {key: n for key, n in lengths.items() if n > MAX_LINES}
     assert not too_long, f"over {MAX_LINES} lines (split them into named steps): {too_long}"
+
+
+def test_the_trainer_holds_the_loop_and_little_else() -> None:
+    """Building the parts (``build.py``) and the run's record (``recorder.py``) live beside it."""
+    lines = len((REPO_ROOT / "codec" / "training" / "trainer.py").read_text().splitlines())
+    assert lines <= 350, f"codec/training/trainer.py has {lines} lines"
