@@ -16,6 +16,13 @@ import torch
 from torch import nn
 
 
+def check_group_split(dim: int, groups: int) -> int:
+    """Each group's share of a ``dim``-channel latent, refusing a split that does not divide it."""
+    if groups < 1 or dim % groups:
+        raise ValueError(f"groups={groups} must be at least 1 and divide dim={dim} (the encoder's latent dimension)")
+    return dim // groups
+
+
 @dataclass
 class QuantizedResult:
     """What a quantizer returns for a latent [B, dim, T].

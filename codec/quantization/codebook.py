@@ -1,8 +1,9 @@
-"""One vector-quantization codebook with an EMA or a gradient update rule.
+"""One vector-quantization codebook with an EMA, a gradient or a SimVQ update rule.
 
 The same class covers EnCodec/SoundStream codebooks (EMA, k-means init, dead-code
-replacement) and DAC's "improved VQ" (factorized low-dimensional lookup on L2-normalised
-vectors, learned by gradient).
+replacement), DAC's "improved VQ" (factorized low-dimensional lookup on L2-normalised
+vectors, learned by gradient) and SimVQ (Zhu et al. 2024: the codes are a frozen random basis
+times one learned linear map, so every code moves with each update and none is left behind).
 
 Dead codes are defined relative to a code's fair share, so the rule means the same at any batch
 size: a code whose usage EMA falls below ``dead_code_threshold`` times (vectors per step /
@@ -25,7 +26,7 @@ from torch.nn.utils.parametrizations import weight_norm
 from codec.quantization.distributed import all_reduce_sum_, broadcast_
 from codec.quantization.kmeans import kmeans
 
-RULES = ("ema", "gradient")
+RULES = ("ema", "gradient", "simvq")
 
 
 @dataclass
@@ -87,6 +88,11 @@ class VectorQuantizer(nn.Module):
     ) -> None:
         super().__init__()
         lookup_dim = _checked_lookup_dim(dim, codebook_size, codebook_dim, rule, decay, dead_code_threshold)
+        if rule == "simvq" and (kmeans_init or dead_code_threshold > 0):
+            raise ValueError(
+                f"rule='simvq' keeps its random basis: set kmeans_init=false and dead_code_threshold=0 "
+                f"(got kmeans_init={kmeans_init}, dead_code_threshold={dead_code_threshold}); codebook_rule=simvq does"
+            )
         self.dim = dim
         self.codebook_size = codebook_size
         self.codebook_dim = lookup_dim
@@ -103,8 +109,12 @@ class VectorQuantizer(nn.Module):
         self.out_proj: nn.Module = weight_norm(nn.Conv1d(lookup_dim, dim, 1)) if projected else nn.Identity()
 
         initial = torch.zeros(codebook_size, lookup_dim) if kmeans_init else torch.randn(codebook_size, lookup_dim)
+        # SimVQ: the basis stays as drawn (scaled to the unit-variance latents' size); the map learns.
+        self.code_map: nn.Module = nn.Linear(lookup_dim, lookup_dim, bias=False) if rule == "simvq" else nn.Identity()
         if rule == "gradient":
             self.embed = nn.Parameter(initial)
+        elif rule == "simvq":
+            self.register_buffer("embed", torch.randn(codebook_size, lookup_dim) * lookup_dim**-0.5)
         else:
             self.register_buffer("embed", initial)
             self.register_buffer("embed_sum", initial.clone())
@@ -116,7 +126,8 @@ class VectorQuantizer(nn.Module):
     # -- lookup ---------------------------------------------------------------------------
     def codebook_vectors(self) -> torch.Tensor:
         """The vectors codes index, in the lookup space ([K, codebook_dim])."""
-        return F.normalize(self.embed, dim=-1) if self.l2_normalize else self.embed
+        vectors = self.code_map(self.embed)
+        return F.normalize(vectors, dim=-1) if self.l2_normalize else vectors
 
     def _lookup_space(self, residual: torch.Tensor) -> torch.Tensor:
         """[B, D, T] -> lookup vectors [B, T, codebook_dim]."""
@@ -158,7 +169,7 @@ class VectorQuantizer(nn.Module):
 
         z_q = F.embedding(codes, self.codebook_vectors())
         commitment = (z - z_q.detach()).pow(2).mean(dim=(1, 2))
-        if self.rule == "gradient":
+        if self.rule != "ema":  # gradient and SimVQ codes learn from the codebook loss
             codebook_loss = (z_q - z.detach()).pow(2).mean(dim=(1, 2))
         else:
             codebook_loss = torch.zeros_like(commitment)

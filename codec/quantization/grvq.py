@@ -14,12 +14,14 @@ from typing import cast
 import torch
 from einops import rearrange
 from torch import nn
+from torch.nn import functional as F
 
 from codec.quantization.base import BaseQuantizer, QuantizedResult
 from codec.quantization.codebook import VectorQuantizer
 from codec.quantization.stats import codebook_stats
 
 DROPOUT_MODES = ("item", "batch")
+GRADIENT_ESTIMATORS = ("ste", "rotation")
 # A configuration that re-draws more than this fraction of a uniformly used codebook per step churns.
 MAX_CHURN_PER_STEP = 0.01
 
@@ -72,38 +74,24 @@ class GroupResidualVQ(BaseQuantizer):
         commitment_weight: float = 1.0,
         dropout_prob: float = 0.0,
         dropout_mode: str = "item",
+        gradient_estimator: str = "ste",
     ) -> None:
         super().__init__()
         group_dim = _checked_group_dim(dim, groups, layers, codebook_dim, dropout_prob, dropout_mode)
-        self.dim = dim
-        self.groups = groups
-        self.layers = layers
-        self.group_dim = group_dim
-        self.codebook_size = codebook_size
-        self.codebook_dim = codebook_dim
-        self.l2_normalize = l2_normalize
-        self.rule = rule
-        self.decay = decay
-        self.kmeans_init = kmeans_init
-        self.kmeans_iters = kmeans_iters
-        self.dead_code_threshold = dead_code_threshold
-        self.commitment_weight = commitment_weight
-        self.dropout_prob = dropout_prob
-        self.dropout_mode = dropout_mode
-        self.codebooks = nn.ModuleList(
-            VectorQuantizer(
-                group_dim,
-                codebook_size=codebook_size,
-                codebook_dim=codebook_dim,
-                l2_normalize=l2_normalize,
-                rule=rule,
-                decay=decay,
-                kmeans_init=kmeans_init,
-                kmeans_iters=kmeans_iters,
-                dead_code_threshold=dead_code_threshold,
+        if gradient_estimator not in GRADIENT_ESTIMATORS:
+            raise ValueError(
+                f"gradient_estimator={gradient_estimator!r} is unknown; choose one of {GRADIENT_ESTIMATORS}"
             )
-            for _ in range(groups * layers)
-        )
+        self.dim, self.groups, self.layers, self.group_dim = dim, groups, layers, group_dim
+        self.codebook_size, self.codebook_dim, self.l2_normalize = codebook_size, codebook_dim, l2_normalize
+        self.rule, self.decay, self.kmeans_init, self.kmeans_iters = rule, decay, kmeans_init, kmeans_iters
+        self.dead_code_threshold, self.commitment_weight = dead_code_threshold, commitment_weight
+        self.dropout_prob, self.dropout_mode, self.gradient_estimator = dropout_prob, dropout_mode, gradient_estimator
+        codebook = dict(
+            codebook_size=codebook_size, codebook_dim=codebook_dim, l2_normalize=l2_normalize, rule=rule,
+            decay=decay, kmeans_init=kmeans_init, kmeans_iters=kmeans_iters, dead_code_threshold=dead_code_threshold,
+        )  # fmt: skip
+        self.codebooks = nn.ModuleList(VectorQuantizer(group_dim, **codebook) for _ in range(groups * layers))  # type: ignore[arg-type]
 
     @property
     def skips_codebooks_in_training(self) -> bool:
@@ -129,8 +117,9 @@ class GroupResidualVQ(BaseQuantizer):
         built = cast(VectorQuantizer, self.codebooks[0])
         return {
             **super().facts(),
+            "gradient_estimator": self.gradient_estimator,
             # Read off the built codebook: a learned rule holds a Parameter, EMA a buffer.
-            "rule": "gradient" if isinstance(built.embed, nn.Parameter) else "ema",
+            "rule": learning_rule(built),
             "codebook_dim": built.codebook_dim if built.codebook_dim != self.group_dim else None,
             "dead_code_threshold": self.dead_code_threshold,
         }
@@ -186,9 +175,9 @@ class GroupResidualVQ(BaseQuantizer):
                 all_codes.append(codes)
                 replaced.append(out.replaced)
             if self.training:
-                # One straight-through estimate for the sum (identity gradient to the latent), plus a
-                # zero-valued term through which factorized codebooks' output projections learn.
-                quantized = chunk + (quantized - chunk).detach() + (quantized - quantized.detach())
+                # One gradient estimate for the sum, plus a zero-valued term through which factorized
+                # codebooks' output projections learn.
+                quantized = self._to_encoder(chunk, quantized) + (quantized - quantized.detach())
             quantized_groups.append(quantized)
         codes = torch.stack(all_codes, dim=1)
         per_codebook_commitment = torch.stack(commitments)
@@ -204,6 +193,16 @@ class GroupResidualVQ(BaseQuantizer):
         stats["replaced"] = torch.stack(replaced)
         stats["replaced_fraction"] = stats["replaced"] / self.codebook_size
         return QuantizedResult(torch.cat(quantized_groups, dim=1), codes, losses, stats)
+
+    def _to_encoder(self, latent: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
+        """The quantized value with a gradient path to ``latent`` [B, D, T]: straight through
+        (identity), or the rotation trick (the rotation and rescaling that take each frame's latent
+        onto its quantized vector, held constant, so the gradient keeps its angle to the code)."""
+        if self.gradient_estimator == "ste":
+            return latent + (quantized - latent).detach()
+        return rearrange(
+            rotate_onto(rearrange(latent, "b d t -> b t d"), rearrange(quantized, "b d t -> b t d")), "b t d -> b d t"
+        )
 
     @torch.no_grad()
     def encode(self, latent: torch.Tensor, n_layers: int | None = None) -> torch.Tensor:
@@ -235,3 +234,26 @@ class GroupResidualVQ(BaseQuantizer):
             assert quantized is not None  # check_layers allows no zero-layer decode
             groups.append(quantized)
         return torch.cat(groups, dim=1)
+
+
+def learning_rule(codebook: VectorQuantizer) -> str:
+    """The rule a built codebook learns by, read off its tensors: SimVQ has a learned code map,
+    the gradient rule a codebook Parameter, EMA a buffer."""
+    if isinstance(codebook.code_map, nn.Linear):
+        return "simvq"
+    return "gradient" if isinstance(codebook.embed, nn.Parameter) else "ema"
+
+
+def rotate_onto(vectors: torch.Tensor, targets: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """The rotation trick (Fifty et al. 2024): ``targets`` [..., D] in value, with the gradient of
+    ``vectors`` passed through the rotation R that maps each vector's direction onto its target's
+    and the norm ratio, both held constant: R = I - 2 w w^T + 2 v u^T, u = vector direction,
+    v = target direction, w = (u + v) / |u + v|."""
+    target = targets.detach()
+    norms = vectors.norm(dim=-1, keepdim=True).clamp_min(eps)
+    target_norms = target.norm(dim=-1, keepdim=True)
+    u = (vectors / norms).detach()
+    v = target / target_norms.clamp_min(eps)
+    w = F.normalize(u + v, dim=-1, eps=eps)
+    rotated = vectors - 2 * (vectors * w).sum(-1, keepdim=True) * w + 2 * (vectors * u).sum(-1, keepdim=True) * v
+    return rotated * (target_norms / norms).detach()
