@@ -17,11 +17,14 @@ from codec.losses.adversarial import (
     feature_matching_loss,
     generator_adversarial_loss,
 )
+from codec.losses.balancer import GradientBalancer
 from codec.losses.reconstruction import MultiScaleMelLoss, waveform_l1
 from codec.spectral import SpectrumBank
 
 LOSS_TERMS = ("waveform_l1", "mel", "adversarial", "feature", "quantizer")
 ADVERSARIAL_TERMS = ("adversarial", "feature")
+# The terms computed from the decoder's output, which the balancer (loss.balancer) can balance.
+OUTPUT_TERMS = ("waveform_l1", "mel", "adversarial", "feature")
 
 
 class CodecLoss(nn.Module):
@@ -34,6 +37,7 @@ class CodecLoss(nn.Module):
         adversarial: str = "hinge",
         mel_windows: Sequence[int] = (32, 64, 128, 256, 512, 1024, 2048),
         mel_bins: Sequence[int] = (5, 10, 20, 40, 80, 160, 320),
+        balancer: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__()
         unknown = sorted(set(weights) - set(LOSS_TERMS))
@@ -47,6 +51,10 @@ class CodecLoss(nn.Module):
         self.mel_windows, self.mel_bins = [int(w) for w in mel_windows], [int(b) for b in mel_bins]
         self.adversarial = adversarial
         self.mel = MultiScaleMelLoss(sample_rate, mel_windows, mel_bins)
+        # With a balancer the weights of OUTPUT_TERMS are their shares of the decoder's gradient.
+        self.balancer = (
+            GradientBalancer({k: self.weights[k] for k in OUTPUT_TERMS}, **balancer) if balancer is not None else None
+        )
 
     def reconstruction_terms(
         self,
@@ -86,6 +94,20 @@ class CodecLoss(nn.Module):
         if total is None:
             raise ValueError("every loss weight present is 0: nothing would be trained")
         return total
+
+    def backward(self, terms: Mapping[str, torch.Tensor], output: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The generator's backward pass: the weighted sum, or with the balancer the balanced
+        gradient at ``output`` plus the weighted terms not computed from it (the quantizer's)."""
+        if self.balancer is None:
+            self.total(terms).backward()
+            return {}
+        balanced, shares = self.balancer.gradient(terms, output)
+        tensors, grads = [output], [balanced]
+        rest = [self.weights[k] * v for k, v in terms.items() if k not in OUTPUT_TERMS and self.weights.get(k)]
+        tensors += [r for r in rest if r.requires_grad]
+        grads += [torch.ones_like(r) for r in rest if r.requires_grad]
+        torch.autograd.backward(tensors, grads)
+        return shares
 
     def discriminator(self, real: Sequence[DiscriminatorOutput], fake: Sequence[DiscriminatorOutput]) -> torch.Tensor:
         return discriminator_loss([r.logits for r in real], [f.logits for f in fake], self.adversarial)

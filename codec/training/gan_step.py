@@ -156,6 +156,7 @@ class GANStep:
             "sched_g": self.sched_g.state_dict() if self.sched_g else None,
             "sched_d": self.sched_d.state_dict() if self.sched_d else None,
             "ema_codec": self.ema_codec.state_dict() if self.ema_codec is not None else None,
+            "balancer": self.loss.balancer.state_dict() if self.loss.balancer is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -166,6 +167,8 @@ class GANStep:
             self.sched_d.load_state_dict(state["sched_d"])
         if self.ema_codec is not None and state.get("ema_codec"):
             self.ema_codec.load_state_dict(state["ema_codec"])
+        if self.loss.balancer is not None and state.get("balancer") is not None:
+            self.loss.balancer.load_state_dict(state["balancer"])
 
     # -- one step --------------------------------------------------------------------------------
     def _autocast(self, enabled: bool | None = None):
@@ -207,7 +210,7 @@ class GANStep:
             self.track_finite({"generator": loss_g, **terms}, step)
         with timer.phase(StepPhase.GENERATOR_BACKWARD):
             self.opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
+            balancer_shares = self.loss.backward(terms, fake)
             grad_norm_g = self._clip(self.codec.parameters())
         with timer.phase(StepPhase.OPTIMIZER):
             self.opt_g.step()
@@ -222,6 +225,7 @@ class GANStep:
                 "train/loss_generator": loss_g.detach(),
                 "train/grad_norm_generator": grad_norm_g.detach(),
                 "train/commitment": out.quantizer.losses["commitment"].detach(),
+                **{f"train/{k}": v.detach() for k, v in balancer_shares.items()},
                 **discriminator_metrics,
             }
         )

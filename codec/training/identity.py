@@ -65,6 +65,8 @@ ADDED_OPTION_DEFAULTS: dict[str, Any] = {
     "trainer.init_from": None,
     "trainer.init_parts": ["encoder", "decoder"],
     "trainer.cpu_bf16_discriminators": False,
+    "quantizer.gradient_estimator": "ste",
+    "loss.balancer": None,
 }
 
 

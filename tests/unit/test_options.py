@@ -50,6 +50,8 @@ def option_values(group: str, option: str) -> dict[str, Any]:
             base_group, base_option = (group, base) if "/" not in base else base.split("@")[0].strip("/").split("/")
             values.update({k.split(".", 1)[1]: v for k, v in option_values(base_group, base_option).items()})
     values.update(flatten(node))
+    for key in [k for k, v in values.items() if v is None]:  # an option that switches a base's node off
+        values = {k: v for k, v in values.items() if not k.startswith(key + ".")}
     # Discriminator files nest their node under their own name inside the multi-select group.
     prefix = "discriminator." if group == "discriminator" else option_package(group, option) + "."
     return {
@@ -112,6 +114,8 @@ def observed_value(built: dict[str, Any], key: str) -> Any:
             return [fb.n_mels for fb in loss.mel.filterbanks]
         if name.startswith("weights."):
             return loss.weights[name.split(".", 1)[1]]
+        if name.startswith("balancer."):
+            return getattr(loss.balancer, name.split(".", 1)[1])
         return getattr(loss, name)
     if package == "discriminator":
         disc_name, _, attribute = name.partition(".")
