@@ -4,7 +4,9 @@ Two modes:
 
   codec-eval checkpoint=PATH [data=folder data.path=DIR] [split=test|valid|train|all] [overrides]
       Reconstruct every file of a split (``all``: every file of the data) with a trained
-      checkpoint and score it against the original.
+      checkpoint and score it against the original. ``bitrates=all`` (or ``bitrates=1,2``)
+      scores it again at each number of residual layers per group it can decode, from one
+      checkpoint: a rate-distortion curve, one row per bitrate (JSON and CSV).
 
   codec-eval reference=DIR decoded=DIR [sample_rate=16000] [grammar=FILE.jsgf] [overrides]
       No checkpoint: score a folder of decoded audio (any external codec) against a folder of
@@ -38,7 +40,7 @@ from codec.inference import load_codec
 
 log = logging.getLogger(__name__)
 
-OWN_KEYS = ("checkpoint", "split", "output", "device", "reference", "decoded", "grammar", "hop")
+OWN_KEYS = ("checkpoint", "split", "output", "device", "reference", "decoded", "grammar", "hop", "bitrates")
 # The largest length gap between a reference and its decoded file that is still padding to whole
 # frames, in samples at sample_rate: at or above the hop of the common codecs (EnCodec 320, DAC 512).
 DEFAULT_HOP = 1024
@@ -50,7 +52,9 @@ USAGE = (
 
 
 def parse(argv: list[str]) -> tuple[dict[str, str | None], list[str]]:
-    own: dict[str, str | None] = {"split": "test", "output": None, "device": "cpu", "grammar": None, "hop": None}
+    own: dict[str, str | None] = {
+        "split": "test", "output": None, "device": "cpu", "grammar": None, "hop": None, "bitrates": None,
+    }  # fmt: skip
     overrides = []
     for arg in argv:
         key, _, value = arg.partition("=")
@@ -62,7 +66,20 @@ def parse(argv: list[str]) -> tuple[dict[str, str | None], list[str]]:
         raise ConfigError(USAGE)
     if own.get("checkpoint") and folders:
         raise ConfigError("give checkpoint=PATH or reference=DIR decoded=DIR, not both\n" + USAGE)
+    if own.get("bitrates") and not own.get("checkpoint"):
+        raise ConfigError("bitrates=... scores a checkpoint at several bitrates: give checkpoint=PATH\n" + USAGE)
     return own, overrides
+
+
+def layer_counts(spec: str | None, layers: int) -> list[int | None]:
+    """``bitrates=``: None (the full bitrate only), ``all`` (1..layers) or a list such as ``1,2``."""
+    if not spec:
+        return [None]
+    counts = list(range(1, layers + 1)) if spec == "all" else [int(part) for part in spec.strip("[]").split(",")]
+    wrong = [n for n in counts if not 1 <= n <= layers]
+    if wrong:
+        raise ConfigError(f"bitrates={spec}: {wrong} outside 1..{layers}, the residual layers per group this codec has")
+    return list(counts)
 
 
 def audio_files(folder: Path) -> dict[str, list[Path]]:
@@ -135,9 +152,10 @@ def score_folders(
     return EvalResult(aggregate(per_utterance), per_utterance, names=names, packages=evaluator.packages())
 
 
-def score_checkpoint(evaluator: Evaluator, cfg, own: dict, codec) -> EvalResult:
+def score_checkpoint(evaluator: Evaluator, cfg, own: dict, codec) -> dict[int, EvalResult]:
     """The run's own split: the one its checkpoint (or its ``splits.json``) recorded, never one drawn
-    afresh, so no training file is scored as held out."""
+    afresh, so no training file is scored as held out. One result per number of layers per group
+    scored (``bitrates=``; the full bitrate alone by default)."""
     data = build(cfg.data, "data")
     split = own["split"]
     record = read_record(Path(own["checkpoint"]).resolve().parent.parent) or codec.split_record
@@ -154,9 +172,13 @@ def score_checkpoint(evaluator: Evaluator, cfg, own: dict, codec) -> EvalResult:
         )
     utterances = data.utterances(split, None, evaluator.max_seconds)
     grammar = own["grammar"] or data.asr_grammar()
-    return evaluator.evaluate(
-        codec, utterances, own["device"], data.transcripts(own["split"]), str(grammar) if grammar else None
-    )
+    transcripts, jsgf = data.transcripts(own["split"]), str(grammar) if grammar else None
+    results = {}
+    for n_layers in layer_counts(own.get("bitrates"), codec.quantizer.layers):
+        result = evaluator.evaluate(codec, utterances, own["device"], transcripts, jsgf, n_layers)
+        results[n_layers or codec.quantizer.layers] = result
+        log.info("%d layer(s) per group: %.3g kbps", n_layers or codec.quantizer.layers, result.metrics["bitrate_kbps"])
+    return results
 
 
 def print_table(result: EvalResult) -> None:
@@ -185,8 +207,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg = compose_config([*overrides, "data.valid_count=0", "data.test_count=0"])
         with build(cfg.eval, "eval") as evaluator:
             source: dict[str, str | int | None]
+            by_layers: dict[int, EvalResult] = {}
             if checkpoint:
-                result = score_checkpoint(evaluator, cfg, own, codec)
+                by_layers = score_checkpoint(evaluator, cfg, own, codec)
+                result = by_layers[max(by_layers)]
                 source = {"checkpoint": checkpoint, "split": own["split"]}
                 default_output = Path(checkpoint).with_suffix(f".{own['split']}_metrics.json")
             else:
@@ -201,6 +225,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print_table(result)
+    rows = rate_distortion_rows(by_layers) if own.get("bitrates") else []
+    output = write_report(json.dumps(report_of(source, result, rows), indent=2), Path(own["output"] or default_output))
+    print(f"wrote {output}")
+    if rows:
+        print(f"wrote {write_report(rows_as_csv(rows), output.with_suffix('.rate_distortion.csv'))}")
+    return 0
+
+
+def report_of(source: dict, result: EvalResult, rows: list[dict[str, float]]) -> dict:
+    """The JSON report: where the audio came from, the means, per-utterance scores, codebook
+    health, and the rate-distortion rows when several bitrates were scored."""
     report = {
         **source,
         "utterances": len(result.per_utterance),
@@ -209,9 +244,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         "per_utterance": result.per_utterance_records(),
         "codebook": result.codebook,
     }
-    output = write_report(json.dumps(report, indent=2), Path(own["output"] or default_output))
-    print(f"wrote {output}")
-    return 0
+    return {**report, "rate_distortion": rows} if rows else report
+
+
+def rate_distortion_rows(by_layers: dict[int, EvalResult]) -> list[dict[str, float]]:
+    """One row per bitrate, lowest first: the layers per group, then every metric's mean."""
+    rows = []
+    for layers, result in sorted(by_layers.items()):
+        means = {k: v for k, v in result.metrics.items() if not k.endswith("_std")}
+        rows.append({"layers_per_group": layers, **means})
+    for row in rows:
+        print(
+            f"{row['layers_per_group']} layer(s) per group, {row['bitrate_kbps']:.3g} kbps: "
+            + ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k not in ("layers_per_group", "bitrate_kbps"))
+        )
+    return rows
+
+
+def rows_as_csv(rows: list[dict[str, float]]) -> str:
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
 
 
 def write_report(text: str, output: Path) -> Path:

@@ -138,10 +138,12 @@ class Evaluator:
         device: torch.device | str = "cpu",
         transcripts: dict[str, str] | None = None,
         grammar: str | None = None,
+        n_layers: int | None = None,
     ) -> EvalResult:
         """Reconstruct and score full utterances; codebook health over the whole set.
 
-        ``transcripts`` maps utterance names to their text (for WER); ``grammar`` is a JSGF file.
+        ``transcripts`` maps utterance names to their text (for WER); ``grammar`` is a JSGF file;
+        ``n_layers`` decodes with the first residual layers of each group only (a lower bitrate).
         """
         if not utterances:
             raise ValueError("no utterances to evaluate")
@@ -150,7 +152,7 @@ class Evaluator:
         pairs, samples, histogram = [], [], None
         for index, (name, wav) in enumerate(utterances):
             batch = wav.view(1, 1, -1).to(device)
-            out = codec(batch)
+            out = codec(batch, n_layers)
             estimate = out.audio.float().cpu().view(1, -1)
             counts = code_histogram(out.quantizer.codes, codec.quantizer.codebook_size)
             histogram = counts if histogram is None else histogram + counts
@@ -161,8 +163,8 @@ class Evaluator:
         names = [name for name, _ in utterances]
         per_utterance = self.score_pairs(pairs, [(transcripts or {}).get(name) for name in names], grammar)
         metrics = aggregate(per_utterance)
-        metrics["bitrate_kbps"] = codec.bitrate_kbps()
-        metrics["tokens_per_second"] = codec.tokens_per_second()
+        metrics["bitrate_kbps"] = codec.bitrate_kbps(n_layers)
+        metrics["tokens_per_second"] = codec.tokens_per_second(n_layers)
         if histogram is None:
             raise ValueError("no utterances to evaluate")
         stats = {k: v.cpu().tolist() for k, v in stats_from_histogram(histogram).items()}
