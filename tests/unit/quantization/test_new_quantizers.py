@@ -4,20 +4,16 @@ and codebooks that stay identical across two gloo ranks under DDP."""
 from __future__ import annotations
 
 import math
-import os
-import socket
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from codec.quantization import GroupResidualVQ
 from codec.quantization.bsq import BinarySphericalQuantizer
 from codec.quantization.fsq import FiniteScalarQuantizer
 from codec.quantization.grvq import rotate_onto
-from tests.conftest import HANG_GUARD_S
+from tests.unit.quantization.two_ranks import on_two_ranks
 
 
 def test_the_rotation_trick_gives_the_code_and_rotates_the_gradient() -> None:
@@ -124,16 +120,8 @@ DDP_QUANTIZERS = {
 }
 
 
-def _ddp_worker(rank: int, world: int, port: int, queue) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        queue.put((rank, {name: _train_under_ddp(make, rank) for name, make in DDP_QUANTIZERS.items()}))
-    except Exception as error:  # the test then fails with it instead of waiting for a result
-        queue.put((rank, repr(error)))
-        raise
-    dist.barrier()
-    dist.destroy_process_group()
+def _every_quantizer_under_ddp(rank: int) -> dict:
+    return {name: _train_under_ddp(make, rank) for name, make in DDP_QUANTIZERS.items()}
 
 
 def _train_under_ddp(make, rank: int) -> dict:
@@ -145,28 +133,11 @@ def _train_under_ddp(make, rank: int) -> dict:
         out = model(torch.randn(4, 8, 12) + rank)
         (out.losses["total"] + out.quantized.pow(2).mean()).backward()
         optimizer.step()
-    # Plain arrays are pickled by value (tensors would go through this process's resource sharer).
     return {k: v.detach().cpu().numpy().copy() for k, v in model.module.state_dict().items()}
 
 
 def test_two_gloo_ranks_keep_identical_codebooks_under_ddp() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    context = mp.get_context("spawn")
-    queue = context.Queue()
-    processes = [context.Process(target=_ddp_worker, args=(rank, 2, port, queue)) for rank in range(2)]
-    for p in processes:
-        p.start()
-    try:
-        states = dict(queue.get(timeout=HANG_GUARD_S) for _ in processes)
-    finally:
-        for p in processes:
-            p.join(timeout=60)
-            if p.is_alive():
-                p.kill()
-    assert all(isinstance(state, dict) for state in states.values()), states
-    assert [p.exitcode for p in processes] == [0, 0]
+    states = on_two_ranks(_every_quantizer_under_ddp)
     for name in DDP_QUANTIZERS:
         for key in states[0][name]:
             assert (states[0][name][key] == states[1][name][key]).all(), f"{name}: {key} differs across ranks"

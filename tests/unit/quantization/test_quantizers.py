@@ -3,14 +3,11 @@ variable bitrate, EMA learning, dead-code replacement, dropout and health statis
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from codec.quantization import GroupResidualVQ, VectorQuantizer, codebook_stats
+from tests.unit.quantization.two_ranks import on_two_ranks
 
 
 def make_quantizer(**kwargs) -> GroupResidualVQ:
@@ -225,38 +222,18 @@ def test_invalid_arguments_are_named() -> None:
         GroupResidualVQ(dim=16, dropout_mode="sometimes")
 
 
-def _ddp_worker(rank: int, world: int, port: int, queue) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _ema_on_rank(rank: int) -> dict:
     torch.manual_seed(100 + rank)  # different data and different local randomness per rank
     quantizer = GroupResidualVQ(
         dim=8, groups=2, layers=2, codebook_size=16, rule="ema", kmeans_init=True, dead_code_threshold=0.5
     ).train()
     for _ in range(5):
         quantizer(torch.randn(4, 8, 12) + rank)
-    # Plain arrays are pickled by value; tensors would be shared through this process's resource
-    # sharer, which is gone once it exits (a FileNotFoundError in the parent on a loaded machine).
-    state = {k: v.detach().cpu().numpy().copy() for k, v in quantizer.state_dict().items()}
-    queue.put((rank, state))
-    dist.barrier()
-    dist.destroy_process_group()
+    return {k: v.detach().cpu().numpy().copy() for k, v in quantizer.state_dict().items()}
 
 
 def test_ema_codebooks_stay_identical_across_ranks() -> None:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    context = mp.get_context("spawn")
-    queue = context.SimpleQueue()
-    processes = [context.Process(target=_ddp_worker, args=(rank, 2, port, queue)) for rank in range(2)]
-    for p in processes:
-        p.start()
-    states = dict(queue.get() for _ in processes)
-    for p in processes:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    states = on_two_ranks(_ema_on_rank)
     for key in states[0]:
         assert (states[0][key] == states[1][key]).all(), key
 
