@@ -126,7 +126,11 @@ def test_a_checkpoint_older_than_an_added_option_resumes_unless_the_option_moves
     for path in checkpoints:  # rewrite them as the version before those options saved them
         state = torch.load(path, map_location="cpu", weights_only=True)
         for key in ADDED_OPTION_DEFAULTS:
-            del state["config"]["trainer"][key.split(".", 1)[1]]
+            *parents, name = key.split(".")
+            node = state["config"]
+            for part in parents:
+                node = node[part]
+            del node[name]
         state["identity"] = run_identity(state["config"])
         torch.save(state, path)
     saved = {path: path.read_bytes() for path in checkpoints}
