@@ -48,7 +48,7 @@ SUMMARY_COLUMNS = (
 )
 
 
-LOWER_IS_BETTER = ("mel_distance", "wer", "cer", "waveform_l1", "_loss")
+LOWER_IS_BETTER = ("mel_distance", "wer", "cer", "waveform_l1", "_loss", "mcd")
 
 
 def quality_metric(frame: pd.DataFrame, chosen: str | None = None) -> tuple[str, bool]:

@@ -9,7 +9,7 @@ import torch
 from codec.losses.reconstruction import MultiScaleMelLoss
 
 # Names accepted in eval.metrics. Perceptual ones run in worker processes; some report several keys.
-PERCEPTUAL_METRICS = ("pesq_wb", "pesq_nb", "stoi", "estoi", "visqol", "dnsmos", "wer")
+PERCEPTUAL_METRICS = ("pesq_wb", "pesq_nb", "stoi", "estoi", "visqol", "dnsmos", "wer", "mcd")
 SIGNAL_METRICS = ("mel_distance", "si_sdr", "waveform_l1")
 KNOWN_METRICS = PERCEPTUAL_METRICS + SIGNAL_METRICS
 REPORTED_KEYS = {"dnsmos": ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl"), "wer": ("wer", "wer_reference")}
@@ -22,6 +22,7 @@ METRIC_PACKAGES = {
     "visqol": ("visqol-python", "soxr"),
     "dnsmos": ("speechmos", "onnxruntime", "librosa", "soxr"),
     "wer": ("pocketsphinx", "soxr"),
+    "mcd": ("librosa", "soxr"),
     "mel_distance": ("torchaudio",),
     "si_sdr": ("torch",),
     "waveform_l1": ("torch",),

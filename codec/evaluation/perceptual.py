@@ -54,6 +54,31 @@ def stoi_score(reference: np.ndarray, estimate: np.ndarray, rate: int, extended:
     return float(stoi(reference, estimate, rate, extended=extended))
 
 
+# Mel-cepstral distortion on MFCCs: 25 ms windows, 10 ms hop, 40 mel bands, c1..c13 (c0, the
+# energy, left out), computed on the 16 kHz copies so every sample rate is scored alike.
+MCD_WINDOW_S, MCD_HOP_S, MCD_MELS, MCD_COEFFICIENTS = 0.025, 0.010, 40, 13
+
+
+def mel_cepstral_distortion(reference: np.ndarray, estimate: np.ndarray, rate: int) -> float:
+    """MCD in dB, frame by frame on time-aligned signals (a codec keeps time, so no DTW):
+    mean over frames of (10 / ln 10) * sqrt(2 * sum_d (c_d - c'_d)^2) on natural-log cepstra.
+    librosa's MFCCs are in dB (10 log10 of power), i.e. (10 / ln 10) x natural-log cepstra, so the
+    formula reduces to sqrt(2 * sum_d (mfcc_d - mfcc'_d)^2). MFCC-based: its absolute values are
+    not those of papers that use SPTK mel-cepstra; differences between codecs compare."""
+    import librosa
+
+    length = min(len(reference), len(estimate))
+
+    def cepstra(signal: np.ndarray) -> np.ndarray:
+        return librosa.feature.mfcc(
+            y=signal[:length].astype(np.float32), sr=rate, n_mfcc=MCD_COEFFICIENTS + 1,
+            n_fft=int(MCD_WINDOW_S * rate), hop_length=int(MCD_HOP_S * rate), n_mels=MCD_MELS,
+        )[1:]  # fmt: skip
+
+    ref, est = cepstra(reference), cepstra(estimate)
+    return float(np.mean(np.sqrt(2.0 * np.sum((ref - est) ** 2, axis=0))))
+
+
 def perceptual_metrics(job: dict) -> dict[str, float]:
     """Compute the requested perceptual metrics of one utterance (a picklable job dict)."""
     wanted = job["metrics"]
@@ -66,6 +91,8 @@ def perceptual_metrics(job: dict) -> dict[str, float]:
         scores["stoi"] = stoi_score(job["ref"], job["est"], job["rate"], extended=False)
     if "estoi" in wanted:
         scores["estoi"] = stoi_score(job["ref"], job["est"], job["rate"], extended=True)
+    if "mcd" in wanted:
+        scores["mcd"] = mel_cepstral_distortion(job["ref_16k"], job["est_16k"], 16000)
     if {"visqol", "dnsmos", "wer"} & set(wanted):
         from codec.evaluation import speech_quality
 
