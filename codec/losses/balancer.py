@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from codec.quantization.distributed import all_reduce_sum_, is_distributed
+from codec.quantization.distributed import all_reduce_mean_
 
 
 class GradientBalancer(nn.Module):
@@ -43,13 +43,7 @@ class GradientBalancer(nn.Module):
 
     def _norms(self, grads: list[torch.Tensor]) -> torch.Tensor:
         """Per-term gradient norm (per item, averaged over the batch and over ranks)."""
-        norms = torch.stack([g.flatten(1).norm(dim=1).mean() for g in grads]).detach()
-        if is_distributed():
-            import torch.distributed as dist
-
-            all_reduce_sum_(norms)
-            norms = norms / dist.get_world_size()
-        return norms
+        return all_reduce_mean_(torch.stack([g.flatten(1).norm(dim=1).mean() for g in grads]).detach())
 
     def gradient(self, terms: Mapping[str, torch.Tensor], output: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """The balanced gradient at ``output`` over the balanced terms present (the adversarial

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -74,8 +74,7 @@ class RunRecorder:
             device,
             cpu_budget.describe(),
         )
-        write_status(self.run_dir, cpu_budget=cpu_budget.record())
-        skipped = read_status(self.run_dir).get("skipped_checkpoints")
+        skipped = write_status(self.run_dir, cpu_budget=cpu_budget.record()).get("skipped_checkpoints")
         if skipped:
             tags = {**tags, "skipped_checkpoints": "; ".join(f"{k}: {v}" for k, v in skipped.items())[:5000]}
         self.logger.set_tags(dict(tags))
@@ -149,7 +148,7 @@ class RunRecorder:
         log.info("open next: python -m codec encode IN.wav OUT.npz --checkpoint %s", checkpoint)
         return status
 
-    def failed(self, error: BaseException, reopen: Any) -> None:
+    def failed(self, error: BaseException, reopen: Callable[[], None]) -> None:
         """status.json and the tracker say FAILED with the reason; a failure before the run was
         opened still opens it (``reopen``) so that it can say so."""
         if not self.is_main:
