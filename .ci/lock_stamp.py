@@ -43,8 +43,26 @@ def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+# Pins removed from the compiled lock, each with the reason. ``typing`` is the Python 2 backport
+# that resemblyzer still declares; Python 3.11's standard library serves it, and a second
+# typing.py in site-packages could only shadow the real one.
+DROPPED = {"typing": "a backport of the standard library (declared by resemblyzer)"}
+
+
+def drop_pins(text: str, names: dict[str, str] = DROPPED) -> str:
+    """``text`` without the pin blocks (the pin, its hashes and its "via" comments) of ``names``."""
+    kept, skipping = [], False
+    for line in text.splitlines(keepends=True):
+        if line[:1] not in (" ", "\t", "\n", ""):
+            pin = PIN.match(line)
+            skipping = bool(pin and canonical(pin.group(1)) in names)
+        if not skipping:
+            kept.append(line)
+    return "".join(kept)
+
+
 def write(lock: Path = LOCK) -> None:
-    text = STAMP.sub("", lock.read_text()).lstrip("\n")
+    text = drop_pins(STAMP.sub("", lock.read_text()).lstrip("\n"))
     lock.write_text(f"# pyproject-dependencies-sha256: {dependency_digest()}\n{text}")
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -93,4 +93,28 @@ def plot_training_curves(
         axis.set_xlabel("step")
         axis.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_rate_distortion(
+    curves: Mapping[str, pd.DataFrame],
+    path: Path,
+    metric: str,
+    retrained: pd.DataFrame | None = None,
+    retrained_columns: tuple[str, str] = ("model/bitrate_kbps", ""),
+    labels: Sequence[str] = (),
+) -> Path:
+    """Each checkpoint's curve as a line with markers; each retrained run as a labelled cross."""
+    fig, axis = plt.subplots(figsize=(7, 4.5))
+    for label, curve in curves.items():
+        axis.plot(curve["bitrate_kbps"], curve[metric], marker="o", label=f"{label} (one checkpoint)")
+    x_column, y_column = retrained_columns
+    if retrained is not None and len(retrained) and y_column in retrained.columns:
+        axis.scatter(retrained[x_column], retrained[y_column], marker="x", color="black", label="retrained runs")
+        for x, y, label in zip(retrained[x_column], retrained[y_column], labels):
+            axis.annotate(str(label), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    axis.set_xlabel("bitrate (kbps)")
+    axis.set_ylabel(metric)
+    axis.grid(alpha=0.3)
+    axis.legend()
     return _save(fig, path)

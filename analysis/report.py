@@ -17,7 +17,8 @@ import pandas as pd
 
 from analysis.audio import audio_comparison_html
 from analysis.loading import load_sweep
-from analysis.plots import plot_codebook_usage, plot_pareto, plot_training_curves
+from analysis.plots import plot_codebook_usage, plot_pareto, plot_rate_distortion, plot_training_curves
+from analysis.rate_distortion import curve_table, load_curves
 from analysis.stats import BOOTSTRAP_MIN_SEEDS, designs, paired_table, stopped_runs, winners_by_bitrate
 from analysis.tables import SEED_KEY, aggregate_seeds, pivot, run_labels, varying_params
 
@@ -48,7 +49,7 @@ SUMMARY_COLUMNS = (
 )
 
 
-LOWER_IS_BETTER = ("mel_distance", "wer", "cer", "waveform_l1", "_loss", "mcd")
+LOWER_IS_BETTER = ("mel_distance", "wer", "cer", "waveform_l1", "_loss", "mcd", "f0_rmse", "voicing_error")
 
 
 def quality_metric(frame: pd.DataFrame, chosen: str | None = None) -> tuple[str, bool]:
@@ -159,8 +160,10 @@ def build_report(
     columns: str | None = None,
     value: str | None = None,
     metric: str | None = None,
+    rate_distortion: Sequence[Path] = (),
 ) -> Path:
-    """Write ``report.html``, ``sweep.csv`` and the PNG plots into ``out``; returns the HTML path."""
+    """Write ``report.html``, ``sweep.csv`` and the PNG plots into ``out``; returns the HTML path.
+    ``rate_distortion``: ``evaluate.py bitrates=...`` reports whose curves join the sweep's points."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     everything = load_sweep(sweep, tracking_uri, runs_dir)
@@ -212,6 +215,7 @@ def build_report(
     }
     for name, plot in plots.items():
         sections += [f"<h2>{titles[name]}</h2>", _image(plot(out / name))]
+    sections += rate_distortion_sections(frame, rate_distortion, quality, higher, out)
     sections += ["<h2>Listen: the first test utterance</h2>", audio_comparison_html(frame)]
     style = (
         "<style>body{font-family:sans-serif;margin:2em} table{border-collapse:collapse;margin:1em 0}"
@@ -225,6 +229,29 @@ def build_report(
         + "</body></html>"
     )
     return page
+
+
+def rate_distortion_sections(
+    frame: pd.DataFrame, reports: Sequence[Path], quality: str, higher: bool, out: Path
+) -> list[str]:
+    """Curves scored from one checkpoint at every bitrate, beside the sweep's retrained runs."""
+    if not reports:
+        return []
+    metric = quality.split("/", 1)[-1]
+    curves = load_curves(reports, metric)
+    table = curve_table(curves, metric, higher)
+    table.to_csv(out / "rate_distortion.csv", index=False)
+    retrained = f"test/{metric}" if f"test/{metric}" in frame.columns else quality
+    plot = plot_rate_distortion(
+        curves, out / "rate_distortion.png", metric, frame, ("model/bitrate_kbps", retrained), run_labels(frame)
+    )
+    return [
+        f"<h2>Rate-distortion from one checkpoint: {html.escape(metric)}</h2>",
+        f"<p>Lines: one checkpoint scored at every bitrate it decodes (evaluate.py bitrates=all); crosses: the "
+        f"sweep's retrained runs ({html.escape(retrained)}). Monotone: each added layer improves the metric.</p>",
+        _table(table),
+        _image(plot),
+    ]
 
 
 def probe_sections(frame: pd.DataFrame) -> list[str]:
@@ -287,11 +314,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the quality metric to rank, aggregate and plot (default: best/pesq_wb, "
         "else best/stoi, ...), e.g. best/mel_distance",
     )
+    parser.add_argument(
+        "--rate-distortion",
+        nargs="+",
+        default=[],
+        type=Path,
+        metavar="REPORT",
+        help="evaluate.py bitrates=all reports (JSON) whose curves are plotted beside the sweep's runs",
+    )
     args = parser.parse_args(argv)
     try:
         page = build_report(
-            args.sweep, Path(args.out), args.tracking_uri, args.runs, args.rows, args.cols, args.value, args.metric
-        )
+            args.sweep, Path(args.out), args.tracking_uri, args.runs, args.rows, args.cols, args.value, args.metric,
+            args.rate_distortion,
+        )  # fmt: skip
     except (FileNotFoundError, LookupError, KeyError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -175,6 +175,15 @@ def build(node: Any, key: str) -> Any:
         raise ConfigError(f"invalid config '{key}': {error}") from error
 
 
+def check_semantic_target(semantic: Any, groups: int, layers: int) -> None:
+    """``loss.semantic`` must name a group and a layer count the quantizer has."""
+    group, depth = int(semantic.get("group", 0)), int(semantic.get("layers", 1))
+    if not 0 <= group < groups:
+        raise ConfigError(f"loss.semantic.group={group}, but the quantizer has {groups} group(s) (0..{groups - 1})")
+    if not 1 <= depth <= layers:
+        raise ConfigError(f"loss.semantic.layers={depth}, but the quantizer has {layers} layer(s) per group")
+
+
 def validate(cfg: DictConfig) -> None:
     """Cross-key checks that no single constructor can make, run before anything is built."""
     dim = int(cfg.encoder.dimension)
@@ -183,6 +192,9 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             f"quantizer.groups={groups} must divide encoder.dimension={dim} (each group gets dimension/groups channels)"
         )
+    semantic = cfg.loss.get("semantic")
+    if semantic is not None:
+        check_semantic_target(semantic, groups, int(cfg.quantizer.get("layers", 1)))
     codebook_dim = cfg.quantizer.get("codebook_dim")
     if codebook_dim is not None and int(codebook_dim) > dim // groups:
         raise ConfigError(

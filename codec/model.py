@@ -85,6 +85,11 @@ class Codec(nn.Module):
         audio = self.decoder(quantized.quantized.to(latent.dtype))[..., :length]
         return CodecOutput(audio, quantized)
 
+    def latent(self, wav: torch.Tensor) -> torch.Tensor:
+        """The encoder's latent [B, dim, frames] of a waveform, with gradient (auxiliary losses)."""
+        padded, _ = self._pad(wav)
+        return self.encoder(padded)
+
     @torch.no_grad()
     def encode(self, wav: torch.Tensor, n_layers: int | None = None) -> torch.Tensor:
         """Waveform [B, 1, T] -> codes [B, groups * n_layers, ceil(T / hop_length)]."""

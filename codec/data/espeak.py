@@ -19,6 +19,7 @@ AUDIO_OUTPUT_SYNCHRONOUS = 2
 INITIALIZE_DONT_EXIT = 0x8000
 POSITION_CHARACTER = 1
 CHARS_UTF8 = 1
+PHONEMES_IPA = 0x02
 PARAMETER_RATE, PARAMETER_VOLUME, PARAMETER_PITCH, PARAMETER_RANGE = 1, 2, 3, 4
 
 _SYNTH_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
@@ -71,6 +72,8 @@ class EspeakSynthesizer:
         self._lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
         self._lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
         self._lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
+        self._lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
+        self._lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_char_p), ctypes.c_int, ctypes.c_int]
         self._lib.espeak_Synth.argtypes = [
             ctypes.c_char_p,
             ctypes.c_size_t,
@@ -121,3 +124,16 @@ class EspeakSynthesizer:
         if audio.size == 0:
             raise SpeechSynthesisError(f"espeak-ng produced no audio for {text!r} in voice {voice.espeak_name!r}")
         return audio.astype(np.float32) / 32768.0
+
+    def phonemes(self, text: str, voice_name: str = "en-us") -> str:
+        """``text`` as espeak-ng's IPA phonemes in ``voice_name``'s language, clauses joined by spaces."""
+        with self._lock:
+            if self._lib.espeak_SetVoiceByName(voice_name.encode()) != 0:
+                raise SpeechSynthesisError(f"espeak-ng has no voice {voice_name!r}")
+            buffer = ctypes.create_string_buffer(text.encode("utf-8"))
+            cursor = ctypes.c_char_p(ctypes.addressof(buffer))
+            clauses = []
+            while cursor.value:  # the library advances the cursor clause by clause, to NULL
+                clause = self._lib.espeak_TextToPhonemes(ctypes.byref(cursor), CHARS_UTF8, PHONEMES_IPA)
+                clauses.append((clause or b"").decode("utf-8"))
+        return " ".join(c.strip() for c in clauses if c.strip())

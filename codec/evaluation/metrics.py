@@ -9,10 +9,16 @@ import torch
 from codec.losses.reconstruction import MultiScaleMelLoss
 
 # Names accepted in eval.metrics. Perceptual ones run in worker processes; some report several keys.
-PERCEPTUAL_METRICS = ("pesq_wb", "pesq_nb", "stoi", "estoi", "visqol", "dnsmos", "wer", "mcd")
+PERCEPTUAL_METRICS = (
+    "pesq_wb", "pesq_nb", "stoi", "estoi", "visqol", "dnsmos", "wer", "mcd", "f0", "speaker_similarity_ge2e",
+)  # fmt: skip
 SIGNAL_METRICS = ("mel_distance", "si_sdr", "waveform_l1")
 KNOWN_METRICS = PERCEPTUAL_METRICS + SIGNAL_METRICS
-REPORTED_KEYS = {"dnsmos": ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl"), "wer": ("wer", "wer_reference")}
+REPORTED_KEYS = {
+    "dnsmos": ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl"),
+    "wer": ("wer", "wer_reference"),
+    "f0": ("f0_rmse", "f0_corr", "voicing_error"),
+}
 # The distributions whose code computes each metric, recorded beside every number it produced.
 METRIC_PACKAGES = {
     "pesq_wb": ("pesq", "soxr"),
@@ -23,6 +29,8 @@ METRIC_PACKAGES = {
     "dnsmos": ("speechmos", "onnxruntime", "librosa", "soxr"),
     "wer": ("pocketsphinx", "soxr"),
     "mcd": ("librosa", "soxr"),
+    "f0": ("praat-parselmouth", "soxr"),
+    "speaker_similarity_ge2e": ("resemblyzer", "webrtcvad", "soxr"),
     "mel_distance": ("torchaudio",),
     "si_sdr": ("torch",),
     "waveform_l1": ("torch",),

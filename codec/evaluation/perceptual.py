@@ -93,6 +93,13 @@ def perceptual_metrics(job: dict) -> dict[str, float]:
         scores["estoi"] = stoi_score(job["ref"], job["est"], job["rate"], extended=True)
     if "mcd" in wanted:
         scores["mcd"] = mel_cepstral_distortion(job["ref_16k"], job["est_16k"], 16000)
+    if {"f0", "speaker_similarity_ge2e"} & set(wanted):
+        from codec.evaluation import voice
+
+        if "f0" in wanted:
+            scores.update(voice.f0_scores(job["ref_16k"], job["est_16k"], 16000))
+        if "speaker_similarity_ge2e" in wanted:
+            scores["speaker_similarity_ge2e"] = voice.speaker_similarity(job["ref_16k"], job["est_16k"], 16000)
     if {"visqol", "dnsmos", "wer"} & set(wanted):
         from codec.evaluation import speech_quality
 

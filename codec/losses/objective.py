@@ -6,6 +6,7 @@ A weight of 0 keeps the term in the logs but out of the gradient.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,6 +20,7 @@ from codec.losses.adversarial import (
 )
 from codec.losses.balancer import GradientBalancer
 from codec.losses.reconstruction import MultiScaleMelLoss, waveform_l1
+from codec.losses.semantic import SemanticSupervision
 from codec.spectral import SpectrumBank
 
 LOSS_TERMS = ("waveform_l1", "mel", "adversarial", "feature", "quantizer")
@@ -38,6 +40,7 @@ class CodecLoss(nn.Module):
         mel_windows: Sequence[int] = (32, 64, 128, 256, 512, 1024, 2048),
         mel_bins: Sequence[int] = (5, 10, 20, 40, 80, 160, 320),
         balancer: Mapping[str, float] | None = None,
+        semantic: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         unknown = sorted(set(weights) - set(LOSS_TERMS))
@@ -55,6 +58,11 @@ class CodecLoss(nn.Module):
         self.balancer = (
             GradientBalancer({k: self.weights[k] for k in OUTPUT_TERMS}, **balancer) if balancer is not None else None
         )
+        # loss.semantic: a CTC term on one group's codes, weighted by its own ``weight``; its head
+        # is built by ``attach`` once the codec and the transcripts are known.
+        self.semantic = SemanticSupervision(**semantic) if semantic is not None else None
+        if self.semantic is not None:
+            self.weights["semantic"] = self.semantic.weight
 
     def reconstruction_terms(
         self,

@@ -5,17 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-# Characters the content probe recognizes; everything else in a transcript is dropped.
-CHARACTERS = " abcdefghijklmnopqrstuvwxyz'"
-BLANK = 0  # CTC blank; character i is class i + 1
+from codec.text.units import BLANK, CHARACTERS, ids_to_text, text_to_ids
 
-
-def text_to_ids(text: str) -> list[int]:
-    return [CHARACTERS.index(c) + 1 for c in " ".join(text.lower().split()) if c in CHARACTERS]
-
-
-def ids_to_text(ids: list[int]) -> str:
-    return "".join(CHARACTERS[i - 1] for i in ids)
+__all__ = ["BLANK", "CHARACTERS", "TokenProbe", "greedy_ctc", "ids_to_text", "text_to_ids"]
 
 
 def greedy_ctc(log_probs: torch.Tensor, length: int) -> list[int]:

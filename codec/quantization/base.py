@@ -92,6 +92,20 @@ class BaseQuantizer(nn.Module, ABC):
             "bits_per_frame": self.bits_per_frame(),
         }
 
+    def semantic_view(self, latent: torch.Tensor, group: int, n_layers: int) -> torch.Tensor:
+        """What ``group``'s first ``n_layers`` layers make of ``latent`` [B, dim, T], as
+        [B, dim / groups, T], with a straight-through gradient to that group's channels of the
+        latent. Read through ``encode``/``decode``, so no codebook statistic is updated: a second
+        view of the same step (the semantic loss) leaves the codebooks' learning as it was.
+        Every quantizer here splits channels by group (grouped projections for FSQ and BSQ)."""
+        if not 0 <= group < self.groups:
+            raise ValueError(f"group={group} must lie between 0 and groups - 1 = {self.groups - 1}")
+        quantized = self.decode(self.encode(latent, self.check_layers(n_layers))).to(latent.dtype)
+        width = check_group_split(self.dim, self.groups)
+        channels = slice(group * width, (group + 1) * width)
+        own = latent[:, channels]
+        return own + (quantized[:, channels] - own).detach()
+
     @abstractmethod
     def codebook_shapes(self) -> list[tuple[int, int]]:
         """(codes, code width) of each codebook as built, learned or implicit, one per token

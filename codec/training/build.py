@@ -24,6 +24,7 @@ from codec.data.split_record import read_record, write_record
 from codec.discriminators import MultiDiscriminator
 from codec.evaluation import Evaluator
 from codec.losses import CodecLoss
+from codec.losses.semantic import SemanticSupervisionError
 from codec.model import Codec
 from codec.probe import ProbeDataError, TokenProbes
 from codec.training.checkpoint import CheckpointManager
@@ -81,6 +82,7 @@ def build_run(cfg: DictConfig, run_dir: Path) -> RunParts:
     data = build(cfg.data, "data")
     data.prepare()  # missing paths and unusable folders fail here, before training
     split_record = fix_split(data, run_dir, dist)
+    attach_semantic(loss, codec, data, settings.seed, device)
     evaluator: Evaluator = build(cfg.eval, "eval")
     evaluator.workers = budget.workers(evaluator.workers)
     guards, probes = optional_part(cfg, "guard"), probes_for(cfg, data)
@@ -191,6 +193,25 @@ def fix_split(data: Any, run_dir: Path, dist: DistributedContext) -> dict[str, A
             f"set data.valid_count and data.test_count to at least 1"
         )
     return record
+
+
+def attach_semantic(loss: CodecLoss, codec: Codec, data: Any, seed: int, device: torch.device) -> None:
+    """Give ``loss.semantic`` the training split's transcribed utterances and build its head
+    (before the optimizers, which train it with the generator)."""
+    if loss.semantic is None:
+        return
+    transcripts = data.transcripts("train")
+    pairs = [(entry, transcripts[entry.name]) for entry in data.split("train") if entry.name in transcripts]
+    try:
+        loss.semantic.attach(codec, pairs, seed)
+    except SemanticSupervisionError as error:
+        raise ConfigError(str(error)) from error
+    loss.semantic.to(device)
+    log.info(
+        "loss.semantic: CTC on %s of group %d's first %d layer(s), %d transcribed utterance(s), weight %g",
+        loss.semantic.units_name, loss.semantic.group, loss.semantic.layers, len(loss.semantic.utterances),
+        loss.semantic.weight,
+    )  # fmt: skip
 
 
 def optional_part(cfg: DictConfig, key: str) -> Any:

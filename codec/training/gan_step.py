@@ -19,6 +19,7 @@ from hydra.utils import instantiate
 from codec.discriminators import DiscriminatorOutput, MultiDiscriminator
 from codec.losses import CodecLoss
 from codec.model import Codec
+from codec.quantization.distributed import all_reduce_mean_
 from codec.spectral import SpectrumBank, detach_bank, spectrum_bank, split_bank
 from codec.training.distributed import DistributedContext
 from codec.training.settings import TrainerSettings, adversarial_from, enabled_on
@@ -88,7 +89,11 @@ class GANStep:
         self.settings = settings
         self.device = device
         s = settings
-        self.opt_g = self._optimizer(s.generator_optimizer, codec.parameters())
+        self.rank = dist.rank
+        # The generator's optimizer also trains the semantic loss's head, when there is one.
+        self.semantic_head = list(loss.semantic.parameters()) if loss.semantic is not None else []
+        self.generator_parameters = [*codec.parameters(), *self.semantic_head]
+        self.opt_g = self._optimizer(s.generator_optimizer, self.generator_parameters)
         self.opt_d = self._optimizer(s.discriminator_optimizer, discriminator.parameters())
         self.sched_g = instantiate(s.scheduler)(self.opt_g) if s.scheduler else None
         self.sched_d = instantiate(s.scheduler)(self.opt_d) if s.scheduler else None
@@ -157,6 +162,7 @@ class GANStep:
             "sched_d": self.sched_d.state_dict() if self.sched_d else None,
             "ema_codec": self.ema_codec.state_dict() if self.ema_codec is not None else None,
             "balancer": self.loss.balancer.state_dict() if self.loss.balancer is not None else None,
+            "semantic": self.loss.semantic.state_dict() if self.loss.semantic is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -169,6 +175,8 @@ class GANStep:
             self.ema_codec.load_state_dict(state["ema_codec"])
         if self.loss.balancer is not None and state.get("balancer") is not None:
             self.loss.balancer.load_state_dict(state["balancer"])
+        if self.loss.semantic is not None and state.get("semantic") is not None:
+            self.loss.semantic.load_state_dict(state["semantic"])
 
     # -- one step --------------------------------------------------------------------------------
     def _autocast(self, enabled: bool | None = None):
@@ -206,12 +214,17 @@ class GANStep:
 
         with timer.phase(StepPhase.GENERATOR_FORWARD):
             terms = self._generator_terms(batch, fake, joint, spectra, out.quantizer.losses["total"], adversarial)
+            if self.loss.semantic is not None:
+                terms["semantic"] = self.loss.semantic(self.codec, step, self.rank)
             loss_g = self.loss.total(terms)
             self.track_finite({"generator": loss_g, **terms}, step)
         with timer.phase(StepPhase.GENERATOR_BACKWARD):
             self.opt_g.zero_grad(set_to_none=True)
             balancer_shares = self.loss.backward(terms, fake)
-            grad_norm_g = self._clip(self.codec.parameters())
+            for parameter in self.semantic_head:  # outside DDP: averaged here, as DDP does the codec's
+                if parameter.grad is not None:
+                    all_reduce_mean_(parameter.grad)
+            grad_norm_g = self._clip(self.generator_parameters)
         with timer.phase(StepPhase.OPTIMIZER):
             self.opt_g.step()
             for scheduler in (self.sched_g, self.sched_d if train_discriminator else None):

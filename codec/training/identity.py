@@ -67,6 +67,7 @@ ADDED_OPTION_DEFAULTS: dict[str, Any] = {
     "trainer.cpu_bf16_discriminators": False,
     "quantizer.gradient_estimator": "ste",
     "loss.balancer": None,
+    "loss.semantic": None,
 }
 
 

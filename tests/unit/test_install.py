@@ -18,7 +18,19 @@ import pytest
 from tests.conftest import REPO_ROOT
 
 # Modules with compiled code (or that load a shared library) whose wheels must fit this torch/Python.
-COMPILED = ("torch", "torchaudio", "pesq", "pystoi", "visqol", "onnxruntime", "pocketsphinx", "soxr", "espeakng_loader")
+COMPILED = (
+    "torch",
+    "torchaudio",
+    "pesq",
+    "pystoi",
+    "visqol",
+    "onnxruntime",
+    "pocketsphinx",
+    "soxr",
+    "espeakng_loader",
+    "parselmouth",
+    "webrtcvad",
+)
 
 
 def _lock_tools():

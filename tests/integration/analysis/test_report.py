@@ -158,6 +158,32 @@ def test_report_command_writes_html_and_csv(sweep_store: dict, tmp_path: Path) -
     assert all(is_real_png(out / name) for name in ("pareto.png", "curves.png", "codebook_usage.png"))
 
 
+def test_report_plots_one_checkpoints_rate_distortion_curve_beside_the_runs(sweep_store: dict, tmp_path: Path) -> None:
+    frame = sweep_store["frame"]
+    chosen = frame[(frame["quantizer.groups"] == 2) & (frame["quantizer.layers"] == 2)]
+    checkpoint = Path(chosen["run_dir"].iloc[0]) / "checkpoints" / "latest.pt"
+    curve = tmp_path / "g2x2.json"
+    scored = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "evaluate.py"), f"checkpoint={checkpoint}", "bitrates=all",
+         "eval.metrics=[mel_distance]", f"output={curve}"],
+        cwd=sweep_store["root"], capture_output=True, text=True, timeout=HANG_GUARD_S,
+    )  # fmt: skip
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    out = tmp_path / "report"
+    result = subprocess.run(
+        [sys.executable, "-m", "analysis.report", "smoke", "--out", str(out), "--runs", str(sweep_store["runs"]),
+         "--rate-distortion", str(curve)],
+        cwd=sweep_store["root"], capture_output=True, text=True, timeout=HANG_GUARD_S,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    page = (out / "report.html").read_text()
+    assert "Rate-distortion from one checkpoint: mel_distance" in page and "test/mel_distance" in page
+    table = pd.read_csv(out / "rate_distortion.csv")
+    assert list(table["checkpoint"]) == ["g2x2"] and table["points"].iloc[0].count("kbps") == 2
+    assert table["monotone"].dtype == bool
+    assert is_real_png(out / "rate_distortion.png")
+
+
 def test_notebook_is_committed_without_outputs_and_executes_headlessly(sweep_store: dict, tmp_path: Path) -> None:
     source = REPO_ROOT / "analysis" / "ablation_report.ipynb"
     committed = nbformat.read(str(source), as_version=4)

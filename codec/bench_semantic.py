@@ -1,0 +1,106 @@
+"""Does ``loss.semantic`` put content into the group it supervises? ``codec-bench-semantic``.
+
+    python -m codec.bench_semantic --seeds 0,1 --out semantic.json [OVERRIDES ...]
+
+Trains the same composition with and without ``semantic=characters`` (group 0 by default) for
+each seed, runs the token probes on each final codec, and writes per seed and on average:
+
+- ``content_cer_group0_only``: the content probe's character error rate reading group 0 alone
+  (every other group masked); lower means more of the transcript is recoverable from group 0;
+- ``content_cer``: the same with every codebook, and ``mel_distance`` on the test split, so
+  the price in reconstruction is beside the gain;
+- seconds per training step, so the cost of the extra CTC pass is there too.
+
+Figures, not assertions (docs/evaluation.md quotes them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+DEFAULT_OVERRIDES = (
+    "experiment=demo",
+    "trainer.max_steps=600",
+    "trainer.eval_every=100000",
+    "trainer.eval_at_start=false",
+    "logger=none",
+    "probe=default",
+    "eval.metrics=[mel_distance]",
+)
+ARMS = {"baseline": [], "semantic": ["semantic=characters"]}
+
+
+def train_and_probe(overrides: Sequence[str], run_dir: Path, cache: Path) -> dict[str, Any]:
+    """One ``train.py`` run with the probes on; its final record (status.json)."""
+    train = Path(__file__).resolve().parents[1] / "train.py"
+    command = [sys.executable, str(train), *overrides, f"hydra.run.dir={run_dir}", f"paths.cache={cache}"]
+    done = subprocess.run(command, cwd=run_dir.parent, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    return json.loads((run_dir / "status.json").read_text())
+
+
+def figures(status: dict[str, Any], group: int) -> dict[str, float]:
+    """The probe and cost figures of one finished run; ``group`` is the supervised group."""
+    probe = status.get("probe") or {}
+    others = sorted(k for k in probe if k.startswith("probe/content_cer_without_group") and not k.endswith(str(group)))
+    if len(others) != 1:
+        raise ValueError(f"expected a two-group quantizer's probe keys; found {sorted(probe)}")
+    return {
+        f"content_cer_group{group}_only": probe[others[0]],
+        f"content_cer_without_group{group}": probe[f"probe/content_cer_without_group{group}"],
+        "content_cer": probe["probe/content_cer"],
+        "mel_distance": status["test"]["mel_distance"],
+        "seconds_per_step": status["cost"].get("seconds_per_step", float("nan")),
+    }
+
+
+def run(seeds: Sequence[int], overrides: Sequence[str], workdir: Path) -> dict[str, Any]:
+    runs: dict[str, list[dict[str, float]]] = {arm: [] for arm in ARMS}
+    for seed in seeds:
+        for arm, extra in ARMS.items():
+            run_dir = workdir / f"{arm}_seed{seed}"
+            status = train_and_probe([*overrides, *extra, f"trainer.seed={seed}"], run_dir, workdir / "cache")
+            runs[arm].append({"seed": seed, **figures(status, 0)})
+            print(f"{arm} seed {seed}: {runs[arm][-1]}", flush=True)
+    means = {
+        arm: {key: statistics.fmean(r[key] for r in rows) for key in rows[0] if key != "seed"}
+        for arm, rows in runs.items()
+    }
+    wins = sum(
+        s["content_cer_group0_only"] < b["content_cer_group0_only"] for s, b in zip(runs["semantic"], runs["baseline"])
+    )
+    return {
+        "overrides": list(overrides),
+        "arms": {arm: ["semantic=characters"] if arm == "semantic" else [] for arm in ARMS},
+        "runs": runs,
+        "mean": means,
+        "seeds_where_semantic_lowers_group0_cer": f"{wins}/{len(seeds)}",
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", default="0", help="comma-separated trainer seeds (one pair of runs each)")
+    parser.add_argument("--out", type=Path, default=Path("semantic.json"))
+    parser.add_argument("overrides", nargs="*", help=f"train.py overrides (default: {' '.join(DEFAULT_OVERRIDES)})")
+    args = parser.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    with tempfile.TemporaryDirectory(prefix="bench_semantic_") as tmp:
+        report = run(seeds, args.overrides or DEFAULT_OVERRIDES, Path(tmp))
+    args.out.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report["mean"], indent=2))
+    print(f"semantic lowers group 0's content CER on {report['seeds_where_semantic_lowers_group0_cer']} seed(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

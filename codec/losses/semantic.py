@@ -1,0 +1,153 @@
+"""Semantic supervision (``loss.semantic``): a CTC recognizer on one group's quantized output.
+
+Mimi, SpeechTokenizer and stable-codec put content into a chosen codebook by supervising it; here
+the target is the transcript the data already carries (characters, or espeak-ng phonemes), so no
+teacher model is downloaded. Each step a few whole training utterances with transcripts go
+through the encoder, the quantizer's :meth:`~codec.quantization.base.BaseQuantizer.semantic_view`
+of one group (its first ``layers`` residual layers) and a small convolutional CTC head. The CTC
+loss, times ``weight``, joins the generator's objective, and its gradient reaches the encoder
+through that group's channels alone. The token probes then show whether content moved there.
+
+The utterances of a step are a pure function of (seed, step, rank), so a resumed run sees the
+same ones as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from codec.data.audio_io import read_audio
+from codec.data.manifest import AudioEntry
+from codec.text import CharacterUnits, PhonemeUnits, TextUnits
+
+if TYPE_CHECKING:
+    from codec.model import Codec
+
+UNITS = ("characters", "phonemes")
+# CTC needs at least one output slot per target symbol (plus blanks between repeats); the head
+# repeats frames up to this many slots per second, as the content probe does.
+CTC_SLOTS_PER_SECOND = 30.0
+
+
+class SemanticSupervisionError(ValueError):
+    """``loss.semantic`` cannot work with this codec or this data."""
+
+
+@dataclass(frozen=True)
+class TranscribedUtterance:
+    entry: AudioEntry
+    targets: tuple[int, ...]
+
+
+@dataclass
+class SemanticBatch:
+    audio: torch.Tensor  # [B, 1, T], zero-padded
+    samples: torch.Tensor  # [B] true lengths
+    targets: torch.Tensor  # concatenated target ids
+    target_lengths: torch.Tensor  # [B]
+
+
+class SemanticSupervision(nn.Module):
+    """CTC from group ``group``'s first ``layers`` layers to the transcript, weighted by ``weight``."""
+
+    def __init__(
+        self,
+        weight: float,
+        group: int = 0,
+        layers: int = 1,
+        units: str = "characters",
+        language: str = "en-us",
+        utterances_per_step: int = 2,
+        max_seconds: float = 6.0,
+        hidden: int = 64,
+    ) -> None:
+        super().__init__()
+        if not weight > 0:
+            raise SemanticSupervisionError(
+                f"loss.semantic.weight={weight} must be > 0 (loss.semantic=null turns it off)"
+            )
+        if units not in UNITS:
+            raise SemanticSupervisionError(f"loss.semantic.units={units!r} is unknown; choose one of {UNITS}")
+        if utterances_per_step < 1 or max_seconds <= 0 or hidden < 1 or layers < 1 or group < 0:
+            raise SemanticSupervisionError(
+                "loss.semantic: utterances_per_step, hidden and layers must be >= 1, group >= 0, max_seconds > 0"
+            )
+        self.weight, self.group, self.layers = float(weight), int(group), int(layers)
+        self.units_name, self.language = units, language
+        self.utterances_per_step, self.max_seconds, self.hidden = int(utterances_per_step), float(max_seconds), hidden
+        self.utterances: list[TranscribedUtterance] = []
+        self.head: nn.Sequential | None = None
+        self.sample_rate = 0
+        self.hop_length = 1
+        self.upsample = 1
+        self.seed = 0
+
+    def attach(self, codec: Codec, transcripts: Sequence[tuple[AudioEntry, str]], seed: int) -> None:
+        """Check the target against the codec, keep the transcribed utterances that fit
+        ``max_seconds``, and build the head (its weights drawn from the global RNG, after the codec's)."""
+        quantizer = codec.quantizer
+        if self.group >= quantizer.groups:
+            raise SemanticSupervisionError(
+                f"loss.semantic.group={self.group}, but the quantizer has {quantizer.groups} group(s)"
+            )
+        if self.layers > quantizer.layers:
+            raise SemanticSupervisionError(
+                f"loss.semantic.layers={self.layers}, but the quantizer has {quantizer.layers} layer(s) per group"
+            )
+        units = self._units([text for _, text in transcripts])
+        self.utterances = [
+            TranscribedUtterance(entry, tuple(units.encode(text)))
+            for entry, text in transcripts
+            if entry.seconds <= self.max_seconds and units.encode(text)
+        ]
+        if not self.utterances:
+            raise SemanticSupervisionError(
+                f"loss.semantic needs training utterances of at most {self.max_seconds:g} s "
+                f"(loss.semantic.max_seconds) with a transcript (<file>.txt beside the audio); the train "
+                f"split has {len(transcripts)} transcribed file(s) and none fits"
+            )
+        self.sample_rate, self.hop_length, self.seed = int(codec.sample_rate), int(codec.hop_length), int(seed)
+        self.upsample = max(1, math.ceil(CTC_SLOTS_PER_SECOND / (self.sample_rate / self.hop_length)))
+        width = quantizer.dim // quantizer.groups
+        self.head = nn.Sequential(
+            nn.Conv1d(width, self.hidden, 3, padding=1), nn.GELU(), nn.Conv1d(self.hidden, units.classes, 1)
+        )
+        self.classes = units.classes
+
+    def _units(self, texts: list[str]) -> TextUnits:
+        return CharacterUnits() if self.units_name == "characters" else PhonemeUnits(texts, self.language)
+
+    def batch(self, step: int, rank: int = 0) -> SemanticBatch:
+        """The utterances of ``step`` on ``rank``: a pure function of (seed, step, rank)."""
+        rng = np.random.default_rng([self.seed, step, rank, 0x5E])
+        picked = [self.utterances[i] for i in rng.choice(len(self.utterances), self.utterances_per_step)]
+        waves = [read_audio(u.entry.path, self.sample_rate)[0] for u in picked]
+        samples = torch.tensor([w.shape[-1] for w in waves])
+        audio = torch.zeros(len(waves), 1, int(samples.max()))
+        for row, wave in enumerate(waves):
+            audio[row, 0, : wave.shape[-1]] = wave
+        targets = torch.tensor([t for u in picked for t in u.targets])
+        return SemanticBatch(audio, samples, targets, torch.tensor([len(u.targets) for u in picked]))
+
+    def forward(self, codec: Codec, step: int, rank: int = 0) -> torch.Tensor:
+        """The CTC loss (unweighted) of this step's utterances, read from the chosen group."""
+        if self.head is None:
+            raise RuntimeError("SemanticSupervision.attach(codec, transcripts, seed) must run before training")
+        device = next(self.head.parameters()).device
+        batch = self.batch(step, rank)
+        latent = codec.latent(batch.audio.to(device))
+        view = codec.quantizer.semantic_view(latent, self.group, self.layers)
+        logits = self.head(view.float()).repeat_interleave(self.upsample, dim=-1)
+        slots = torch.div(batch.samples + self.hop_length - 1, self.hop_length, rounding_mode="floor") * self.upsample
+        log_probs = logits.log_softmax(1).permute(2, 0, 1)  # [T, B, classes]
+        return F.ctc_loss(
+            log_probs, batch.targets.to(device), slots.to(device), batch.target_lengths.to(device), zero_infinity=True
+        )

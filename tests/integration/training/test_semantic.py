@@ -1,0 +1,56 @@
+"""loss.semantic through train.py: the term is trained and logged, its head is checkpointed and
+resumes exactly, and settings that cannot work stop before training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from mlflow.tracking import MlflowClient
+
+from tests.integration.training.test_train_cli import train
+
+COMMON = [
+    "experiment=smoke",
+    "semantic=characters",
+    "trainer.deterministic=true",
+    "trainer.checkpoint_every=2",
+    "trainer.log_every=2",
+]
+
+
+def test_semantic_training_logs_the_term_and_resumes_exactly(tmp_path: Path) -> None:
+    db = tmp_path / "mlflow.db"
+    tracking = f"logger.tracking_uri=sqlite:///{db}"
+    train([*COMMON, "trainer.max_steps=6", tracking, f"hydra.run.dir={tmp_path / 'straight'}"], cwd=tmp_path)
+    split = tmp_path / "split"
+    train([*COMMON, "trainer.max_steps=4", tracking, f"hydra.run.dir={split}"], cwd=tmp_path)
+    resumed = train([*COMMON, "trainer.max_steps=6", tracking, f"hydra.run.dir={split}"], cwd=tmp_path)
+    assert "resumed from" in resumed.stdout + resumed.stderr
+
+    final = torch.load(split / "checkpoints" / "latest.pt", weights_only=True)
+    reference = torch.load(tmp_path / "straight" / "checkpoints" / "latest.pt", weights_only=True)
+    head = reference["semantic"]
+    assert head and any(k.startswith("head.") for k in head), "the semantic head is saved with the optimizer state"
+    for key, value in head.items():
+        assert torch.equal(final["semantic"][key], value), f"semantic head {key} differs after resume"
+    for key, value in reference["codec"].items():
+        assert torch.equal(final["codec"][key], value), f"codec.{key} differs after resume"
+
+    run_id = json.loads((split / "status.json").read_text())["run_id"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    history = client.get_metric_history(run_id, "train/semantic")
+    assert [m.step for m in history] == [2, 4, 6] and all(m.value > 0 for m in history)
+    assert client.get_run(run_id).data.params["loss.semantic.units"] == "characters"
+
+
+def test_semantic_supervision_without_transcripts_stops_before_training(tmp_path: Path) -> None:
+    result = train(
+        ["experiment=smoke", "semantic=characters", "data=synthetic", "logger=none", f"hydra.run.dir={tmp_path / 'r'}"],
+        cwd=tmp_path,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "loss.semantic needs training utterances" in output, output[-2000:]
+    assert "Traceback" not in output and not list((tmp_path / "r").glob("checkpoints/*.pt"))

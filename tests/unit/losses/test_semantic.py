@@ -1,0 +1,126 @@
+"""loss.semantic: the quantizer's view of one group, the step's utterances, and a CTC loss that
+teaches the encoder (through that group's channels alone) to carry the transcript."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+import torch
+
+from codec.config import ConfigError, build_codec, build_loss, compose_config, validate
+from codec.data.espeak import EspeakSynthesizer, Voice
+from codec.data.manifest import AudioEntry
+from codec.losses.semantic import SemanticSupervision, SemanticSupervisionError
+
+SENTENCES = ["the cat sat on the mat", "a quick brown fox", "we sing in the rain", "open the red door"]
+
+
+@pytest.fixture(scope="module")
+def transcribed(tmp_path_factory) -> list[tuple[AudioEntry, str]]:
+    """Real speech (espeak-ng, in process) at 16 kHz with its transcripts."""
+    folder = tmp_path_factory.mktemp("speech")
+    synthesizer = EspeakSynthesizer()
+    pairs = []
+    for index, text in enumerate(SENTENCES):
+        audio = synthesizer.synthesize(text, Voice("en-us", "m1" if index % 2 else "f1"))
+        audio = soxr.resample(audio, synthesizer.sample_rate, 16000).astype(np.float32)
+        path = folder / f"utterance_{index}.wav"
+        sf.write(path, audio, 16000)
+        pairs.append((AudioEntry(str(path), len(audio), 16000), text))
+    return pairs
+
+
+def smoke_codec(*overrides: str):
+    return build_codec(compose_config(["experiment=smoke", *overrides]))
+
+
+@pytest.mark.parametrize("quantizer", ["grvq_ema", "rvq", "fsq", "residual_fsq", "bsq", "simvq"])
+def test_the_view_is_one_groups_output_with_gradient_to_its_channels_only(quantizer: str) -> None:
+    codec = smoke_codec(f"quantizer={quantizer}", "quantizer.groups=2")
+    q = codec.quantizer.train()
+    before = {k: v.clone() for k, v in q.state_dict().items()}
+    latent = torch.randn(2, q.dim, 12, requires_grad=True)
+    view = q.semantic_view(latent, group=1, n_layers=1)
+    width = q.dim // 2
+    assert view.shape == (2, width, 12)
+    expected = q.decode(q.encode(latent.detach(), 1))[:, width:]
+    assert torch.allclose(view, expected, atol=1e-5)
+    view.sum().backward()
+    assert latent.grad is not None
+    assert torch.all(latent.grad[:, :width] == 0) and torch.all(latent.grad[:, width:] == 1)
+    after = q.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "the view must not update codebook statistics"
+
+
+def semantic(**overrides) -> SemanticSupervision:
+    return SemanticSupervision(**{"weight": 1.0, "utterances_per_step": 2, **overrides})
+
+
+def test_a_steps_utterances_are_a_function_of_seed_step_and_rank(transcribed) -> None:
+    codec = smoke_codec("quantizer.groups=2")
+    first, second = semantic(), semantic()
+    first.attach(codec, transcribed, seed=3)
+    second.attach(codec, transcribed, seed=3)
+    a, b = first.batch(7, rank=0), second.batch(7, rank=0)
+    assert torch.equal(a.audio, b.audio) and torch.equal(a.targets, b.targets)
+    draws = {tuple(first.batch(step, rank).target_lengths.tolist()) for step in range(6) for rank in range(2)}
+    assert len(draws) > 1, "steps and ranks must draw different utterances"
+    assert int(a.samples.max()) == a.audio.shape[-1] and len(a.target_lengths) == 2
+
+
+def test_ctc_through_one_group_teaches_the_encoder(transcribed) -> None:
+    """40 updates of the semantic loss alone on 4 utterances: the CTC loss falls by more than half,
+    and the encoder's weights move (the gradient reaches it through the group's channels)."""
+    torch.manual_seed(0)
+    codec = smoke_codec("quantizer.groups=2").train()
+    loss = semantic(utterances_per_step=4)
+    loss.attach(codec, transcribed, seed=0)
+    encoder_before = [p.detach().clone() for p in codec.encoder.parameters()]
+    optimizer = torch.optim.Adam([*codec.encoder.parameters(), *loss.parameters()], lr=1e-2)
+    values = []
+    for step in range(40):
+        optimizer.zero_grad()
+        value = loss(codec, step)
+        value.backward()
+        optimizer.step()
+        values.append(float(value))
+    assert np.mean(values[-5:]) < 0.5 * np.mean(values[:5]), values
+    assert any(not torch.equal(a, b) for a, b in zip(encoder_before, codec.encoder.parameters()))
+
+
+def test_phonemes_come_from_espeak_and_differ_from_characters(transcribed) -> None:
+    codec = smoke_codec("quantizer.groups=2")
+    characters, phonemes = semantic(), semantic(units="phonemes")
+    characters.attach(codec, transcribed, seed=0)
+    phonemes.attach(codec, transcribed, seed=0)
+    assert characters.classes == 29
+    assert 10 < phonemes.classes < 80 and phonemes.classes != characters.classes
+    a, b = characters.batch(0), phonemes.batch(0)
+    assert torch.equal(a.audio, b.audio) and a.targets.tolist() != b.targets.tolist()
+
+
+def test_the_built_loss_carries_the_semantic_term_and_its_weight() -> None:
+    cfg = compose_config(["experiment=smoke", "semantic=phonemes", "loss.semantic.weight=0.5"])
+    loss = build_loss(cfg)
+    assert loss.semantic is not None and loss.semantic.units_name == "phonemes"
+    assert loss.weights["semantic"] == 0.5
+    assert build_loss(compose_config(["experiment=smoke"])).semantic is None
+
+
+def test_settings_that_cannot_work_are_refused(transcribed, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"loss.semantic.group=2, but the quantizer has 2 group"):
+        validate(compose_config(["experiment=smoke", "semantic=characters", "loss.semantic.group=2"]))
+    with pytest.raises(ConfigError, match=r"loss.semantic.layers=3, but the quantizer has 2 layer"):
+        validate(compose_config(["experiment=smoke", "semantic=characters", "loss.semantic.layers=3"]))
+    with pytest.raises(SemanticSupervisionError, match="weight=0 must be > 0"):
+        semantic(weight=0)
+    with pytest.raises(SemanticSupervisionError, match="units='words' is unknown"):
+        semantic(units="words")
+    with pytest.raises(SemanticSupervisionError, match="none fits"):
+        semantic(max_seconds=0.1).attach(smoke_codec(), transcribed, seed=0)
+    with pytest.raises(SemanticSupervisionError, match="none fits"):
+        semantic().attach(smoke_codec(), [], seed=0)
