@@ -38,6 +38,19 @@ def require_tool(name: str) -> str:
     return path
 
 
+def require_slurm_cluster() -> None:
+    """Skip locally, fail under CI, when no SLURM cluster answers (slurm/start_local_cluster.sh)."""
+    import subprocess
+
+    require_tool("sinfo")
+    probe = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
+    if probe.returncode != 0 or not probe.stdout.strip():
+        message = "no SLURM cluster answers; start one with: sudo bash slurm/start_local_cluster.sh"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
 TIERS = ("unit", "integration", "e2e")
 
 

@@ -190,6 +190,14 @@ class AudioDataModule:
             prefetch_factor=4 if num_workers else None,
         )
 
+    def position(self, step: int) -> dict:
+        """The data position a checkpoint keeps: here the step alone, since the segments of a
+        step are a pure function of (seed, step) whatever the number of loader workers."""
+        return {"kind": "indexed", "step": step}
+
+    def restore_position(self, position: dict | None) -> None:
+        """Continue from a checkpoint's :meth:`position` (nothing to restore for indexed data)."""
+
     def utterances(
         self, split: str, max_utterances: int | None = None, max_seconds: float | None = None
     ) -> list[tuple[str, torch.Tensor]]:

@@ -92,6 +92,7 @@ class Trainer:
             "guards": self.guards.state_dict() if self.guards is not None else {},
             "cost": p.cost.state_dict(),
             "splits": checkpoint_record(p.split_record),
+            "data_position": self.data.position(self.step),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -106,6 +107,7 @@ class Trainer:
         if self.guards is not None:
             self.guards.load_state_dict(state.get("guards", {}))
         self.parts.cost.load_state_dict(state.get("cost", {}))
+        self.data.restore_position(state.get("data_position"))
         set_rng_state(state["rng"])
 
     def save_checkpoint(self) -> Path | None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import HANG_GUARD_S, REPO_ROOT, require_tool
+from tests.conftest import HANG_GUARD_S, REPO_ROOT, require_slurm_cluster
 from tests.integration.sweep.test_local_sweeps import TINY_RUN
 from tests.integration.sweep.test_local_sweeps import status as sweep_table
 
@@ -22,13 +22,7 @@ SLURM = ["hydra/launcher=submitit_slurm", "+cluster=localhost"]
 
 @pytest.fixture(scope="module", autouse=True)
 def slurm_cluster() -> None:
-    require_tool("sinfo")
-    probe = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
-    if probe.returncode != 0 or not probe.stdout.strip():
-        message = "no SLURM cluster answers; start one with: sudo bash slurm/start_local_cluster.sh"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require_slurm_cluster()
 
 
 def sweep(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
