@@ -34,7 +34,7 @@ from codec.training.distributed import DistributedContext, init_distributed, lau
 from codec.training.gan_step import GANStep
 from codec.training.guards import Guardrails
 from codec.training.host_memory import retain_freed_host_memory
-from codec.training.identity import run_identity
+from codec.training.identity import EFFECTIVE_BATCH_KEY, run_identity
 from codec.training.run_lock import RunLock
 from codec.training.settings import TrainerConfigError, TrainerSettings, enabled_on
 from codec.training.warm_start import WarmStartError, warm_start
@@ -72,6 +72,7 @@ def build_run(cfg: DictConfig, run_dir: Path) -> RunParts:
     run_lock = lock_run_dir(run_dir)
     settings = trainer_settings(cfg)
     validate(cfg)
+    check_accumulation(cfg, settings)
     seed_everything(settings)  # before any module is built, so initial weights follow trainer.seed
     device, dist, budget = place(settings)
     codec = build_codec(cfg).to(device)
@@ -89,7 +90,9 @@ def build_run(cfg: DictConfig, run_dir: Path) -> RunParts:
     gan = GANStep(codec, discriminator, loss, settings, device, dist)
     check_segment(codec, gan, settings)
     config = plain_dict(cfg)
-    audio_seconds_per_step = settings.batch_size * settings.segment_seconds * dist.world_size
+    effective_batch = settings.batch_size * settings.accumulate_steps * dist.world_size
+    config[EFFECTIVE_BATCH_KEY] = effective_batch
+    audio_seconds_per_step = effective_batch * settings.segment_seconds
     return RunParts(
         config, settings, run_identity(config), device, dist, budget, codec, discriminator, loss, data,
         split_record, evaluator, guards, probes, started_from, gan, checkpoint_manager(run_dir, settings),
@@ -116,6 +119,16 @@ def trainer_settings(cfg: DictConfig) -> TrainerSettings:
         raise ConfigError(str(error)) from error
     except TypeError as error:
         raise ConfigError(f"invalid config 'trainer': {error}") from error
+
+
+def check_accumulation(cfg: DictConfig, settings: TrainerSettings) -> None:
+    """Gradient accumulation needs losses that are means over the batch; EnCodec's balancer
+    normalises each backward pass's gradient by its own norm, so it is refused with it."""
+    if settings.accumulate_steps > 1 and cfg.loss.get("balancer") is not None:
+        raise ConfigError(
+            f"trainer.accumulate_steps={settings.accumulate_steps} cannot be used with loss.balancer (it balances "
+            "each backward pass on its own); use loss=encodec_fixed, or accumulate_steps=1 with a larger batch"
+        )
 
 
 def seed_everything(settings: TrainerSettings) -> None:

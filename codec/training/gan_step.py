@@ -8,9 +8,10 @@ vs compression solver.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -188,7 +189,9 @@ class GANStep:
         max_norm = self.settings.grad_clip if self.settings.grad_clip else float("inf")
         return torch.nn.utils.clip_grad_norm_(parameters, max_norm)
 
-    def train_step(self, batch: torch.Tensor, step: int, timer=NO_TIMING) -> dict[str, torch.Tensor]:
+    def train_step(
+        self, batch: torch.Tensor | list[torch.Tensor], step: int, timer=NO_TIMING
+    ) -> dict[str, torch.Tensor]:
         """One discriminator update then one generator update on ``batch`` [B, 1, T] at ``step``
         (steps done before this one). Returns device tensors; nothing here syncs with the host.
 
@@ -197,7 +200,13 @@ class GANStep:
 
         Real and fake audio go through the discriminators' update in one batched pass, and each
         STFT window is computed once over both and shared by the discriminators and the mel loss.
+
+        A list of micro-batches (``trainer.accumulate_steps``) goes to :meth:`accumulated_step`.
         """
+        if isinstance(batch, list):
+            if len(batch) > 1:
+                return self.accumulated_step(batch, step, timer)
+            batch = batch[0]
         size = batch.shape[0]
         train_discriminator = step >= self.settings.discriminator_start_step
         adversarial = step >= adversarial_from(self.settings)
@@ -221,9 +230,7 @@ class GANStep:
         with timer.phase(StepPhase.GENERATOR_BACKWARD):
             self.opt_g.zero_grad(set_to_none=True)
             balancer_shares = self.loss.backward(terms, fake)
-            for parameter in self.semantic_head:  # outside DDP: averaged here, as DDP does the codec's
-                if parameter.grad is not None:
-                    all_reduce_mean_(parameter.grad)
+            self._sync_semantic_head()
             grad_norm_g = self._clip(self.generator_parameters)
         with timer.phase(StepPhase.OPTIMIZER):
             self.opt_g.step()
@@ -243,6 +250,81 @@ class GANStep:
             }
         )
         return {**metrics, **codebook_metrics(out.quantizer.stats)}
+
+    def accumulated_step(self, micro: list[torch.Tensor], step: int, timer=NO_TIMING) -> dict[str, torch.Tensor]:
+        """One update from ``k`` micro-batches, each loss divided by ``k``: both models' gradients
+        are those of the whole batch. The generator and discriminator pass once per micro-batch,
+        so the generator's adversarial terms see the discriminator as it was at the start of the
+        step (with one batch it is updated first); under DDP only the last micro-batch syncs."""
+        count, train_discriminator = len(micro), step >= self.settings.discriminator_start_step
+        self.opt_g.zero_grad(set_to_none=True)
+        self.opt_d.zero_grad(set_to_none=True)
+        logged: list[dict[str, torch.Tensor]] = []
+        for index, batch in enumerate(micro):
+            with self._unsynced(index < count - 1):
+                logged.append(self._micro_step(batch, step, index, count, train_discriminator))
+        with timer.phase(StepPhase.OPTIMIZER):
+            metrics = {key: torch.stack([m[key] for m in logged]).mean() for key in logged[0]}
+            if train_discriminator:
+                metrics["train/grad_norm_discriminator"] = self._clip(self.discriminator.parameters()).detach()
+                self.opt_d.step()
+            self._sync_semantic_head()
+            metrics["train/grad_norm_generator"] = self._clip(self.generator_parameters).detach()
+            self.opt_g.step()
+            for scheduler in (self.sched_g, self.sched_d if train_discriminator else None):
+                if scheduler is not None:
+                    scheduler.step()
+            self._update_ema()
+        return metrics
+
+    def _micro_step(
+        self, batch: torch.Tensor, step: int, index: int, count: int, train_discriminator: bool
+    ) -> dict[str, torch.Tensor]:
+        """Forward and backward of one micro-batch (losses / ``count``); returns its metrics."""
+        with self._autocast():
+            out = self.codec_forward(batch)
+        fake = out.audio.float()
+        joint = torch.cat([batch, fake])
+        spectra = spectrum_bank(joint, self.stft_windows)
+        metrics: dict[str, torch.Tensor] = {}
+        if train_discriminator:
+            self.discriminator.requires_grad_(True)
+            with self._autocast(self.discriminator_autocast_enabled):
+                real_d, fake_d = split_outputs(
+                    self.discriminator_forward(joint.detach(), detach_bank(spectra)), batch.shape[0]
+                )
+            loss_d = self.loss.discriminator(as_float(real_d, False), as_float(fake_d, False))
+            self.track_finite({"discriminator": loss_d}, step)
+            (loss_d / count).backward()
+            metrics["train/loss_discriminator"] = loss_d.detach()
+        adversarial = step >= adversarial_from(self.settings)
+        terms = self._generator_terms(batch, fake, joint, spectra, out.quantizer.losses["total"], adversarial)
+        if self.loss.semantic is not None:
+            terms["semantic"] = self.loss.semantic(self.codec, step * count + index, self.rank)
+        loss_g = self.loss.total(terms)
+        self.track_finite({"generator": loss_g, **terms}, step)
+        (loss_g / count).backward()
+        metrics.update({f"train/{k}": v.detach() for k, v in terms.items()})
+        metrics["train/loss_generator"] = loss_g.detach()
+        metrics["train/commitment"] = out.quantizer.losses["commitment"].detach()
+        return {**metrics, **codebook_metrics(out.quantizer.stats)}
+
+    def _unsynced(self, skip: bool) -> Any:
+        """DDP's ``no_sync`` on both models while ``skip`` (gradients stay local until the last
+        micro-batch); a no-op in one process."""
+        stack = contextlib.ExitStack()
+        if skip:
+            for model in (self.codec_forward, self.discriminator_forward):
+                no_sync = getattr(model, "no_sync", None)
+                if no_sync is not None:
+                    stack.enter_context(no_sync())
+        return stack
+
+    def _sync_semantic_head(self) -> None:
+        """The semantic head lives outside DDP: its gradients are averaged here, as DDP does the codec's."""
+        for parameter in self.semantic_head:
+            if parameter.grad is not None:
+                all_reduce_mean_(parameter.grad)
 
     def _generator_terms(
         self,
@@ -328,3 +410,13 @@ class GANStep:
             ema_p.lerp_(p.detach(), 1.0 - decay)
         for ema_b, b in zip(self.ema_codec.buffers(), self.codec.buffers()):
             ema_b.copy_(b)
+
+
+def micro_batches(loader: Iterable[torch.Tensor], count: int, device: torch.device) -> Iterator[Any]:
+    """The loader's batches on ``device``: one per step, or lists of ``count`` micro-batches."""
+    group: list[torch.Tensor] = []
+    for batch in loader:
+        group.append(batch.to(device, non_blocking=True))
+        if len(group) == count:
+            yield group if count > 1 else group[0]
+            group = []

@@ -83,8 +83,21 @@ def trained_overrides(overrides: Iterable[str]) -> list[str]:
     return sorted(o for o in overrides if not is_untrained_key(o.split("=", 1)[0]))
 
 
+# What the identity reads through the effective batch instead: the per-rank batch and the
+# accumulation. A run moved to half the GPUs with accumulate_steps doubled stays the same run.
+PER_RANK_BATCH_KEYS = ("trainer.batch_size", "trainer.accumulate_steps")
+EFFECTIVE_BATCH_KEY = "effective_batch_size"
+
+
 def identity_items(config: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in flatten(config).items() if not is_untrained_key(key)}
+    """The trained keys of a config, the batch as the effective one (``effective_batch_size``,
+    put there by the run; a config saved before it existed gives batch_size x accumulate_steps)."""
+    items = {key: value for key, value in flatten(config).items() if not is_untrained_key(key)}
+    per_rank = {key: items.pop(key, None) for key in PER_RANK_BATCH_KEYS}
+    if EFFECTIVE_BATCH_KEY not in items and per_rank["trainer.batch_size"] is not None:
+        accumulate = int(per_rank["trainer.accumulate_steps"] or 1)
+        items[EFFECTIVE_BATCH_KEY] = int(per_rank["trainer.batch_size"]) * accumulate
+    return items
 
 
 def run_identity(config: Mapping[str, Any]) -> str:

@@ -23,6 +23,7 @@ class TrainerSettings:
 
     max_steps: int
     batch_size: int
+    accumulate_steps: int
     segment_seconds: float
     seed: int
     log_every: int
@@ -70,7 +71,8 @@ class TrainerSettings:
         return settings
 
     def check(self) -> None:
-        for name in ("max_steps", "batch_size", "log_every", "eval_every", "checkpoint_every", "keep_last"):
+        positive = ("max_steps", "batch_size", "accumulate_steps", "log_every", "eval_every", "checkpoint_every")
+        for name in (*positive, "keep_last"):
             if int(getattr(self, name)) < 1:
                 raise TrainerConfigError(f"trainer.{name}={getattr(self, name)} must be a positive integer")
         for name in ("discriminator_warmup_steps", "discriminator_start_step"):

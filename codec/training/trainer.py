@@ -26,6 +26,7 @@ from codec.tracking import NullLogger, RunLogger
 from codec.training.build import build_run
 from codec.training.checkpoint import rng_state, set_rng_state
 from codec.training.distributed import any_rank
+from codec.training.gan_step import micro_batches
 from codec.training.guards import GuardStop
 from codec.training.identity import check_resumable
 from codec.training.recorder import RunRecorder, prefixless
@@ -118,7 +119,7 @@ class Trainer:
         self.recorder.checkpoint_saved(self.step)
         return path
 
-    def train_step(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+    def train_step(self, batch: torch.Tensor | list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """One GAN update at the current step (see :class:`~codec.training.gan_step.GANStep`)."""
         return self.gan.train_step(batch, self.step)
 
@@ -266,16 +267,17 @@ class Trainer:
         s = self.settings
         if self.step >= s.max_steps:
             return
+        k = s.accumulate_steps  # the loader serves micro-batches: k per step
         loader = self.data.train_loader(
-            s.batch_size, s.segment_seconds, s.seed, self.step, s.max_steps,
+            s.batch_size, s.segment_seconds, s.seed, self.step * k, s.max_steps * k,
             num_workers=self.parts.cpu_budget.workers(s.num_workers), pin_memory=self.device.type == "cuda",
             rank=self.dist.rank, world_size=self.dist.world_size,
         )  # fmt: skip
         window = LogWindow(self.step)
         self.codec.train()
         self.discriminator.train()
-        for batch in loader:
-            metrics = self.train_step(batch.to(self.device, non_blocking=True))
+        for batch in micro_batches(loader, k, self.device):
+            metrics = self.train_step(batch)
             self.step += 1
             window.add(metrics)
             if self.step % s.log_every == 0 or self.step == s.max_steps:
@@ -290,7 +292,7 @@ class Trainer:
         """The log step: tracker metrics, guardrails, the console line and the status heartbeat."""
         self._raise_if_nonfinite()
         s = self.settings
-        values = window.close(s.batch_size * s.segment_seconds)
+        values = window.close(s.batch_size * s.accumulate_steps * s.segment_seconds)
         values["train/lr_generator"] = self.gan.opt_g.param_groups[0]["lr"]
         values.update(self.parts.cost.metrics(self.step))
         self.recorder.metrics(values, self.step)

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import HANG_GUARD_S, REPO_ROOT, require_slurm_cluster
@@ -239,3 +240,32 @@ def test_a_cancelled_array_is_reported_not_waited_on(tmp_path: Path) -> None:
     output = process.communicate(timeout=600)[0]
     assert process.returncode != 0
     assert output.count("cancelled (scancel) without a result") >= 2, output[-3000:]
+
+
+def test_a_two_task_job_trains_like_one_process_at_the_same_effective_batch(tmp_path: Path) -> None:
+    """The profile's nodes and tasks reach SLURM: 2 tasks x batch 1 (gloo) end with the weights
+    of one process at batch 2, and both runs have the same identity (the effective batch).
+    SGD, so a float-level gradient difference stays float-level (Adam's first steps amplify
+    the sign of near-zero gradients); no discriminator, whose normalised feature loss reads
+    the batch it is given."""
+    common = [
+        "experiment=smoke", "quantizer=fsq", "trainer.max_steps=4", "trainer.discriminator_start_step=100",
+        "trainer.deterministic=true", "trainer.checkpoint_every=2", "eval.metrics=[mel_distance]", "logger=none",
+        "trainer.generator_optimizer._target_=torch.optim.SGD", "~trainer.generator_optimizer.betas",
+        "trainer.generator_optimizer.lr=1e-3",
+    ]  # fmt: skip
+    sweep([*common, "hydra.launcher.nodes=1", "hydra.launcher.tasks_per_node=2", "trainer.batch_size=1",
+           f"hydra.sweep.dir={tmp_path / 'two'}"], cwd=tmp_path)  # fmt: skip
+    (run_dir,) = [p for p in (tmp_path / "two").iterdir() if p.is_dir() and not p.name.startswith(".")]
+    assert sorted(p.name for p in (run_dir / "ranks").iterdir()) == ["rank0_quantizer.pt", "rank1_quantizer.pt"]
+    single = [*common, "trainer.batch_size=2", f"hydra.run.dir={tmp_path / 'one'}"]
+    subprocess.run(
+        [sys.executable, str(REPO_ROOT / "train.py"), *single],
+        cwd=tmp_path, check=True, capture_output=True, timeout=HANG_GUARD_S,
+    )  # fmt: skip
+    two = torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)
+    one = torch.load(tmp_path / "one" / "checkpoints" / "latest.pt", weights_only=True)
+    assert two["config"]["effective_batch_size"] == one["config"]["effective_batch_size"] == 2
+    assert two["identity"] == one["identity"]
+    for key, value in one["codec"].items():
+        assert torch.allclose(two["codec"][key], value, atol=1e-5), f"codec.{key} differs between 2 ranks and 1"
