@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import multiprocessing
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,6 +18,8 @@ from codec.evaluation.metrics import KNOWN_METRICS, PERCEPTUAL_METRICS, SignalMe
 from codec.evaluation.perceptual import init_worker, perceptual_metrics
 from codec.model import Codec
 from codec.quantization.stats import code_histogram, stats_from_histogram
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -139,39 +143,77 @@ class Evaluator:
         transcripts: dict[str, str] | None = None,
         grammar: str | None = None,
         n_layers: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> EvalResult:
         """Reconstruct and score full utterances; codebook health over the whole set.
 
         ``transcripts`` maps utterance names to their text (for WER); ``grammar`` is a JSGF file;
         ``n_layers`` decodes with the first residual layers of each group only (a lower bitrate).
+        With ``world_size`` ranks (every rank calls this), rank ``r`` scores every ``world_size``-th
+        utterance from ``r`` and all ranks receive the whole set's result, in the set's order.
         """
         if not utterances:
             raise ValueError("no utterances to evaluate")
         was_training = codec.training
         codec.eval()
-        pairs, samples, histogram = [], [], None
-        for index, (name, wav) in enumerate(utterances):
-            batch = wav.view(1, 1, -1).to(device)
-            out = codec(batch, n_layers)
-            estimate = out.audio.float().cpu().view(1, -1)
-            counts = code_histogram(out.quantizer.codes, codec.quantizer.codebook_size)
-            histogram = counts if histogram is None else histogram + counts
-            pairs.append((wav.view(1, -1).float(), estimate))
-            if index < self.audio_samples:
-                samples.append((name, wav.view(1, -1).float(), estimate))
+        mine = list(range(rank, len(utterances), world_size))
+        if world_size > 1:
+            log.info("evaluation: rank %d of %d scores %d of %d utterances", rank, world_size, len(mine),
+                     len(utterances))  # fmt: skip
+        pairs, histogram = self._reconstruct(codec, [utterances[i][1] for i in mine], device, n_layers)
         codec.train(was_training)
         names = [name for name, _ in utterances]
-        per_utterance = self.score_pairs(pairs, [(transcripts or {}).get(name) for name in names], grammar)
+        scores = self.score_pairs(pairs, [(transcripts or {}).get(names[i]) for i in mine], grammar)
+        shares = gather_shares((mine, scores, histogram, pairs[: self.audio_samples]), world_size)
+        per_utterance, samples, histogram = self._merge(shares, names)
         metrics = aggregate(per_utterance)
         metrics["bitrate_kbps"] = codec.bitrate_kbps(n_layers)
         metrics["tokens_per_second"] = codec.tokens_per_second(n_layers)
-        if histogram is None:
-            raise ValueError("no utterances to evaluate")
         stats = {k: v.cpu().tolist() for k, v in stats_from_histogram(histogram).items()}
         for key, values in stats.items():
             metrics[f"codebook_{key}_mean"] = float(np.mean(values))
         metrics["effective_bitrate_kbps"] = codec.frame_rate * float(np.sum(stats["entropy_bits"])) / 1000.0
         return EvalResult(metrics, per_utterance, samples, stats, names, self.packages())
+
+    @staticmethod
+    def _reconstruct(
+        codec: Codec, waves: Sequence[torch.Tensor], device: torch.device | str, n_layers: int | None
+    ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+        """(reference, reconstruction) pairs on the CPU and the summed code histogram."""
+        pairs, histogram = [], torch.zeros(0)
+        for wav in waves:
+            out = codec(wav.view(1, 1, -1).to(device), n_layers)
+            counts = code_histogram(out.quantizer.codes, codec.quantizer.codebook_size).cpu()
+            histogram = counts if histogram.numel() == 0 else histogram + counts
+            pairs.append((wav.view(1, -1).float(), out.audio.float().cpu().view(1, -1)))
+        return pairs, histogram
+
+    def _merge(self, shares: list[Any], names: list[str]) -> tuple[list[dict[str, float]], list, torch.Tensor]:
+        """The ranks' shares in the set's order: scores, the first audio samples, one histogram."""
+        per_utterance: list[dict[str, float]] = [{} for _ in names]
+        samples = []
+        for indices, share_scores, _, share_pairs in shares:
+            for position, index in enumerate(indices):
+                per_utterance[index] = share_scores[position]
+                if index < self.audio_samples and position < len(share_pairs):
+                    samples.append((index, names[index], *share_pairs[position]))
+        histograms = [h for _, _, h, _ in shares if h.numel()]
+        if not histograms:
+            raise ValueError("no utterances to evaluate")
+        ordered = [sample[1:] for sample in sorted(samples, key=lambda sample: sample[0])]
+        return per_utterance, ordered, torch.stack(histograms).sum(0)
+
+
+def gather_shares(share: Any, world_size: int) -> list[Any]:
+    """Every rank's share of an evaluation, on every rank (one process: its own)."""
+    if world_size <= 1:
+        return [share]
+    import torch.distributed as dist
+
+    gathered: list[Any] = [None] * world_size
+    dist.all_gather_object(gathered, share)
+    return gathered
 
 
 def aggregate(per_utterance: Sequence[dict[str, float]]) -> dict[str, float]:

@@ -120,7 +120,7 @@ class SemanticSupervision(nn.Module):
         self.head = nn.Sequential(
             nn.Conv1d(width, self.hidden, 3, padding=1), nn.GELU(), nn.Conv1d(self.hidden, units.classes, 1)
         )
-        self.classes = units.classes
+        self.units, self.classes = units, units.classes
 
     def _units(self, texts: list[str]) -> TextUnits:
         return CharacterUnits() if self.units_name == "characters" else PhonemeUnits(texts, self.language)

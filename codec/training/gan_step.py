@@ -189,9 +189,7 @@ class GANStep:
         max_norm = self.settings.grad_clip if self.settings.grad_clip else float("inf")
         return torch.nn.utils.clip_grad_norm_(parameters, max_norm)
 
-    def train_step(
-        self, batch: torch.Tensor | list[torch.Tensor], step: int, timer=NO_TIMING
-    ) -> dict[str, torch.Tensor]:
+    def train_step(self, batch: torch.Tensor, step: int, timer=NO_TIMING) -> dict[str, torch.Tensor]:
         """One discriminator update then one generator update on ``batch`` [B, 1, T] at ``step``
         (steps done before this one). Returns device tensors; nothing here syncs with the host.
 
@@ -200,13 +198,8 @@ class GANStep:
 
         Real and fake audio go through the discriminators' update in one batched pass, and each
         STFT window is computed once over both and shared by the discriminators and the mel loss.
-
-        A list of micro-batches (``trainer.accumulate_steps``) goes to :meth:`accumulated_step`.
+        Micro-batches (``trainer.accumulate_steps``) go to :meth:`accumulated_step`.
         """
-        if isinstance(batch, list):
-            if len(batch) > 1:
-                return self.accumulated_step(batch, step, timer)
-            batch = batch[0]
         size = batch.shape[0]
         train_discriminator = step >= self.settings.discriminator_start_step
         adversarial = step >= adversarial_from(self.settings)
@@ -222,9 +215,7 @@ class GANStep:
         )
 
         with timer.phase(StepPhase.GENERATOR_FORWARD):
-            terms = self._generator_terms(batch, fake, joint, spectra, out.quantizer.losses["total"], adversarial)
-            if self.loss.semantic is not None:
-                terms["semantic"] = self.loss.semantic(self.codec, step, self.rank)
+            terms = self._generator_terms(batch, fake, joint, spectra, out.quantizer.losses["total"], adversarial, step)
             loss_g = self.loss.total(terms)
             self.track_finite({"generator": loss_g, **terms}, step)
         with timer.phase(StepPhase.GENERATOR_BACKWARD):
@@ -234,10 +225,7 @@ class GANStep:
             grad_norm_g = self._clip(self.generator_parameters)
         with timer.phase(StepPhase.OPTIMIZER):
             self.opt_g.step()
-            for scheduler in (self.sched_g, self.sched_d if train_discriminator else None):
-                if scheduler is not None:
-                    scheduler.step()
-            self._update_ema()
+            self._after_update(train_discriminator)
 
         metrics = {f"train/{k}": v.detach() for k, v in terms.items()}
         metrics.update(
@@ -271,11 +259,16 @@ class GANStep:
             self._sync_semantic_head()
             metrics["train/grad_norm_generator"] = self._clip(self.generator_parameters).detach()
             self.opt_g.step()
-            for scheduler in (self.sched_g, self.sched_d if train_discriminator else None):
-                if scheduler is not None:
-                    scheduler.step()
-            self._update_ema()
+            self._after_update(train_discriminator)
         return metrics
+
+    def _after_update(self, train_discriminator: bool) -> None:
+        """What follows each optimizer update: the schedulers (the discriminator's only while it
+        trains) and the generator's weight EMA."""
+        for scheduler in (self.sched_g, self.sched_d if train_discriminator else None):
+            if scheduler is not None:
+                scheduler.step()
+        self._update_ema()
 
     def _micro_step(
         self, batch: torch.Tensor, step: int, index: int, count: int, train_discriminator: bool
@@ -298,9 +291,8 @@ class GANStep:
             (loss_d / count).backward()
             metrics["train/loss_discriminator"] = loss_d.detach()
         adversarial = step >= adversarial_from(self.settings)
-        terms = self._generator_terms(batch, fake, joint, spectra, out.quantizer.losses["total"], adversarial)
-        if self.loss.semantic is not None:
-            terms["semantic"] = self.loss.semantic(self.codec, step * count + index, self.rank)
+        quantizer_loss = out.quantizer.losses["total"]
+        terms = self._generator_terms(batch, fake, joint, spectra, quantizer_loss, adversarial, step * count + index)
         loss_g = self.loss.total(terms)
         self.track_finite({"generator": loss_g, **terms}, step)
         (loss_g / count).backward()
@@ -334,9 +326,10 @@ class GANStep:
         spectra: Any,
         quantizer_loss: torch.Tensor,
         adversarial: bool,
+        semantic_step: int,
     ) -> dict[str, torch.Tensor]:
         """The generator's loss terms; the discriminators (frozen) judge the fake only from
-        ``adversarial_from`` on."""
+        ``adversarial_from`` on; ``loss.semantic`` draws the utterances of ``semantic_step``."""
         real_g = fake_g = None
         real_spectra, fake_spectra = split_bank(spectra, batch.shape[0])
         if adversarial:
@@ -344,7 +337,10 @@ class GANStep:
             with self._autocast(self.discriminator_autocast_enabled):
                 real_g, fake_g = self._generator_pass(batch, fake, joint, spectra, real_spectra, fake_spectra)
             real_g, fake_g = as_float(real_g), as_float(fake_g)
-        return self.loss.generator_terms(batch, fake, quantizer_loss, real_g, fake_g, real_spectra, fake_spectra)
+        terms = self.loss.generator_terms(batch, fake, quantizer_loss, real_g, fake_g, real_spectra, fake_spectra)
+        if self.loss.semantic is not None:
+            terms["semantic"] = self.loss.semantic(self.codec, semantic_step, self.rank)
+        return terms
 
     def _discriminator_update(
         self, joint: torch.Tensor, spectra: Any, size: int, step: int, timer: Any

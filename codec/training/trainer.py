@@ -121,6 +121,8 @@ class Trainer:
 
     def train_step(self, batch: torch.Tensor | list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """One GAN update at the current step (see :class:`~codec.training.gan_step.GANStep`)."""
+        if isinstance(batch, list):
+            return self.gan.accumulated_step(batch, self.step)
         return self.gan.train_step(batch, self.step)
 
     def _raise_if_nonfinite(self, all_ranks: bool = True) -> None:
@@ -139,8 +141,9 @@ class Trainer:
             )
 
     # -- evaluation --------------------------------------------------------------------------
-    def evaluate(self, split: str) -> EvalResult:
-        """The eval model on ``split`` (valid: at most ``eval.max_utterances``), utterances read once."""
+    def evaluate(self, split: str, across_ranks: bool = True) -> EvalResult:
+        """The eval model on ``split`` (valid: at most ``eval.max_utterances``), utterances read once;
+        split across the ranks (every rank calls it) unless ``across_ranks`` is false."""
         if split not in self._utterances:
             limit = self.evaluator.max_utterances if split == "valid" else None
             self._utterances[split] = self.data.utterances(split, limit, self.evaluator.max_seconds)
@@ -151,6 +154,8 @@ class Trainer:
             self.device,
             self.data.transcripts(split),
             str(grammar) if grammar else None,
+            rank=self.dist.rank if across_ranks else 0,
+            world_size=self.dist.world_size if across_ranks else 1,
         )
 
     def _log_eval(self, split: str, result: EvalResult) -> dict[str, float]:
@@ -165,9 +170,9 @@ class Trainer:
 
     def _validate_and_track_best(self) -> None:
         self._raise_if_nonfinite(all_ranks=False)
+        result = self.evaluate("valid")  # every rank scores its share
         if not self.dist.is_main:
             return
-        result = self.evaluate("valid")
         metrics = self._log_eval("valid", result)
         if self.guards is not None and self.guard_verdict is None:
             self.guard_verdict = self.guards.after_evaluation(self.step, result.metrics, result.codebook)
@@ -257,7 +262,7 @@ class Trainer:
             tags["warm_start"] = f"{','.join(start['parts'])} from {start['file']} (step {start['step']})"
         self.recorder.announce(self.device, self.parts.cpu_budget, tags)
         if self.step == 0 and self.settings.eval_at_start:
-            baseline = self.evaluate("valid")  # the untrained model, as step 0 of the curves
+            baseline = self.evaluate("valid", across_ranks=False)  # the untrained model, as step 0 of the curves
             self._log_eval("valid", baseline)
             if self.guards is not None:
                 self.guards.after_evaluation(0, baseline.metrics, baseline.codebook)
@@ -327,10 +332,10 @@ class Trainer:
             path = self.run_dir / "ranks" / f"rank{self.dist.rank}_quantizer.pt"
             path.parent.mkdir(parents=True, exist_ok=True)
             torch.save({k: v.cpu() for k, v in self.codec.quantizer.state_dict().items()}, path)
-        if not self.dist.is_main:
-            return {"state": "finished", "step": self.step, "rank": self.dist.rank}
         self._validate_and_track_best()
         test = self.evaluate("test")
+        if not self.dist.is_main:
+            return {"state": "finished", "step": self.step, "rank": self.dist.rank}
         self._log_eval("test", test)
         self.save_checkpoint()
         probes: dict[str, float] = {}

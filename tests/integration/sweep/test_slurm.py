@@ -244,7 +244,8 @@ def test_a_cancelled_array_is_reported_not_waited_on(tmp_path: Path) -> None:
 
 def test_a_two_task_job_trains_like_one_process_at_the_same_effective_batch(tmp_path: Path) -> None:
     """The profile's nodes and tasks reach SLURM: 2 tasks x batch 1 (gloo) end with the weights
-    of one process at batch 2, and both runs have the same identity (the effective batch).
+    of one process at batch 2, and both runs have the same identity (the effective batch); the
+    test split is scored half on each rank and gathered, to the one process's scores.
     SGD, so a float-level gradient difference stays float-level (Adam's first steps amplify
     the sign of near-zero gradients); no discriminator, whose normalised feature loss reads
     the batch it is given."""
@@ -269,3 +270,10 @@ def test_a_two_task_job_trains_like_one_process_at_the_same_effective_batch(tmp_
     assert two["identity"] == one["identity"]
     for key, value in one["codec"].items():
         assert torch.allclose(two["codec"][key], value, atol=1e-5), f"codec.{key} differs between 2 ranks and 1"
+    # evaluation is split across the ranks and gathered: the same scores as one process's
+    log = (run_dir / "train.log").read_text()
+    for rank in (0, 1):
+        assert f"evaluation: rank {rank} of 2 scores" in log
+    two_test = json.loads((run_dir / "status.json").read_text())["test"]
+    one_test = json.loads((tmp_path / "one" / "status.json").read_text())["test"]
+    assert two_test["mel_distance"] == pytest.approx(one_test["mel_distance"], rel=1e-4)
