@@ -2,8 +2,9 @@
 
     python -m codec.bench_semantic --seeds 0,1 --out semantic.json [OVERRIDES ...]
 
-Trains the same composition with and without ``semantic=characters`` (group 0 by default) for
-each seed, runs the token probes on each final codec, and writes per seed and on average:
+Trains the same composition with and without ``semantic=characters`` (group 0, its default
+weight) for each seed, runs the token probes on each final codec, and writes per seed and on
+average:
 
 - ``content_cer_group0_only``: the content probe's character error rate reading group 0 alone
   (every other group masked); lower means more of the transcript is recoverable from group 0;
@@ -26,9 +27,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+# The demo with 2 groups of 32 codes (10 bits per frame), whose codes a 200-step probe can read.
 DEFAULT_OVERRIDES = (
     "experiment=demo",
-    "trainer.max_steps=600",
+    "quantizer=grvq_10bit",
+    "trainer.max_steps=1200",
     "trainer.eval_every=100000",
     "trainer.eval_at_start=false",
     "logger=none",
@@ -58,6 +61,7 @@ def figures(status: dict[str, Any], group: int) -> dict[str, float]:
         f"content_cer_group{group}_only": probe[others[0]],
         f"content_cer_without_group{group}": probe[f"probe/content_cer_without_group{group}"],
         "content_cer": probe["probe/content_cer"],
+        "content_cer_shuffled": probe["probe/content_cer_shuffled"],
         "mel_distance": status["test"]["mel_distance"],
         "seconds_per_step": status["cost"].get("seconds_per_step", float("nan")),
     }
