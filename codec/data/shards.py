@@ -260,11 +260,14 @@ class ShardDataModule(AudioDataModule):
             self.corpora, int(round(segment_seconds * self.sample_rate)), seed, batch_size, start_step, max_steps,
             rank, world_size, self.shuffle_buffer,
         )  # fmt: skip
+        # A private generator: creating the loader must not draw from the global RNG, or a resumed
+        # run would diverge from an uninterrupted one.
         return DataLoader(
             stream,
             batch_size=batch_size,
             num_workers=num_workers,
             worker_init_fn=ignore_stop_signals,
+            generator=torch.Generator().manual_seed(seed),
             pin_memory=pin_memory,
             persistent_workers=False,
             prefetch_factor=4 if num_workers else None,

@@ -117,21 +117,30 @@ def test_pesq_wb_at_any_rate_equals_the_direct_16k_call(recorded_speech_48k, rat
         )
 
 
+def copy_16k(wav: torch.Tensor) -> np.ndarray:
+    """The 16 kHz float32 copy the evaluation workers score (soxr VHQ, here at the same rate)."""
+    return soxr.resample(wav.flatten().double().numpy(), 16000, 16000, quality="VHQ").astype(np.float32)
+
+
+def score_light_and_heavy(metric: str, reference: torch.Tensor, heavy: torch.Tensor) -> tuple[list[dict], torch.Tensor]:
+    """Scores of identity, a lightly noisy copy and ``heavy`` against ``reference``; and the light copy."""
+    light = reference + 0.002 * torch.randn(reference.shape, generator=torch.Generator().manual_seed(0))
+    evaluator = Evaluator(16000, metrics=[metric], workers=0)
+    with evaluator:
+        return evaluator.score_pairs([(reference, reference), (reference, light), (reference, heavy)]), light
+
+
 def test_mcd_matches_a_direct_librosa_computation_and_ranks_degradation(speech_16k) -> None:
     """Mel-cepstral distortion against the formula applied by hand to librosa's MFCCs, on real
     speech, a lightly and a heavily degraded copy; silence-free identity scores 0."""
     import librosa
 
     reference = speech_16k[0]
-    light = reference + 0.002 * torch.randn(reference.shape, generator=torch.Generator().manual_seed(0))
     heavy = degrade(reference, 1)
-    evaluator = Evaluator(16000, metrics=["mcd"], workers=0)
-    with evaluator:
-        scores = evaluator.score_pairs([(reference, reference), (reference, light), (reference, heavy)])
+    scores, light = score_light_and_heavy("mcd", reference, heavy)
 
     def direct(ref: torch.Tensor, est: torch.Tensor) -> float:
-        r = soxr.resample(ref.flatten().double().numpy(), 16000, 16000, quality="VHQ").astype(np.float32)
-        e = soxr.resample(est.flatten().double().numpy(), 16000, 16000, quality="VHQ").astype(np.float32)
+        r, e = copy_16k(ref), copy_16k(est)
         kwargs = dict(sr=16000, n_mfcc=14, n_fft=400, hop_length=160, n_mels=40)
         c_ref, c_est = librosa.feature.mfcc(y=r, **kwargs)[1:], librosa.feature.mfcc(y=e, **kwargs)[1:]
         per_frame = (10 / np.log(10)) * np.sqrt(
@@ -157,15 +166,11 @@ def test_f0_metrics_match_direct_parselmouth_calls_and_rank_degradation(speech_1
     import parselmouth
 
     reference = speech_16k[0]
-    light = reference + 0.002 * torch.randn(reference.shape, generator=torch.Generator().manual_seed(0))
     heavy = heavily_degraded(reference, 1)
-    evaluator = Evaluator(16000, metrics=["f0"], workers=0)
-    with evaluator:
-        scores = evaluator.score_pairs([(reference, reference), (reference, light), (reference, heavy)])
+    scores, light = score_light_and_heavy("f0", reference, heavy)
 
     def track(wav: torch.Tensor) -> np.ndarray:
-        signal = soxr.resample(wav.flatten().double().numpy(), 16000, 16000, quality="VHQ").astype(np.float32)
-        pitch = parselmouth.Sound(signal.astype(np.float64), 16000).to_pitch_ac(
+        pitch = parselmouth.Sound(copy_16k(wav).astype(np.float64), 16000).to_pitch_ac(
             time_step=0.01, pitch_floor=65.0, pitch_ceiling=500.0
         )
         return pitch.selected_array["frequency"]
@@ -199,8 +204,7 @@ def test_speaker_similarity_matches_resemblyzer_and_ranks_degradation(speech_16k
     encoder = VoiceEncoder("cpu", verbose=False)
 
     def embed(wav: torch.Tensor) -> np.ndarray:
-        signal = soxr.resample(wav.flatten().double().numpy(), 16000, 16000, quality="VHQ").astype(np.float32)
-        return encoder.embed_utterance(preprocess_wav(signal, source_sr=16000))
+        return encoder.embed_utterance(preprocess_wav(copy_16k(wav), source_sr=16000))
 
     direct = float(np.dot(embed(reference), embed(heavy)))
     assert scores[1] == pytest.approx(direct, abs=1e-5)
