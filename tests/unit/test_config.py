@@ -247,8 +247,9 @@ def test_equal_codebook_sweeps_build_the_same_budget_in_every_arrangement() -> N
         assert built == {shape: {1, 2, 3} for shape in shapes}
 
 
-def test_equal_bitrate_quantizers_build_four_quantizer_families_at_ten_bits_per_frame() -> None:
+def test_equal_bitrate_quantizers_build_nine_quantizers_at_ten_bits_per_frame() -> None:
     from codec.quantization import GroupResidualVQ
+    from codec.quantization.bsq import BinarySphericalQuantizer
     from codec.quantization.fsq import FiniteScalarQuantizer
 
     seen = {}
@@ -259,7 +260,9 @@ def test_equal_bitrate_quantizers_build_four_quantizer_families_at_ten_bits_per_
         assert q.bits_per_frame() == pytest.approx(10.0) and codec.bitrate_kbps() == pytest.approx(0.5)
         option = next(o.split("=", 1)[1] for o in overrides if o.startswith("quantizer="))
         if isinstance(q, FiniteScalarQuantizer):
-            seen[option] = ("fsq", tuple(q.levels), q.groups)
+            seen[option] = ("fsq", tuple(q.levels), q.groups, q.layers)
+        elif isinstance(q, BinarySphericalQuantizer):
+            seen[option] = ("bsq" if q.spherical else "lfq", q.groups, q.bits)
         else:
             assert isinstance(q, GroupResidualVQ)
             seen[option] = (q.rule, q.groups, q.layers, q.codebook_size)
@@ -267,7 +270,12 @@ def test_equal_bitrate_quantizers_build_four_quantizer_families_at_ten_bits_per_
         "grvq_10bit": ("ema", 2, 1, 32),
         "rvq_10bit": ("ema", 1, 2, 32),
         "single_vq_10bit": ("ema", 1, 1, 1024),
-        "fsq_10bit": ("fsq", (4, 4, 4, 4, 4), 1),
+        "fsq_10bit": ("fsq", (4, 4, 4, 4, 4), 1, 1),
+        "simvq": ("simvq", 1, 1, 1024),
+        "residual_simvq_10bit": ("simvq", 1, 2, 32),
+        "residual_fsq_10bit": ("fsq", (8, 4), 1, 2),
+        "bsq": ("bsq", 1, 10),
+        "lfq": ("lfq", 1, 10),
     }
 
 

@@ -11,6 +11,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -88,10 +89,13 @@ def test_the_installed_environment_equals_the_lock() -> None:
     """What ``pip freeze --all`` would list, read in process: every locked pin, nothing else."""
     tools = _lock_tools()
     project = tools.canonical("grvq-codec-lab")
+    # Installed distributions only: importing pkg_resources (webrtcvad does) puts setuptools'
+    # vendored packages on sys.path, and those are part of setuptools, not of the install.
+    site_packages = Path(sysconfig.get_paths()["purelib"]).resolve()
     installed = {
         tools.canonical(d.metadata["Name"]): d.version
         for d in importlib.metadata.distributions()
-        if tools.canonical(d.metadata["Name"]) != project
+        if tools.canonical(d.metadata["Name"]) != project and Path(str(d.locate_file(""))).resolve() == site_packages
     }
     locked = tools.pins()
     if Path(sys.prefix).resolve() != (REPO_ROOT / ".venv").resolve():
