@@ -34,13 +34,35 @@ def varying_params(frame: pd.DataFrame, exclude: Sequence[str] = ()) -> list[str
 
 
 def run_labels(frame: pd.DataFrame, exclude: Sequence[str] = ()) -> pd.Series:
-    """A short label per run from the values of the varying params."""
+    """A short label per run from the values of the varying params, or from the run's command-line
+    overrides when those tell the same runs apart in fewer words (a sweep over whole options,
+    ``quantizer=bsq,fsq``, varies every key the options do not share)."""
     axes = varying_params(frame, exclude)
     if not axes:
         return frame["run_name"].astype(str)
-    return (
+    by_params = (
         frame[axes].astype(str).apply(lambda row: " ".join(f"{k.split('.')[-1]}={v}" for k, v in row.items()), axis=1)
     )
+    by_overrides = override_labels(frame, exclude)
+    if (
+        by_overrides is not None
+        and by_overrides.nunique() == by_params.nunique()
+        and by_overrides.str.len().mean() < by_params.str.len().mean()
+    ):
+        return by_overrides
+    return by_params
+
+
+def override_labels(frame: pd.DataFrame, exclude: Sequence[str] = ()) -> pd.Series | None:
+    """Each run's command-line overrides (``overrides``, "a=1,b=2") without ``exclude`` keys."""
+    if "overrides" not in frame.columns or frame["overrides"].isna().any():
+        return None
+
+    def label(overrides: str) -> str:
+        kept = [o for o in str(overrides).split(",") if o and o.split("=", 1)[0].lstrip("+~") not in exclude]
+        return " ".join(kept)
+
+    return frame["overrides"].map(label)
 
 
 def aggregate_seeds(frame: pd.DataFrame, metrics: Sequence[str], seed_key: str = SEED_KEY) -> pd.DataFrame:
