@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from codec.data.datasets import RangeSampler, SegmentDataset, load_utterances
 from codec.data.demo_corpus import ensure_demo_corpus
@@ -175,20 +175,7 @@ class AudioDataModule:
         """
         dataset = SegmentDataset(self.split("train"), self.sample_rate, segment_seconds, seed)
         sampler = RangeSampler(start_step * batch_size, max_steps * batch_size, rank, world_size)
-        # A private generator: creating the loader must not draw from the global RNG, or a
-        # resumed run would diverge from an uninterrupted one.
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=sampler,
-            num_workers=num_workers,
-            worker_init_fn=ignore_stop_signals,
-            generator=torch.Generator().manual_seed(seed),
-            pin_memory=pin_memory,
-            drop_last=True,
-            persistent_workers=False,
-            prefetch_factor=4 if num_workers else None,
-        )
+        return resumable_loader(dataset, batch_size, seed, num_workers, pin_memory, sampler)
 
     def position(self, step: int) -> dict:
         """The data position a checkpoint keeps: here the step alone, since the segments of a
@@ -205,6 +192,26 @@ class AudioDataModule:
         if max_utterances:
             entries = entries[:max_utterances]
         return load_utterances(entries, self.sample_rate, max_seconds)
+
+
+def resumable_loader(
+    dataset: Dataset, batch_size: int, seed: int, num_workers: int, pin_memory: bool, sampler: Sampler | None = None
+) -> DataLoader:
+    """A training loader whose creation draws nothing from the global RNG (a private generator:
+    otherwise a resumed run would diverge from an uninterrupted one) and whose workers leave
+    stop signals to the main process."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        worker_init_fn=ignore_stop_signals,
+        generator=torch.Generator().manual_seed(seed),
+        pin_memory=pin_memory,
+        drop_last=True,
+        persistent_workers=False,
+        prefetch_factor=4 if num_workers else None,
+    )
 
 
 class FolderDataModule(AudioDataModule):

@@ -29,9 +29,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from codec.data.manifest import AudioEntry
-from codec.data.modules import AudioDataModule, DataError
+from codec.data.modules import AudioDataModule, DataError, resumable_loader
 from codec.data.split_record import digest
-from codec.signals import ignore_stop_signals
 
 log = logging.getLogger(__name__)
 CORPUS_FILE = "corpus.json"
@@ -260,18 +259,7 @@ class ShardDataModule(AudioDataModule):
             self.corpora, int(round(segment_seconds * self.sample_rate)), seed, batch_size, start_step, max_steps,
             rank, world_size, self.shuffle_buffer,
         )  # fmt: skip
-        # A private generator: creating the loader must not draw from the global RNG, or a resumed
-        # run would diverge from an uninterrupted one.
-        return DataLoader(
-            stream,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            worker_init_fn=ignore_stop_signals,
-            generator=torch.Generator().manual_seed(seed),
-            pin_memory=pin_memory,
-            persistent_workers=False,
-            prefetch_factor=4 if num_workers else None,
-        )
+        return resumable_loader(stream, batch_size, seed, num_workers, pin_memory)
 
     def position(self, step: int) -> dict[str, Any]:
         return {"kind": "shards", "step": step, "stream_workers": self.stream_workers}
