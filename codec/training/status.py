@@ -35,6 +35,10 @@ def write_status(run_dir: Path, **fields: Any) -> dict[str, Any]:
     if status.get("state") not in STATES:
         raise ValueError(f"state={status.get('state')!r} must be one of {STATES}")
     tmp = run_dir / f".status.json.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(status, indent=2, default=str))
-    os.replace(tmp, run_dir / "status.json")
+    try:
+        tmp.write_text(json.dumps(status, indent=2, default=str))
+        os.replace(tmp, run_dir / "status.json")
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a full disk must not keep a half-written copy
+        raise
     return status

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -17,6 +18,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from codec.tracking import NullLogger
+from codec.training.recorder import RESERVE_FILE, RunRecorder
+from codec.training.status import write_status
 from tests.conftest import HANG_GUARD_S, REPO_ROOT
 from tests.integration.sweep.test_local_sweeps import status as sweep_table
 from tests.integration.training.test_reliability import wait_for
@@ -93,11 +97,14 @@ def small_disk(tmp_path: Path):
 
 
 def fill(disk: Path) -> None:
-    with open(disk / "filler", "wb") as filler:
+    """Write until the disk refuses; unbuffered, so closing the file has nothing left to write."""
+    with open(disk / "filler", "wb", buffering=0) as filler:
         with contextlib.suppress(OSError):
             while True:
                 filler.write(bytes(64 * 1024))
-                filler.flush()
+        with contextlib.suppress(OSError):
+            while True:
+                filler.write(bytes(512))  # the last pages a 64 KiB write could not take
 
 
 def test_a_full_disk_fails_the_run_and_both_records_say_so(small_disk: Path, tmp_path: Path) -> None:
@@ -116,7 +123,7 @@ def test_a_full_disk_fails_the_run_and_both_records_say_so(small_disk: Path, tmp
             os.killpg(process.pid, signal.SIGKILL)
     final = status(run_dir)
     assert final["state"] == "failed" and "No space left on device" in final["error"], final
-    assert "space kept for the final record was used" in (tmp_path / "log").read_text()
+    assert not (run_dir / RESERVE_FILE).exists(), "the reserve outlived the run"
     (run,) = runs(uri)
     assert run.info.status == "FAILED" and "No space left on device" in run.data.tags["error"]
     (small_disk / "filler").unlink()
@@ -126,6 +133,26 @@ def test_a_full_disk_fails_the_run_and_both_records_say_so(small_disk: Path, tmp
         cwd=tmp_path, capture_output=True, text=True, timeout=HANG_GUARD_S,
     )  # fmt: skip
     assert resumed.returncode == 0 and "resumed from" in resumed.stdout + resumed.stderr, resumed.stderr[-3000:]
+
+
+def test_the_reserve_writes_the_final_record_on_a_disk_that_is_still_full(
+    small_disk: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The run above may free space as it fails (its partial checkpoint is removed), so whether
+    the reserve was needed there depends on which write failed; here the disk stays full."""
+    run_dir = small_disk / "run"
+    run_dir.mkdir()
+    recorder = RunRecorder(run_dir, NullLogger())
+    write_status(run_dir, state="running", step=3)
+    recorder.keep_reserve()
+    fill(small_disk)
+    with pytest.raises(OSError, match="No space left"):
+        write_status(run_dir, state="failed")
+    with caplog.at_level(logging.WARNING, logger="codec.training.recorder"):
+        recorder.end("failed", "FAILED", error="OSError: [Errno 28] No space left on device")
+    assert "space kept for the final record was used" in caplog.text
+    assert status(run_dir)["state"] == "failed" and status(run_dir)["step"] == 3
+    assert not list(run_dir.glob(".status.json.tmp*")), "a failed write left its temporary file"
 
 
 def test_a_killed_sweep_shows_its_run_lost_and_counts_the_point_that_never_started(tmp_path: Path) -> None:
