@@ -68,6 +68,8 @@ class SemanticSupervision(nn.Module):
         utterances_per_step: int = 2,
         max_seconds: float = 6.0,
         hidden: int = 64,
+        start_step: int = 0,
+        warmup_steps: int = 0,
     ) -> None:
         super().__init__()
         if not weight > 0:
@@ -80,6 +82,11 @@ class SemanticSupervision(nn.Module):
             raise SemanticSupervisionError(
                 "loss.semantic: utterances_per_step, hidden and layers must be >= 1, group >= 0, max_seconds > 0"
             )
+        if start_step < 0 or warmup_steps < 0:
+            raise SemanticSupervisionError(
+                f"loss.semantic.start_step={start_step} and warmup_steps={warmup_steps} must be >= 0"
+            )
+        self.start_step, self.warmup_steps = int(start_step), int(warmup_steps)
         self.weight, self.group, self.layers = float(weight), int(group), int(layers)
         self.units_name, self.language = units, language
         self.utterances_per_step, self.max_seconds, self.hidden = int(utterances_per_step), float(max_seconds), hidden
@@ -137,8 +144,16 @@ class SemanticSupervision(nn.Module):
         targets = torch.tensor([t for u in picked for t in u.targets])
         return SemanticBatch(audio, samples, targets, torch.tensor([len(u.targets) for u in picked]))
 
+    def ramp(self, step: int) -> float:
+        """The share of ``weight`` at ``step``: 0 before ``start_step``, then rising linearly to 1
+        over ``warmup_steps``. Lets the codebooks settle on reconstruction before content pulls
+        at the encoder (a CTC gradient from step 0 left EMA codebooks collapsed on the demo)."""
+        if step < self.start_step:
+            return 0.0
+        return min(1.0, (step - self.start_step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
+
     def forward(self, codec: Codec, step: int, rank: int = 0) -> torch.Tensor:
-        """The CTC loss (unweighted) of this step's utterances, read from the chosen group."""
+        """The CTC loss (unweighted, not ramped) of this step's utterances, read from the chosen group."""
         if self.head is None:
             raise RuntimeError("SemanticSupervision.attach(codec, transcripts, seed) must run before training")
         device = next(self.head.parameters()).device

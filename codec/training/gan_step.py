@@ -215,7 +215,9 @@ class GANStep:
         )
 
         with timer.phase(StepPhase.GENERATOR_FORWARD):
-            terms = self._generator_terms(batch, fake, joint, spectra, out.quantizer.losses["total"], adversarial, step)
+            terms = self._generator_terms(
+                batch, fake, joint, spectra, out.quantizer.losses["total"], adversarial, step, step
+            )
             loss_g = self.loss.total(terms)
             self.track_finite({"generator": loss_g, **terms}, step)
         with timer.phase(StepPhase.GENERATOR_BACKWARD):
@@ -292,7 +294,9 @@ class GANStep:
             metrics["train/loss_discriminator"] = loss_d.detach()
         adversarial = step >= adversarial_from(self.settings)
         quantizer_loss = out.quantizer.losses["total"]
-        terms = self._generator_terms(batch, fake, joint, spectra, quantizer_loss, adversarial, step * count + index)
+        terms = self._generator_terms(
+            batch, fake, joint, spectra, quantizer_loss, adversarial, step, step * count + index
+        )
         loss_g = self.loss.total(terms)
         self.track_finite({"generator": loss_g, **terms}, step)
         (loss_g / count).backward()
@@ -326,10 +330,12 @@ class GANStep:
         spectra: Any,
         quantizer_loss: torch.Tensor,
         adversarial: bool,
-        semantic_step: int,
+        step: int,
+        semantic_draw: int,
     ) -> dict[str, torch.Tensor]:
         """The generator's loss terms; the discriminators (frozen) judge the fake only from
-        ``adversarial_from`` on; ``loss.semantic`` draws the utterances of ``semantic_step``."""
+        ``adversarial_from`` on; ``loss.semantic`` (ramped by ``step``) draws the utterances of
+        ``semantic_draw`` (one draw per micro-batch)."""
         real_g = fake_g = None
         real_spectra, fake_spectra = split_bank(spectra, batch.shape[0])
         if adversarial:
@@ -338,8 +344,9 @@ class GANStep:
                 real_g, fake_g = self._generator_pass(batch, fake, joint, spectra, real_spectra, fake_spectra)
             real_g, fake_g = as_float(real_g), as_float(fake_g)
         terms = self.loss.generator_terms(batch, fake, quantizer_loss, real_g, fake_g, real_spectra, fake_spectra)
-        if self.loss.semantic is not None:
-            terms["semantic"] = self.loss.semantic(self.codec, semantic_step, self.rank)
+        semantic = self.loss.semantic
+        if semantic is not None and semantic.ramp(step) > 0:  # no CTC pass before start_step
+            terms["semantic"] = semantic.ramp(step) * semantic(self.codec, semantic_draw, self.rank)
         return terms
 
     def _discriminator_update(

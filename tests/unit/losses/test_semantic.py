@@ -11,11 +11,15 @@ import soundfile as sf
 import soxr
 import torch
 
-from codec.config import ConfigError, build_codec, build_loss, compose_config, validate
+from codec.config import ConfigError, build_codec, build_discriminator, build_loss, compose_config, validate
 from codec.data.espeak import EspeakSynthesizer, Voice
 from codec.data.manifest import AudioEntry
 from codec.losses.semantic import SemanticSupervision, SemanticSupervisionError
 from codec.text import CHARACTERS
+from codec.training.distributed import DistributedContext
+from codec.training.gan_step import GANStep
+from codec.training.settings import TrainerSettings
+from tests.unit.training.test_accumulation import speech_batch
 
 SENTENCES = ["the cat sat on the mat", "a quick brown fox", "we sing in the rain", "open the red door"]
 
@@ -113,6 +117,34 @@ def test_the_built_loss_carries_the_semantic_term_and_its_weight() -> None:
     assert build_loss(compose_config(["experiment=smoke"])).semantic is None
 
 
+def test_the_weight_ramps_from_start_step_over_warmup_steps() -> None:
+    ramp = semantic(start_step=10, warmup_steps=4).ramp
+    assert [ramp(step) for step in (0, 9, 10, 11, 12, 13, 14, 1000)] == [0, 0, 0.25, 0.5, 0.75, 1, 1, 1]
+    assert semantic().ramp(0) == 1.0 and semantic(start_step=3).ramp(2) == 0.0 and semantic(start_step=3).ramp(3) == 1
+
+
+def test_before_start_step_the_training_step_has_no_ctc_pass_and_the_head_stays(transcribed) -> None:
+    cfg = compose_config(
+        ["experiment=smoke", "semantic=characters", "loss.semantic.start_step=2", "loss.semantic.warmup_steps=2"]
+    )
+    torch.manual_seed(0)
+    codec, loss = build_codec(cfg), build_loss(cfg)
+    assert loss.semantic is not None
+    loss.semantic.attach(codec, transcribed, seed=0)
+    step = GANStep(codec, build_discriminator(cfg), loss, TrainerSettings.from_config(cfg.trainer),
+                   torch.device("cpu"), DistributedContext())  # fmt: skip
+    head = [p.detach().clone() for p in loss.semantic.parameters()]
+    batch = speech_batch(2, 4000)
+    for index in range(2):
+        assert "train/semantic" not in step.train_step(batch, step=index)
+    assert all(torch.equal(a, b) for a, b in zip(head, loss.semantic.parameters())), "the head trained early"
+    ramped = float(step.train_step(batch, step=2)["train/semantic"])
+    assert any(not torch.equal(a, b) for a, b in zip(head, loss.semantic.parameters()))
+    with torch.no_grad():
+        unramped = float(loss.semantic(codec, 2))  # the same draw on the codec just after the update
+    assert 0.3 * unramped < ramped < 0.7 * unramped, (ramped, unramped)
+
+
 def test_settings_that_cannot_work_are_refused(transcribed, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"loss.semantic.group=2, but the quantizer has 2 group"):
         validate(compose_config(["experiment=smoke", "semantic=characters", "loss.semantic.group=2"]))
@@ -120,6 +152,8 @@ def test_settings_that_cannot_work_are_refused(transcribed, tmp_path: Path) -> N
         validate(compose_config(["experiment=smoke", "semantic=characters", "loss.semantic.layers=3"]))
     with pytest.raises(SemanticSupervisionError, match="weight=0 must be > 0"):
         semantic(weight=0)
+    with pytest.raises(SemanticSupervisionError, match="start_step=-1 and warmup_steps=0 must be >= 0"):
+        semantic(start_step=-1)
     with pytest.raises(SemanticSupervisionError, match="units='words' is unknown"):
         semantic(units="words")
     with pytest.raises(SemanticSupervisionError, match="none fits"):
