@@ -14,6 +14,7 @@ same ones as an uninterrupted run.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from codec.text import CharacterUnits, PhonemeUnits, TextUnits
 
 if TYPE_CHECKING:
     from codec.model import Codec
+
+log = logging.getLogger(__name__)
 
 UNITS = ("characters", "phonemes")
 # CTC needs at least one output slot per target symbol (plus blanks between repeats); the head
@@ -58,6 +61,8 @@ class SemanticBatch:
 class SemanticSupervision(nn.Module):
     """CTC from group ``group``'s first ``layers`` layers to the transcript, weighted by ``weight``."""
 
+    started_at: torch.Tensor
+
     def __init__(
         self,
         weight: float,
@@ -70,6 +75,7 @@ class SemanticSupervision(nn.Module):
         hidden: int = 64,
         start_step: int = 0,
         warmup_steps: int = 0,
+        start_entropy_bits: float | None = None,
     ) -> None:
         super().__init__()
         if not weight > 0:
@@ -86,7 +92,14 @@ class SemanticSupervision(nn.Module):
             raise SemanticSupervisionError(
                 f"loss.semantic.start_step={start_step} and warmup_steps={warmup_steps} must be >= 0"
             )
+        if start_entropy_bits is not None and not start_entropy_bits >= 0:
+            raise SemanticSupervisionError(
+                f"loss.semantic.start_entropy_bits={start_entropy_bits} must be >= 0 or null (no gate)"
+            )
         self.start_step, self.warmup_steps = int(start_step), int(warmup_steps)
+        self.start_entropy_bits = None if start_entropy_bits is None else float(start_entropy_bits)
+        # The step the term began (-1: not yet); a buffer, so a resumed run keeps the latched start.
+        self.register_buffer("started_at", torch.tensor(-1 if start_entropy_bits is not None else self.start_step))
         self.weight, self.group, self.layers = float(weight), int(group), int(layers)
         self.units_name, self.language = units, language
         self.utterances_per_step, self.max_seconds, self.hidden = int(utterances_per_step), float(max_seconds), hidden
@@ -144,13 +157,28 @@ class SemanticSupervision(nn.Module):
         targets = torch.tensor([t for u in picked for t in u.targets])
         return SemanticBatch(audio, samples, targets, torch.tensor([len(u.targets) for u in picked]))
 
+    def waiting(self, step: int) -> bool:
+        """Whether the entropy gate still decides the start at ``step``."""
+        return int(self.started_at) < 0 and step >= self.start_step
+
+    def observe(self, step: int, entropy_bits: float) -> None:
+        """Start the term at ``step`` once the training batch's codes carry ``start_entropy_bits``
+        bits per token (the mean over codebooks, as ``train/codebook_entropy_bits_mean``; the same
+        figure on every rank). Latched: it never stops again."""
+        if self.start_entropy_bits is not None and self.waiting(step) and entropy_bits >= self.start_entropy_bits:
+            self.started_at.fill_(step)
+            log.info("loss.semantic starts at step %d (codebook entropy %.2f bits per token)", step, entropy_bits)
+
     def ramp(self, step: int) -> float:
-        """The share of ``weight`` at ``step``: 0 before ``start_step``, then rising linearly to 1
-        over ``warmup_steps``. Lets the codebooks settle on reconstruction before content pulls
-        at the encoder (a CTC gradient from step 0 left EMA codebooks collapsed on the demo)."""
-        if step < self.start_step:
+        """The share of ``weight`` at ``step``: 0 before the term starts (``start_step``, or with
+        ``start_entropy_bits`` the first step from ``start_step`` on whose codes carry that many
+        bits), then rising linearly to 1 over ``warmup_steps``. Lets the codebooks settle on
+        reconstruction before content pulls at the encoder (a CTC gradient before they did kept
+        the demo's EMA codebooks collapsed)."""
+        start = int(self.started_at)
+        if start < 0 or step < start:
             return 0.0
-        return min(1.0, (step - self.start_step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
+        return min(1.0, (step - start + 1) / self.warmup_steps) if self.warmup_steps else 1.0
 
     def forward(self, codec: Codec, step: int, rank: int = 0) -> torch.Tensor:
         """The CTC loss (unweighted, not ramped) of this step's utterances, read from the chosen group."""

@@ -177,7 +177,9 @@ class GANStep:
         if self.loss.balancer is not None and state.get("balancer") is not None:
             self.loss.balancer.load_state_dict(state["balancer"])
         if self.loss.semantic is not None and state.get("semantic") is not None:
-            self.loss.semantic.load_state_dict(state["semantic"])
+            # Checkpoints from before the entropy gate lack its latch: they keep the configured start.
+            latch = {"started_at": self.loss.semantic.started_at.clone()}
+            self.loss.semantic.load_state_dict({**latch, **state["semantic"]})
 
     # -- one step --------------------------------------------------------------------------------
     def _autocast(self, enabled: bool | None = None):
@@ -206,6 +208,7 @@ class GANStep:
         with timer.phase(StepPhase.GENERATOR_FORWARD):
             with self._autocast():
                 out = self.codec_forward(batch)
+            self._gate_semantic(step, out.quantizer.stats)
             fake = out.audio.float()
             joint = torch.cat([batch, fake])
             spectra = spectrum_bank(joint, self.stft_windows)
@@ -278,6 +281,7 @@ class GANStep:
         """Forward and backward of one micro-batch (losses / ``count``); returns its metrics."""
         with self._autocast():
             out = self.codec_forward(batch)
+        self._gate_semantic(step, out.quantizer.stats)
         fake = out.audio.float()
         joint = torch.cat([batch, fake])
         spectra = spectrum_bank(joint, self.stft_windows)
@@ -315,6 +319,20 @@ class GANStep:
                 if no_sync is not None:
                     stack.enter_context(no_sync())
         return stack
+
+    def _gate_semantic(self, step: int, stats: dict[str, torch.Tensor]) -> None:
+        """Let ``loss.semantic``'s entropy gate see this step's codebook entropy, averaged over
+        ranks so every rank starts the term at the same step."""
+        semantic = self.loss.semantic
+        if semantic is None or semantic.start_entropy_bits is None or not semantic.waiting(step):
+            return
+        if "entropy_bits" not in stats:
+            raise ValueError(
+                f"loss.semantic.start_entropy_bits needs codebook entropy; the quantizer gives {sorted(stats)}"
+            )
+        entropy = stats["entropy_bits"].detach().float().mean().clone()
+        all_reduce_mean_(entropy)
+        semantic.observe(step, float(entropy))
 
     def _sync_semantic_head(self) -> None:
         """The semantic head lives outside DDP: its gradients are averaged here, as DDP does the codec's."""

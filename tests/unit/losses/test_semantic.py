@@ -124,25 +124,53 @@ def test_the_weight_ramps_from_start_step_over_warmup_steps() -> None:
 
 
 def test_before_start_step_the_training_step_has_no_ctc_pass_and_the_head_stays(transcribed) -> None:
-    cfg = compose_config(
-        ["experiment=smoke", "semantic=characters", "loss.semantic.start_step=2", "loss.semantic.warmup_steps=2"]
+    step, semantic = gated_step(
+        transcribed,
+        "loss.semantic.start_step=2",
+        "loss.semantic.warmup_steps=2",
+        "loss.semantic.start_entropy_bits=null",
     )
+    head = [p.detach().clone() for p in semantic.parameters()]
+    batch = speech_batch(2, 4000)
+    for index in range(2):
+        assert "train/semantic" not in step.train_step(batch, step=index)
+    assert all(torch.equal(a, b) for a, b in zip(head, semantic.parameters())), "the head trained early"
+    ramped = float(step.train_step(batch, step=2)["train/semantic"])
+    assert any(not torch.equal(a, b) for a, b in zip(head, semantic.parameters()))
+    with torch.no_grad():
+        unramped = float(semantic(step.codec, 2))  # the same draw on the codec just after the update
+    assert 0.3 * unramped < ramped < 0.7 * unramped, (ramped, unramped)
+
+
+def gated_step(transcribed, *overrides: str) -> tuple[GANStep, SemanticSupervision]:
+    cfg = compose_config(["experiment=smoke", "semantic=characters", *overrides])
     torch.manual_seed(0)
     codec, loss = build_codec(cfg), build_loss(cfg)
     assert loss.semantic is not None
     loss.semantic.attach(codec, transcribed, seed=0)
     step = GANStep(codec, build_discriminator(cfg), loss, TrainerSettings.from_config(cfg.trainer),
                    torch.device("cpu"), DistributedContext())  # fmt: skip
-    head = [p.detach().clone() for p in loss.semantic.parameters()]
+    return step, loss.semantic
+
+
+def test_the_entropy_gate_starts_the_term_once_the_codes_carry_enough_bits(transcribed) -> None:
     batch = speech_batch(2, 4000)
-    for index in range(2):
-        assert "train/semantic" not in step.train_step(batch, step=index)
-    assert all(torch.equal(a, b) for a, b in zip(head, loss.semantic.parameters())), "the head trained early"
-    ramped = float(step.train_step(batch, step=2)["train/semantic"])
-    assert any(not torch.equal(a, b) for a, b in zip(head, loss.semantic.parameters()))
-    with torch.no_grad():
-        unramped = float(loss.semantic(codec, 2))  # the same draw on the codec just after the update
-    assert 0.3 * unramped < ramped < 0.7 * unramped, (ramped, unramped)
+    closed, semantic = gated_step(transcribed, "loss.semantic.start_step=1", "loss.semantic.start_entropy_bits=20")
+    for index in range(3):  # 20 bits per token: more than any smoke codebook can carry
+        assert "train/semantic" not in closed.train_step(batch, step=index)
+    assert int(semantic.started_at) == -1
+    opened, semantic = gated_step(transcribed, "loss.semantic.start_step=1", "loss.semantic.start_entropy_bits=0.0")
+    metrics = opened.train_step(batch, step=0)
+    assert "train/semantic" not in metrics and int(semantic.started_at) == -1, "start_step still comes first"
+    metrics = opened.train_step(batch, step=1)
+    assert "train/semantic" in metrics and float(metrics["train/codebook_entropy_bits_mean"]) >= 0
+    assert int(semantic.started_at) == 1
+    resumed, again = gated_step(transcribed, "loss.semantic.start_step=1", "loss.semantic.start_entropy_bits=20")
+    resumed.load_state_dict(opened.state_dict())
+    assert int(again.started_at) == 1 and "train/semantic" in resumed.train_step(batch, step=2), "the latch resumes"
+    older = opened.state_dict()
+    older["semantic"] = {k: v for k, v in older["semantic"].items() if k != "started_at"}
+    resumed.load_state_dict(older)  # a checkpoint from before the gate
 
 
 def test_settings_that_cannot_work_are_refused(transcribed, tmp_path: Path) -> None:
@@ -154,6 +182,8 @@ def test_settings_that_cannot_work_are_refused(transcribed, tmp_path: Path) -> N
         semantic(weight=0)
     with pytest.raises(SemanticSupervisionError, match="start_step=-1 and warmup_steps=0 must be >= 0"):
         semantic(start_step=-1)
+    with pytest.raises(SemanticSupervisionError, match="start_entropy_bits=-1 must be >= 0 or null"):
+        semantic(start_entropy_bits=-1)
     with pytest.raises(SemanticSupervisionError, match="units='words' is unknown"):
         semantic(units="words")
     with pytest.raises(SemanticSupervisionError, match="none fits"):
