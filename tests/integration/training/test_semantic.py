@@ -68,7 +68,8 @@ def test_the_semantic_benchmark_writes_both_arms_figures(tmp_path: Path) -> None
     (group 0 alone, without group 0, all codebooks) and costs are written per seed and on average."""
     out = tmp_path / "semantic.json"
     quick = ["experiment=smoke", "trainer.max_steps=4", "trainer.eval_at_start=false", "logger=none",
-             "probe=default", "probe.steps=5", "eval.metrics=[mel_distance]"]  # fmt: skip
+             "probe=default", "probe.steps=5", "probe.held_out_every=2", "data.utterances.train=24",
+             "eval.metrics=[mel_distance]"]  # fmt: skip
     result = subprocess.run(
         [sys.executable, "-m", "codec.bench_semantic", "--seeds", "0", "--out", str(out),
          "--semantic", "semantic=characters loss.semantic.start_step=0 loss.semantic.start_entropy_bits=null", *quick],
@@ -76,7 +77,10 @@ def test_the_semantic_benchmark_writes_both_arms_figures(tmp_path: Path) -> None
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
-    assert report["arms"] == {"baseline": [], "semantic": ["semantic=characters", "loss.semantic.start_step=0", "loss.semantic.start_entropy_bits=null"]}
+    assert report["arms"] == {
+        "baseline": [],
+        "semantic": ["semantic=characters", "loss.semantic.start_step=0", "loss.semantic.start_entropy_bits=null"],
+    }
     for arm in ("baseline", "semantic"):
         (row,) = report["runs"][arm]
         assert row["seed"] == 0 and 0 <= row["content_cer_group0_only"] <= 2 and row["mel_distance"] > 0
