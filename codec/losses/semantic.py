@@ -38,6 +38,11 @@ UNITS = ("characters", "phonemes")
 # CTC needs at least one output slot per target symbol (plus blanks between repeats); the head
 # repeats frames up to this many slots per second, as the content probe does.
 CTC_SLOTS_PER_SECOND = 30.0
+# The entropy gate's moving average keeps this much of its past each step (about 20 steps).
+ENTROPY_DECAY = 0.95
+# The head's weights come from their own seed, so a run with the term matches the same run without
+# it until the term starts (the paired comparison of codec-bench-semantic relies on it).
+HEAD_SEED_OFFSET = 0x5E3A
 
 
 class SemanticSupervisionError(ValueError):
@@ -62,6 +67,7 @@ class SemanticSupervision(nn.Module):
     """CTC from group ``group``'s first ``layers`` layers to the transcript, weighted by ``weight``."""
 
     started_at: torch.Tensor
+    entropy_average: torch.Tensor
 
     def __init__(
         self,
@@ -98,8 +104,10 @@ class SemanticSupervision(nn.Module):
             )
         self.start_step, self.warmup_steps = int(start_step), int(warmup_steps)
         self.start_entropy_bits = None if start_entropy_bits is None else float(start_entropy_bits)
-        # The step the term began (-1: not yet); a buffer, so a resumed run keeps the latched start.
+        # The step the term began (-1: not yet) and the gate's average entropy: buffers, so a resumed
+        # run keeps them.
         self.register_buffer("started_at", torch.tensor(-1 if start_entropy_bits is not None else self.start_step))
+        self.register_buffer("entropy_average", torch.tensor(0.0, dtype=torch.float64))
         self.weight, self.group, self.layers = float(weight), int(group), int(layers)
         self.units_name, self.language = units, language
         self.utterances_per_step, self.max_seconds, self.hidden = int(utterances_per_step), float(max_seconds), hidden
@@ -112,7 +120,7 @@ class SemanticSupervision(nn.Module):
 
     def attach(self, codec: Codec, transcripts: Sequence[tuple[AudioEntry, str]], seed: int) -> None:
         """Check the target against the codec, keep the transcribed utterances that fit
-        ``max_seconds``, and build the head (its weights drawn from the global RNG, after the codec's)."""
+        ``max_seconds``, and build the head (its weights from its own seed: the global RNG is untouched)."""
         quantizer = codec.quantizer
         if self.group >= quantizer.groups:
             raise SemanticSupervisionError(
@@ -137,9 +145,11 @@ class SemanticSupervision(nn.Module):
         self.sample_rate, self.hop_length, self.seed = int(codec.sample_rate), int(codec.hop_length), int(seed)
         self.upsample = max(1, math.ceil(CTC_SLOTS_PER_SECOND / (self.sample_rate / self.hop_length)))
         width = quantizer.dim // quantizer.groups
-        self.head = nn.Sequential(
-            nn.Conv1d(width, self.hidden, 3, padding=1), nn.GELU(), nn.Conv1d(self.hidden, units.classes, 1)
-        )
+        with torch.random.fork_rng(devices=[]):  # the codec's own draws stay as without the term
+            torch.manual_seed(self.seed + HEAD_SEED_OFFSET)
+            self.head = nn.Sequential(
+                nn.Conv1d(width, self.hidden, 3, padding=1), nn.GELU(), nn.Conv1d(self.hidden, units.classes, 1)
+            )
         self.units, self.classes = units, units.classes
 
     def _units(self, texts: list[str]) -> TextUnits:
@@ -157,17 +167,24 @@ class SemanticSupervision(nn.Module):
         targets = torch.tensor([t for u in picked for t in u.targets])
         return SemanticBatch(audio, samples, targets, torch.tensor([len(u.targets) for u in picked]))
 
-    def waiting(self, step: int) -> bool:
-        """Whether the entropy gate still decides the start at ``step``."""
-        return int(self.started_at) < 0 and step >= self.start_step
+    def waiting(self) -> bool:
+        """Whether the entropy gate still decides the start."""
+        return self.start_entropy_bits is not None and int(self.started_at) < 0
 
     def observe(self, step: int, entropy_bits: float) -> None:
-        """Start the term at ``step`` once the training batch's codes carry ``start_entropy_bits``
-        bits per token (the mean over codebooks, as ``train/codebook_entropy_bits_mean``; the same
-        figure on every rank). Latched: it never stops again."""
-        if self.start_entropy_bits is not None and self.waiting(step) and entropy_bits >= self.start_entropy_bits:
+        """Follow the training batch's codebook entropy (bits per token, the mean over codebooks as
+        ``train/codebook_entropy_bits_mean``, the same figure on every rank) as a moving average
+        over about 20 steps, and start the term at the first step from ``start_step`` on where the
+        average reaches ``start_entropy_bits``. Call once per training step. Averaged, because one
+        batch of still-collapsed codebooks can show 3 bits; latched, because it never stops again."""
+        if not self.waiting():
+            return
+        self.entropy_average.mul_(ENTROPY_DECAY).add_((1 - ENTROPY_DECAY) * entropy_bits)
+        average = float(self.entropy_average) / (1 - ENTROPY_DECAY ** (step + 1))  # without the start's bias
+        assert self.start_entropy_bits is not None
+        if step >= self.start_step and average >= self.start_entropy_bits:
             self.started_at.fill_(step)
-            log.info("loss.semantic starts at step %d (codebook entropy %.2f bits per token)", step, entropy_bits)
+            log.info("loss.semantic starts at step %d (codebook entropy %.2f bits per token, averaged)", step, average)
 
     def ramp(self, step: int) -> float:
         """The share of ``weight`` at ``step``: 0 before the term starts (``start_step``, or with

@@ -178,7 +178,7 @@ class GANStep:
             self.loss.balancer.load_state_dict(state["balancer"])
         if self.loss.semantic is not None and state.get("semantic") is not None:
             # Checkpoints from before the entropy gate lack its latch: they keep the configured start.
-            latch = {"started_at": self.loss.semantic.started_at.clone()}
+            latch = {k: getattr(self.loss.semantic, k).clone() for k in ("started_at", "entropy_average")}
             self.loss.semantic.load_state_dict({**latch, **state["semantic"]})
 
     # -- one step --------------------------------------------------------------------------------
@@ -281,7 +281,8 @@ class GANStep:
         """Forward and backward of one micro-batch (losses / ``count``); returns its metrics."""
         with self._autocast():
             out = self.codec_forward(batch)
-        self._gate_semantic(step, out.quantizer.stats)
+        if index == 0:  # the gate sees one batch per step
+            self._gate_semantic(step, out.quantizer.stats)
         fake = out.audio.float()
         joint = torch.cat([batch, fake])
         spectra = spectrum_bank(joint, self.stft_windows)
@@ -324,7 +325,7 @@ class GANStep:
         """Let ``loss.semantic``'s entropy gate see this step's codebook entropy, averaged over
         ranks so every rank starts the term at the same step."""
         semantic = self.loss.semantic
-        if semantic is None or semantic.start_entropy_bits is None or not semantic.waiting(step):
+        if semantic is None or not semantic.waiting():
             return
         if "entropy_bits" not in stats:
             raise ValueError(

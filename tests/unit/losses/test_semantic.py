@@ -142,15 +142,21 @@ def test_before_start_step_the_training_step_has_no_ctc_pass_and_the_head_stays(
     assert 0.3 * unramped < ramped < 0.7 * unramped, (ramped, unramped)
 
 
-def gated_step(transcribed, *overrides: str) -> tuple[GANStep, SemanticSupervision]:
-    cfg = compose_config(["experiment=smoke", "semantic=characters", *overrides])
+def gan_step(*overrides: str, transcribed=()) -> GANStep:
+    """A smoke GANStep; with ``loss.semantic`` set, its head is attached first (the optimizer takes it)."""
+    cfg = compose_config(["experiment=smoke", *overrides])
     torch.manual_seed(0)
-    codec, loss = build_codec(cfg), build_loss(cfg)
-    assert loss.semantic is not None
-    loss.semantic.attach(codec, transcribed, seed=0)
-    step = GANStep(codec, build_discriminator(cfg), loss, TrainerSettings.from_config(cfg.trainer),
-                   torch.device("cpu"), DistributedContext())  # fmt: skip
-    return step, loss.semantic
+    codec, discriminator, loss = build_codec(cfg), build_discriminator(cfg), build_loss(cfg)
+    if loss.semantic is not None:
+        loss.semantic.attach(codec, transcribed, seed=0)
+    return GANStep(codec, discriminator, loss, TrainerSettings.from_config(cfg.trainer), torch.device("cpu"),
+                   DistributedContext())  # fmt: skip
+
+
+def gated_step(transcribed, *overrides: str) -> tuple[GANStep, SemanticSupervision]:
+    step = gan_step("semantic=characters", *overrides, transcribed=transcribed)
+    assert step.loss.semantic is not None
+    return step, step.loss.semantic
 
 
 def test_the_entropy_gate_starts_the_term_once_the_codes_carry_enough_bits(transcribed) -> None:
@@ -158,7 +164,12 @@ def test_the_entropy_gate_starts_the_term_once_the_codes_carry_enough_bits(trans
     closed, semantic = gated_step(transcribed, "loss.semantic.start_step=1", "loss.semantic.start_entropy_bits=20")
     for index in range(3):  # 20 bits per token: more than any smoke codebook can carry
         assert "train/semantic" not in closed.train_step(batch, step=index)
-    assert int(semantic.started_at) == -1
+    baseline = gan_step()  # the same seed; its steps draw from the global RNG as the closed run's did
+    for index in range(3):
+        baseline.train_step(batch, step=index)
+    assert int(semantic.started_at) == -1 and 0 < float(semantic.entropy_average) < 20
+    for name, value in baseline.codec.state_dict().items():  # the head's seed is its own
+        assert torch.equal(closed.codec.state_dict()[name], value), f"{name}: the waiting run left the baseline's path"
     opened, semantic = gated_step(transcribed, "loss.semantic.start_step=1", "loss.semantic.start_entropy_bits=0.0")
     metrics = opened.train_step(batch, step=0)
     assert "train/semantic" not in metrics and int(semantic.started_at) == -1, "start_step still comes first"
