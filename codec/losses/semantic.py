@@ -108,6 +108,7 @@ class SemanticSupervision(nn.Module):
         # run keeps them.
         self.register_buffer("started_at", torch.tensor(-1 if start_entropy_bits is not None else self.start_step))
         self.register_buffer("entropy_average", torch.tensor(0.0, dtype=torch.float64))
+        self.last_observed_step = -1
         self.weight, self.group, self.layers = float(weight), int(group), int(layers)
         self.units_name, self.language = units, language
         self.utterances_per_step, self.max_seconds, self.hidden = int(utterances_per_step), float(max_seconds), hidden
@@ -175,10 +176,12 @@ class SemanticSupervision(nn.Module):
         """Follow the training batch's codebook entropy (bits per token, the mean over codebooks as
         ``train/codebook_entropy_bits_mean``, the same figure on every rank) as a moving average
         over about 20 steps, and start the term at the first step from ``start_step`` on where the
-        average reaches ``start_entropy_bits``. Call once per training step. Averaged, because one
-        batch of still-collapsed codebooks can show 3 bits; latched, because it never stops again."""
-        if not self.waiting():
+        average reaches ``start_entropy_bits``. Only a step's first call counts (the first
+        micro-batch). Averaged, because one batch of still-collapsed codebooks can show 3 bits;
+        latched, because it never stops again."""
+        if not self.waiting() or step == self.last_observed_step:
             return
+        self.last_observed_step = step
         self.entropy_average.mul_(ENTROPY_DECAY).add_((1 - ENTROPY_DECAY) * entropy_bits)
         average = float(self.entropy_average) / (1 - ENTROPY_DECAY ** (step + 1))  # without the start's bias
         assert self.start_entropy_bits is not None

@@ -20,6 +20,7 @@ from hydra.utils import instantiate
 from codec.discriminators import DiscriminatorOutput, MultiDiscriminator
 from codec.losses import CodecLoss
 from codec.model import Codec
+from codec.quantization.base import QuantizedResult
 from codec.quantization.distributed import all_reduce_mean_
 from codec.spectral import SpectrumBank, detach_bank, spectrum_bank, split_bank
 from codec.training.distributed import DistributedContext
@@ -208,7 +209,6 @@ class GANStep:
         with timer.phase(StepPhase.GENERATOR_FORWARD):
             with self._autocast():
                 out = self.codec_forward(batch)
-            self._gate_semantic(step, out.quantizer.stats)
             fake = out.audio.float()
             joint = torch.cat([batch, fake])
             spectra = spectrum_bank(joint, self.stft_windows)
@@ -218,9 +218,7 @@ class GANStep:
         )
 
         with timer.phase(StepPhase.GENERATOR_FORWARD):
-            terms = self._generator_terms(
-                batch, fake, joint, spectra, out.quantizer.losses["total"], adversarial, step, step
-            )
+            terms = self._generator_terms(batch, fake, joint, spectra, out.quantizer, adversarial, step, step)
             loss_g = self.loss.total(terms)
             self.track_finite({"generator": loss_g, **terms}, step)
         with timer.phase(StepPhase.GENERATOR_BACKWARD):
@@ -281,8 +279,6 @@ class GANStep:
         """Forward and backward of one micro-batch (losses / ``count``); returns its metrics."""
         with self._autocast():
             out = self.codec_forward(batch)
-        if index == 0:  # the gate sees one batch per step
-            self._gate_semantic(step, out.quantizer.stats)
         fake = out.audio.float()
         joint = torch.cat([batch, fake])
         spectra = spectrum_bank(joint, self.stft_windows)
@@ -298,9 +294,8 @@ class GANStep:
             (loss_d / count).backward()
             metrics["train/loss_discriminator"] = loss_d.detach()
         adversarial = step >= adversarial_from(self.settings)
-        quantizer_loss = out.quantizer.losses["total"]
         terms = self._generator_terms(
-            batch, fake, joint, spectra, quantizer_loss, adversarial, step, step * count + index
+            batch, fake, joint, spectra, out.quantizer, adversarial, step, step * count + index
         )
         loss_g = self.loss.total(terms)
         self.track_finite({"generator": loss_g, **terms}, step)
@@ -347,7 +342,7 @@ class GANStep:
         fake: torch.Tensor,
         joint: torch.Tensor,
         spectra: Any,
-        quantizer_loss: torch.Tensor,
+        quantized: QuantizedResult,
         adversarial: bool,
         step: int,
         semantic_draw: int,
@@ -362,7 +357,10 @@ class GANStep:
             with self._autocast(self.discriminator_autocast_enabled):
                 real_g, fake_g = self._generator_pass(batch, fake, joint, spectra, real_spectra, fake_spectra)
             real_g, fake_g = as_float(real_g), as_float(fake_g)
-        terms = self.loss.generator_terms(batch, fake, quantizer_loss, real_g, fake_g, real_spectra, fake_spectra)
+        terms = self.loss.generator_terms(
+            batch, fake, quantized.losses["total"], real_g, fake_g, real_spectra, fake_spectra
+        )
+        self._gate_semantic(step, quantized.stats)
         semantic = self.loss.semantic
         if semantic is not None and semantic.ramp(step) > 0:  # no CTC pass before start_step
             terms["semantic"] = semantic.ramp(step) * semantic(self.codec, semantic_draw, self.rank)
