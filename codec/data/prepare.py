@@ -286,8 +286,10 @@ def run_units(
     if workers <= 1:
         for unit in units:
             outcome, record = take_unit(out, plan, unit, wait)
-            busy += [unit] if outcome == "busy" else []
-            on_done(unit, outcome, record) if outcome != "busy" else None
+            if outcome == "busy":
+                busy.append(unit)
+            else:
+                on_done(unit, outcome, record)
         return busy
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("fork")) as pool:
         futures = {pool.submit(take_unit, out, plan, unit, wait): unit for unit in units}
