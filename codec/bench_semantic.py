@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 # The demo with 2 groups of 32 codes (10 bits per frame), whose codes a 200-step probe can read;
-# 2000 steps, so the CTC term (from step 800, conf/semantic/characters.yaml) has 1200 of them.
+# 2000 steps: the CTC term waits for the codebooks to spread (conf/semantic/characters.yaml), which
+# on this demo takes 300-800 steps, and still has 1200 or more.
 DEFAULT_OVERRIDES = (
     "experiment=demo",
     "quantizer=grvq_10bit",

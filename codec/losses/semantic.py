@@ -66,9 +66,6 @@ class SemanticBatch:
 class SemanticSupervision(nn.Module):
     """CTC from group ``group``'s first ``layers`` layers to the transcript, weighted by ``weight``."""
 
-    started_at: torch.Tensor
-    entropy_average: torch.Tensor
-
     def __init__(
         self,
         weight: float,
@@ -104,10 +101,10 @@ class SemanticSupervision(nn.Module):
             )
         self.start_step, self.warmup_steps = int(start_step), int(warmup_steps)
         self.start_entropy_bits = None if start_entropy_bits is None else float(start_entropy_bits)
-        # The step the term began (-1: not yet) and the gate's average entropy: buffers, so a resumed
-        # run keeps them.
-        self.register_buffer("started_at", torch.tensor(-1 if start_entropy_bits is not None else self.start_step))
-        self.register_buffer("entropy_average", torch.tensor(0.0, dtype=torch.float64))
+        # The step the term began (-1: not yet) and the gate's average entropy: host numbers (read
+        # every step without a device sync), kept in the state dict as extra state for a resume.
+        self.started_at = -1 if start_entropy_bits is not None else self.start_step
+        self.entropy_average = 0.0
         self.last_observed_step = -1
         self.weight, self.group, self.layers = float(weight), int(group), int(layers)
         self.units_name, self.language = units, language
@@ -168,9 +165,15 @@ class SemanticSupervision(nn.Module):
         targets = torch.tensor([t for u in picked for t in u.targets])
         return SemanticBatch(audio, samples, targets, torch.tensor([len(u.targets) for u in picked]))
 
+    def get_extra_state(self) -> dict[str, float]:
+        return {"started_at": self.started_at, "entropy_average": self.entropy_average}
+
+    def set_extra_state(self, state: dict[str, float]) -> None:
+        self.started_at, self.entropy_average = int(state["started_at"]), float(state["entropy_average"])
+
     def waiting(self) -> bool:
         """Whether the entropy gate still decides the start."""
-        return self.start_entropy_bits is not None and int(self.started_at) < 0
+        return self.start_entropy_bits is not None and self.started_at < 0
 
     def observe(self, step: int, entropy_bits: float) -> None:
         """Follow the training batch's codebook entropy (bits per token, the mean over codebooks as
@@ -179,14 +182,14 @@ class SemanticSupervision(nn.Module):
         average reaches ``start_entropy_bits``. Only a step's first call counts (the first
         micro-batch). Averaged, because one batch of still-collapsed codebooks can show 3 bits;
         latched, because it never stops again."""
-        if not self.waiting() or step == self.last_observed_step:
+        threshold = self.start_entropy_bits
+        if threshold is None or self.started_at >= 0 or step == self.last_observed_step:
             return
         self.last_observed_step = step
-        self.entropy_average.mul_(ENTROPY_DECAY).add_((1 - ENTROPY_DECAY) * entropy_bits)
-        average = float(self.entropy_average) / (1 - ENTROPY_DECAY ** (step + 1))  # without the start's bias
-        assert self.start_entropy_bits is not None
-        if step >= self.start_step and average >= self.start_entropy_bits:
-            self.started_at.fill_(step)
+        self.entropy_average = ENTROPY_DECAY * self.entropy_average + (1 - ENTROPY_DECAY) * entropy_bits
+        average = self.entropy_average / (1 - ENTROPY_DECAY ** (step + 1))  # without the start's bias
+        if step >= self.start_step and average >= threshold:
+            self.started_at = step
             log.info("loss.semantic starts at step %d (codebook entropy %.2f bits per token, averaged)", step, average)
 
     def ramp(self, step: int) -> float:
@@ -195,10 +198,9 @@ class SemanticSupervision(nn.Module):
         bits), then rising linearly to 1 over ``warmup_steps``. Lets the codebooks settle on
         reconstruction before content pulls at the encoder (a CTC gradient before they did kept
         the demo's EMA codebooks collapsed)."""
-        start = int(self.started_at)
-        if start < 0 or step < start:
+        if self.started_at < 0 or step < self.started_at:
             return 0.0
-        return min(1.0, (step - start + 1) / self.warmup_steps) if self.warmup_steps else 1.0
+        return min(1.0, (step - self.started_at + 1) / self.warmup_steps) if self.warmup_steps else 1.0
 
     def forward(self, codec: Codec, step: int, rank: int = 0) -> torch.Tensor:
         """The CTC loss (unweighted, not ramped) of this step's utterances, read from the chosen group."""

@@ -179,7 +179,7 @@ class GANStep:
             self.loss.balancer.load_state_dict(state["balancer"])
         if self.loss.semantic is not None and state.get("semantic") is not None:
             # Checkpoints from before the entropy gate lack its latch: they keep the configured start.
-            latch = {k: getattr(self.loss.semantic, k).clone() for k in ("started_at", "entropy_average")}
+            latch = {"_extra_state": self.loss.semantic.get_extra_state()}
             self.loss.semantic.load_state_dict({**latch, **state["semantic"]})
 
     # -- one step --------------------------------------------------------------------------------
@@ -318,7 +318,8 @@ class GANStep:
 
     def _gate_semantic(self, step: int, stats: dict[str, torch.Tensor]) -> None:
         """Let ``loss.semantic``'s entropy gate see this step's codebook entropy, averaged over
-        ranks so every rank starts the term at the same step."""
+        ranks so every rank starts the term at the same step. Only while the gate waits: then it
+        reads one number to the host per step."""
         semantic = self.loss.semantic
         if semantic is None or not semantic.waiting():
             return
@@ -361,9 +362,9 @@ class GANStep:
             batch, fake, quantized.losses["total"], real_g, fake_g, real_spectra, fake_spectra
         )
         self._gate_semantic(step, quantized.stats)
-        semantic = self.loss.semantic
-        if semantic is not None and semantic.ramp(step) > 0:  # no CTC pass before start_step
-            terms["semantic"] = semantic.ramp(step) * semantic(self.codec, semantic_draw, self.rank)
+        share = self.loss.semantic.ramp(step) if self.loss.semantic is not None else 0.0
+        if self.loss.semantic is not None and share > 0:  # no CTC pass before the term starts
+            terms["semantic"] = share * self.loss.semantic(self.codec, semantic_draw, self.rank)
         return terms
 
     def _discriminator_update(
